@@ -1,0 +1,170 @@
+//! The registry of running sources: [`Broker::apply`] turns a validated
+//! [`Config`] into one actor per source, keeping what did not change.
+//!
+//! Invariant: applying a config changes nothing for a source whose settings
+//! are equal; a failed reload never reaches this module.
+
+pub mod policy;
+pub mod source;
+
+use crate::config::{Config, SourceConfig};
+use crate::oauth::TokenClient;
+use crate::timefmt::{rfc3339, rfc3339_at};
+use serde_json::{json, Value};
+use source::{SourceHandle, State};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use source::{LastError, ServeError, Snapshot};
+
+/// Outcome of the last config load, for `/v1/sources` and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub loaded_at: SystemTime,
+    pub at: SystemTime,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// All running sources.
+#[derive(Debug)]
+pub struct Broker {
+    sources: RwLock<BTreeMap<String, Arc<SourceHandle>>>,
+    client: TokenClient,
+    fetch_limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    reload: Mutex<ReloadStatus>,
+}
+
+impl Broker {
+    /// A broker with no sources; `max_concurrent_fetches` bounds token
+    /// requests in flight across all sources.
+    pub fn new(client: TokenClient, max_concurrent_fetches: usize) -> Arc<Self> {
+        let now = SystemTime::now();
+        Arc::new(Broker {
+            sources: RwLock::new(BTreeMap::new()),
+            client,
+            fetch_limit: Arc::new(Semaphore::new(max_concurrent_fetches)),
+            shutdown: CancellationToken::new(),
+            reload: Mutex::new(ReloadStatus {
+                loaded_at: now,
+                at: now,
+                ok: true,
+                error: None,
+            }),
+        })
+    }
+
+    /// Makes the running sources match `config`: equal sources keep their
+    /// token and schedule, changed ones restart, removed ones stop at once.
+    pub fn apply(&self, config: &Config) {
+        let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|name, handle| {
+            let keep = config.sources.get(name).is_some_and(|c| *c == *handle.config);
+            if !keep {
+                handle.stop();
+            }
+            keep
+        });
+        for (name, cfg) in &config.sources {
+            if !map.contains_key(name) {
+                map.insert(name.clone(), self.start(cfg.clone()));
+            }
+        }
+        let now = SystemTime::now();
+        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = ReloadStatus {
+            loaded_at: now,
+            at: now,
+            ok: true,
+            error: None,
+        };
+    }
+
+    /// Records a reload that failed validation; running sources are untouched.
+    pub fn record_reload_error(&self, message: String) {
+        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        r.at = SystemTime::now();
+        r.ok = false;
+        r.error = Some(message);
+    }
+
+    fn start(&self, cfg: SourceConfig) -> Arc<SourceHandle> {
+        source::spawn(
+            Arc::new(cfg),
+            self.client.clone(),
+            self.fetch_limit.clone(),
+            self.shutdown.child_token(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<SourceHandle>> {
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<SourceHandle>> {
+        self.sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops every source actor.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Eager sources without a servable token.
+    pub fn not_ready(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.list()
+            .iter()
+            .filter(|h| h.config.eager && !h.snapshot().is_servable(now))
+            .map(|h| h.name().to_string())
+            .collect()
+    }
+
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The `config` object of `/v1/sources`.
+    pub fn config_json(&self) -> Value {
+        let r = self.reload_status();
+        json!({
+            "loaded_at": rfc3339(r.loaded_at),
+            "last_reload": { "ok": r.ok, "at": rfc3339(r.at), "error": r.error },
+        })
+    }
+}
+
+/// One element of `/v1/sources`: never a token or a secret.
+pub fn status_json(handle: &SourceHandle) -> Value {
+    let now = Instant::now();
+    let s = handle.snapshot();
+    let state: State = s.state(now);
+    json!({
+        "name": handle.name(),
+        "state": state,
+        "expires_at": s.token.as_ref().map(|t| rfc3339_at(t.expires_at)),
+        "refreshed_at": s.refreshed_at.map(rfc3339),
+        "next_refresh_at": s.next_refresh_at.map(rfc3339_at),
+        "consecutive_failures": s.consecutive_failures,
+        "last_error": s.last_error.as_ref().map(last_error_json),
+        "credential_expires_at": handle.config.credential_expires.map(rfc3339),
+        "warnings": s.warnings,
+    })
+}
+
+pub fn last_error_json(e: &LastError) -> Value {
+    json!({ "error": e.error, "message": e.message, "hint": e.hint, "at": rfc3339(e.at) })
+}

@@ -1,0 +1,76 @@
+//! The configuration as written: serde types that mirror the TOML, every field
+//! optional and spanned so validation can point at the exact line and column.
+//! Nothing outside `config` sees these types.
+
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub socket: Option<Spanned<String>>,
+    pub socket_mode: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<toml::Value>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+    pub max_concurrent_fetches: Option<Spanned<i64>>,
+}
+
+/// One `[sources.NAME]` table, or `[defaults]` (which may hold any source key).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub token_url: Option<Spanned<String>>,
+    pub issuer: Option<Spanned<String>>,
+    pub provider: Option<Spanned<String>>,
+    pub tenant: Option<Spanned<String>>,
+    pub authority: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret: Option<Spanned<toml::Value>>,
+    pub client_certificate: Option<Spanned<toml::Value>>,
+    pub client_assertion: Option<Spanned<toml::Value>>,
+    pub auth_method: Option<Spanned<String>>,
+    pub scopes: Option<Spanned<Vec<String>>>,
+    pub params: Option<Spanned<BTreeMap<String, String>>>,
+    pub refresh_ratio: Option<Spanned<f64>>,
+    pub min_ttl: Option<Spanned<String>>,
+    pub fetch_timeout: Option<Spanned<String>>,
+    pub eager: Option<Spanned<bool>>,
+    pub credential_expires: Option<Spanned<toml::Value>>,
+    pub allow: Option<Spanned<toml::Value>>,
+    pub probe_url: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+}
+
+impl RawSource {
+    /// Fills every key the source leaves unset from `[defaults]`.
+    pub fn with_defaults(mut self, d: &RawSource) -> RawSource {
+        macro_rules! inherit {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = d.$f.clone(); } )* };
+        }
+        inherit!(
+            token_url,
+            issuer,
+            provider,
+            tenant,
+            authority,
+            client_id,
+            client_secret,
+            client_certificate,
+            client_assertion,
+            auth_method,
+            scopes,
+            params,
+            refresh_ratio,
+            min_ttl,
+            fetch_timeout,
+            eager,
+            credential_expires,
+            allow,
+            probe_url,
+            ca_file
+        );
+        self
+    }
+}

@@ -1,0 +1,577 @@
+//! Raw config → validated [`Config`], collecting every problem with its place.
+
+use super::raw::{RawServer, RawSource};
+use super::{
+    AuthMethod, Config, ConfigError, Diagnostic, LogFormat, Provider, ServerConfig, SourceConfig,
+    AZURE_AUTHORITY, AZURE_DEFAULT_SCOPE,
+};
+use crate::secret::SecretRef;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+use url::{Host, Url};
+
+const TOP_LEVEL_KEYS: &[&str] = &["server", "defaults", "sources", "include_dir"];
+const RESERVED_PARAMS: &[&str] = &[
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "scope",
+];
+
+/// Source names: `[a-z0-9][a-z0-9._-]{0,63}`.
+pub fn valid_source_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+}
+
+pub(super) struct Validator<'a> {
+    text: &'a str,
+    path: &'a Path,
+    mode: Option<u32>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(text: &'a str, path: &'a Path, mode: Option<u32>) -> Self {
+        Validator {
+            text,
+            path,
+            mode,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn diag(&self, span: Range<usize>, message: String, hint: Option<String>) -> Diagnostic {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto
+            .rsplit('\n')
+            .next()
+            .map_or(0, |l| l.chars().count())
+            + 1;
+        Diagnostic {
+            file: self.path.to_path_buf(),
+            line,
+            col,
+            message,
+            hint,
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.diag(span, message.into(), hint.into());
+        self.errors.push(d);
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.diag(span, message.into(), hint.into());
+        self.warnings.push(d);
+    }
+
+    /// Deserializes one table, turning a serde error into a diagnostic.
+    fn deserialize<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+        let whole = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or(whole);
+                let msg = e.message().trim().to_string();
+                let hint = if msg.starts_with("unknown field") {
+                    Some("check the spelling; SPEC §2 lists every key".to_string())
+                } else {
+                    None
+                };
+                self.err(span, msg, hint);
+                None
+            }
+        }
+    }
+
+    pub fn run(mut self) -> Result<Config, ConfigError> {
+        let (doc, parse_errors) = DeTable::parse_recoverable(self.text);
+        if !parse_errors.is_empty() {
+            for e in parse_errors {
+                let msg = e.message().trim().to_string();
+                self.err(e.span().unwrap_or(0..0), msg, Some("fix the TOML syntax".to_string()));
+            }
+            return Err(ConfigError::Invalid(self.errors));
+        }
+        let mut raw_server = RawServer::default();
+        let mut defaults = RawSource::default();
+        let mut raw_sources: Vec<(String, Range<usize>, RawSource)> = Vec::new();
+        for (key, value) in doc.into_inner() {
+            let key_span = key.span();
+            match key.get_ref().as_ref() {
+                "server" => raw_server = self.deserialize(value).unwrap_or_default(),
+                "defaults" => defaults = self.deserialize(value).unwrap_or_default(),
+                "sources" => {
+                    let span = value.span();
+                    match value.into_inner() {
+                        DeValue::Table(t) => {
+                            for (name, v) in t {
+                                let name_span = name.span();
+                                let name = name.into_inner().into_owned();
+                                if let Some(raw) = self.deserialize::<RawSource>(v) {
+                                    raw_sources.push((name, name_span, raw));
+                                }
+                            }
+                        }
+                        _ => self.err(span, "`sources` must be a table", Some("write sources as [sources.NAME] tables".to_string())),
+                    }
+                }
+                "include_dir" => self.err(key_span, "`include_dir` is not supported by this version", Some("remove it and put all sources in the main file".to_string())),
+                other => {
+                    let msg = format!("unknown key `{other}`");
+                    self.err(key_span, msg, Some(format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))));
+                }
+            }
+        }
+        let server = self.server(raw_server);
+        let mut sources = BTreeMap::new();
+        for (name, span, raw) in raw_sources {
+            if !valid_source_name(&name) {
+                self.err(
+                    span.clone(),
+                    format!("invalid source name `{name}`"),
+                    Some("names are 1–64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit".to_string()),
+                );
+                continue;
+            }
+            let raw = raw.with_defaults(&defaults);
+            if let Some(s) = self.source(&name, span, raw) {
+                sources.insert(name, s);
+            }
+        }
+        if self.errors.is_empty() {
+            Ok(Config {
+                path: self.path.to_path_buf(),
+                server,
+                sources,
+                warnings: self.warnings,
+            })
+        } else {
+            self.errors.sort_by_key(|d| (d.line, d.col));
+            Err(ConfigError::Invalid(self.errors))
+        }
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                self.err(v.span(), format!("`{key}` is too short"), Some(format!("use at least {}", humantime::format_duration(min))));
+                default
+            }
+            Err(e) => {
+                self.err(v.span(), format!("`{key}` is not a duration: {e}"), Some("write it like \"30s\", \"5m\" or \"1h30m\"".to_string()));
+                default
+            }
+        }
+    }
+
+    fn server(&mut self, raw: RawServer) -> ServerConfig {
+        let d = ServerConfig::default();
+        let socket = match raw.socket {
+            Some(s) if s.get_ref().is_empty() => {
+                self.err(s.span(), "`socket` is empty", Some("give a path such as /run/tokend/tokend.sock".to_string()));
+                d.socket.clone()
+            }
+            Some(s) => PathBuf::from(s.into_inner()),
+            None => d.socket.clone(),
+        };
+        let socket_mode = match raw.socket_mode {
+            None => d.socket_mode,
+            Some(m) => match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
+                Ok(v) if v <= 0o777 => v,
+                _ => {
+                    self.err(m.span(), format!("`socket_mode` {:?} is not an octal permission", m.get_ref()), Some("write it as an octal string such as \"0660\"".to_string()));
+                    d.socket_mode
+                }
+            },
+        };
+        let socket_group = raw.socket_group.and_then(|g| self.group(g));
+        let count = |this: &mut Self, v: Option<Spanned<i64>>, key: &str, default: usize| match v {
+            None => default,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(x) if x >= 1 => x,
+                _ => {
+                    this.err(n.span(), format!("`{key}` must be at least 1"), None);
+                    default
+                }
+            },
+        };
+        let max_connections = count(self, raw.max_connections, "max_connections", d.max_connections);
+        let max_concurrent_fetches = count(self, raw.max_concurrent_fetches, "max_concurrent_fetches", d.max_concurrent_fetches);
+        let request_timeout = self.duration(&raw.request_timeout, "request_timeout", d.request_timeout, Duration::from_millis(100));
+        let log_format = match raw.log_format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    self.err(f.span(), format!("unknown log_format `{other}`"), Some("use \"text\" or \"json\"".to_string()));
+                    LogFormat::Text
+                }
+            },
+        };
+        ServerConfig {
+            socket,
+            socket_mode,
+            socket_group,
+            max_connections,
+            request_timeout,
+            log_format,
+            max_concurrent_fetches,
+        }
+    }
+
+    fn group(&mut self, g: Spanned<toml::Value>) -> Option<u32> {
+        let span = g.span();
+        match g.into_inner() {
+            toml::Value::Integer(n) => match u32::try_from(n) {
+                Ok(gid) => Some(gid),
+                Err(_) => {
+                    self.err(span, format!("`socket_group` {n} is not a valid gid"), None);
+                    None
+                }
+            },
+            toml::Value::String(s) => {
+                if let Ok(gid) = s.parse::<u32>() {
+                    return Some(gid);
+                }
+                let gid = group_gid(&s);
+                if gid.is_none() {
+                    self.err(span, format!("unknown group `{s}`"), Some("create the group (groupadd) or use a numeric gid".to_string()));
+                }
+                gid
+            }
+            _ => {
+                self.err(span, "`socket_group` must be a group name or gid", None);
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, v: &Spanned<String>, key: &str) -> Option<Url> {
+        match Url::parse(v.get_ref()) {
+            Err(e) => {
+                self.err(v.span(), format!("`{key}` is not a URL: {e}"), Some("write a full URL such as https://sso.example.com/token".to_string()));
+                None
+            }
+            Ok(u) if u.scheme() == "https" => Some(u),
+            Ok(u) if u.scheme() == "http" && is_loopback(&u) => Some(u),
+            Ok(u) => {
+                let mut fixed = u.clone();
+                let hint = match fixed.set_scheme("https") {
+                    Ok(()) => format!("use https ({fixed}); plain http is only allowed to localhost"),
+                    Err(()) => "use an https URL".to_string(),
+                };
+                self.err(v.span(), format!("`{key}` must use https: {u}"), Some(hint));
+                None
+            }
+        }
+    }
+
+    fn source(&mut self, name: &str, span: Range<usize>, raw: RawSource) -> Option<SourceConfig> {
+        let before = self.errors.len();
+        for (present, key) in [
+            (raw.issuer.as_ref().map(Spanned::span), "issuer"),
+            (raw.client_certificate.as_ref().map(Spanned::span), "client_certificate"),
+            (raw.client_assertion.as_ref().map(Spanned::span), "client_assertion"),
+            (raw.allow.as_ref().map(Spanned::span), "allow"),
+            (raw.ca_file.as_ref().map(Spanned::span), "ca_file"),
+        ] {
+            if let Some(s) = present {
+                self.err(s, format!("`{key}` is not supported by this version"), Some("remove it; see README for what this version supports".to_string()));
+            }
+        }
+
+        let provider = match &raw.provider {
+            None => Provider::Generic,
+            Some(p) if p.get_ref() == "azure" => Provider::Azure,
+            Some(p) => {
+                self.err(p.span(), format!("unknown provider `{}`", p.get_ref()), Some("the only provider is \"azure\"; for any other server set token_url".to_string()));
+                Provider::Generic
+            }
+        };
+
+        let token_url = match (&raw.token_url, provider, &raw.tenant) {
+            (Some(u), _, _) => self.url(u, "token_url"),
+            (None, Provider::Azure, Some(t)) => self.azure_url(t, raw.authority.as_ref()),
+            (None, Provider::Azure, None) => {
+                self.err(span.clone(), format!("source `{name}` has provider = \"azure\" but no `tenant`"), Some("add tenant = \"contoso.onmicrosoft.com\" or the tenant GUID".to_string()));
+                None
+            }
+            (None, Provider::Generic, _) => {
+                self.err(span.clone(), format!("source `{name}` has no `token_url`"), Some("set token_url, or provider = \"azure\" with tenant".to_string()));
+                None
+            }
+        };
+        if provider == Provider::Generic {
+            for (v, key) in [(&raw.tenant, "tenant"), (&raw.authority, "authority")] {
+                if let Some(v) = v {
+                    self.err(v.span(), format!("`{key}` only applies to provider = \"azure\""), Some("add provider = \"azure\" or remove the key".to_string()));
+                }
+            }
+        }
+
+        let client_id = match &raw.client_id {
+            Some(c) if !c.get_ref().trim().is_empty() => c.get_ref().clone(),
+            Some(c) => {
+                self.err(c.span(), "`client_id` is empty", None);
+                String::new()
+            }
+            None => {
+                self.err(span.clone(), format!("source `{name}` has no `client_id`"), Some("add client_id = \"…\" (the application/client ID)".to_string()));
+                String::new()
+            }
+        };
+
+        let client_secret = match raw.client_secret {
+            Some(s) => self.secret_ref(s),
+            None => {
+                if raw.client_certificate.is_none() && raw.client_assertion.is_none() {
+                    self.err(span.clone(), format!("source `{name}` has no credential"), Some("add client_secret = { file = \"/path\" } (or env, credential)".to_string()));
+                }
+                None
+            }
+        };
+
+        let auth_method = match &raw.auth_method {
+            None if provider == Provider::Azure => AuthMethod::ClientSecretPost,
+            None => AuthMethod::ClientSecretBasic,
+            Some(m) => match m.get_ref().as_str() {
+                "client_secret_basic" => AuthMethod::ClientSecretBasic,
+                "client_secret_post" => AuthMethod::ClientSecretPost,
+                "private_key_jwt" | "tls_client_auth" => {
+                    self.err(m.span(), format!("auth_method `{}` is not supported by this version", m.get_ref()), Some("use client_secret_basic or client_secret_post".to_string()));
+                    AuthMethod::ClientSecretBasic
+                }
+                other => {
+                    self.err(m.span(), format!("unknown auth_method `{other}`"), Some("use client_secret_basic or client_secret_post".to_string()));
+                    AuthMethod::ClientSecretBasic
+                }
+            },
+        };
+
+        let scopes = self.scopes(provider, raw.scopes.as_ref(), &span);
+
+        let params = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        if let Some(p) = &raw.params {
+            for k in p.get_ref().keys() {
+                if RESERVED_PARAMS.contains(&k.as_str()) {
+                    self.err(p.span(), format!("`params` may not set `{k}`"), Some("tokend sets it from the source's other keys".to_string()));
+                }
+            }
+        }
+
+        let refresh_ratio = match &raw.refresh_ratio {
+            None => 0.75,
+            Some(r) if (0.5..=0.95).contains(r.get_ref()) => *r.get_ref(),
+            Some(r) => {
+                self.err(r.span(), format!("`refresh_ratio` {} is out of range", r.get_ref()), Some("use a value from 0.5 to 0.95 (0.75 refreshes at three quarters of the lifetime)".to_string()));
+                0.75
+            }
+        };
+        let min_ttl = self.duration(&raw.min_ttl, "min_ttl", Duration::from_secs(120), Duration::ZERO);
+        let fetch_timeout = self.duration(&raw.fetch_timeout, "fetch_timeout", Duration::from_secs(15), Duration::from_millis(100));
+        let eager = raw.eager.as_ref().is_none_or(|e| *e.get_ref());
+        let credential_expires = raw.credential_expires.and_then(|v| self.date(v));
+        let probe_url = raw.probe_url.as_ref().and_then(|u| self.url(u, "probe_url"));
+
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(SourceConfig {
+            name: name.to_string(),
+            provider,
+            token_url: token_url?,
+            client_id,
+            client_secret: client_secret?,
+            auth_method,
+            scopes,
+            params,
+            refresh_ratio,
+            min_ttl,
+            fetch_timeout,
+            eager,
+            credential_expires,
+            probe_url,
+        })
+    }
+
+    fn azure_url(&mut self, tenant: &Spanned<String>, authority: Option<&Spanned<String>>) -> Option<Url> {
+        let t = tenant.get_ref().trim();
+        if ["common", "consumers", "organizations"].contains(&t.to_ascii_lowercase().as_str()) {
+            self.err(tenant.span(), format!("tenant `{t}` cannot be used with client credentials"), Some("use your tenant's ID or primary domain, e.g. contoso.onmicrosoft.com".to_string()));
+            return None;
+        }
+        if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            self.err(tenant.span(), format!("tenant `{t}` is not a tenant ID or domain"), Some("use the directory (tenant) ID GUID or a domain such as contoso.onmicrosoft.com".to_string()));
+            return None;
+        }
+        let base = match authority {
+            Some(a) => self.url(a, "authority")?,
+            None => Url::parse(AZURE_AUTHORITY).ok()?,
+        };
+        let text = format!("{}/{t}/oauth2/v2.0/token", base.as_str().trim_end_matches('/'));
+        Url::parse(&text).ok()
+    }
+
+    fn scopes(&mut self, provider: Provider, raw: Option<&Spanned<Vec<String>>>, span: &Range<usize>) -> Vec<String> {
+        let scopes: Vec<String> = match (raw, provider) {
+            (Some(s), _) => s.get_ref().clone(),
+            (None, Provider::Azure) => vec![AZURE_DEFAULT_SCOPE.to_string()],
+            (None, Provider::Generic) => Vec::new(),
+        };
+        let at = raw.map_or_else(|| span.clone(), Spanned::span);
+        for s in &scopes {
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+                self.err(at.clone(), format!("scope {s:?} is not a valid scope token"), Some("scopes are non-empty and without spaces; list several as separate strings".to_string()));
+            }
+        }
+        if provider == Provider::Azure {
+            match scopes.as_slice() {
+                [one] if one.ends_with("/.default") => {}
+                [one] => {
+                    let fixed = azure_default_scope(one);
+                    let note = if one.contains('/') {
+                        String::new()
+                    } else {
+                        "; application permissions are granted on the app registration, not requested".to_string()
+                    };
+                    self.err(at.clone(), format!("Entra client credentials need a `/.default` scope, not {one:?}"), Some(format!("use scopes = [\"{fixed}\"]{note}")));
+                }
+                _ => {
+                    let fixed = scopes.first().map_or_else(|| AZURE_DEFAULT_SCOPE.to_string(), |s| azure_default_scope(s));
+                    self.err(at.clone(), "Entra client credentials take exactly one scope", Some(format!("use scopes = [\"{fixed}\"]; a token covers one resource, so use one source per resource")));
+                }
+            }
+        }
+        scopes
+    }
+
+    fn secret_ref(&mut self, v: Spanned<toml::Value>) -> Option<SecretRef> {
+        let span = v.span();
+        let how = "write client_secret = { file = \"/path\" }, { env = \"NAME\" } or { credential = \"NAME\" }".to_string();
+        match v.into_inner() {
+            toml::Value::String(s) => {
+                if s.is_empty() {
+                    self.err(span, "`client_secret` is empty", Some(how));
+                    return None;
+                }
+                if self.mode.is_some_and(|m| m & 0o077 != 0) {
+                    self.warn(span, "plain client_secret in a config file that group or others can read", Some(format!("chmod 600 the file, or {how}")));
+                }
+                Some(SecretRef::Inline(SecretString::from(s)))
+            }
+            toml::Value::Table(t) => {
+                let kinds: Vec<(&String, &toml::Value)> = t.iter().collect();
+                match kinds.as_slice() {
+                    [(k, toml::Value::String(val))] if !val.is_empty() => match k.as_str() {
+                        "file" => Some(SecretRef::File(PathBuf::from(val))),
+                        "env" => Some(SecretRef::Env(val.clone())),
+                        "credential" => Some(SecretRef::Credential(val.clone())),
+                        other => {
+                            self.err(span, format!("unknown secret kind `{other}`"), Some(how));
+                            None
+                        }
+                    },
+                    [_] => {
+                        self.err(span, "secret reference needs a non-empty string value", Some(how));
+                        None
+                    }
+                    [] => {
+                        self.err(span, "secret reference is empty", Some(how));
+                        None
+                    }
+                    _ => {
+                        let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
+                        self.err(span, format!("secret reference names {} kinds ({}); it must name exactly one", names.len(), names.join(", ")), Some(how));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.err(span, "`client_secret` must be a string or a table", Some(how));
+                None
+            }
+        }
+    }
+
+    fn date(&mut self, v: Spanned<toml::Value>) -> Option<SystemTime> {
+        let span = v.span();
+        let dt = match v.into_inner() {
+            toml::Value::Datetime(d) => Some(d),
+            toml::Value::String(s) => s.parse::<toml::value::Datetime>().ok(),
+            _ => None,
+        };
+        let when = dt.and_then(|d| {
+            let date = d.date?;
+            let days = crate::timefmt::days_from_civil(i64::from(date.year), u32::from(date.month), u32::from(date.day));
+            let mut secs = days * 86_400;
+            if let Some(t) = d.time {
+                secs += i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
+            }
+            if let Some(toml::value::Offset::Custom { minutes }) = d.offset {
+                secs -= i64::from(minutes) * 60;
+            }
+            u64::try_from(secs).ok().map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        });
+        if when.is_none() {
+            self.err(span, "`credential_expires` is not a date", Some("write it as 2027-05-01 or 2027-05-01T12:00:00Z".to_string()));
+        }
+        when
+    }
+}
+
+/// `https://graph.microsoft.com/User.Read` → `https://graph.microsoft.com/.default`;
+/// a bare permission name → Graph's `.default`.
+fn azure_default_scope(scope: &str) -> String {
+    match Url::parse(scope) {
+        Ok(u) if u.host_str().is_some() => format!("{}://{}/.default", u.scheme(), u.host_str().unwrap_or_default()),
+        _ => match scope.split_once('/') {
+            // api://app-id/Permission → api://app-id/.default
+            Some((resource, _)) if scope.starts_with("api:") => format!("{resource}/.default"),
+            _ => AZURE_DEFAULT_SCOPE.to_string(),
+        },
+    }
+}
+
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Looks a group name up in the group database.
+fn group_gid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; getgrnam_r writes only into
+    // `grp` and `buf` (whose length it is given) and sets `result`.
+    let rc = unsafe {
+        libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}

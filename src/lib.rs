@@ -1,0 +1,24 @@
+//! tokend: a token broker daemon.
+//!
+//! Files become a validated [`config::Config`]; the [`broker::Broker`] turns a
+//! config into running sources, one actor task each, that fetch and refresh
+//! OAuth 2.0 client-credentials tokens through [`oauth`]; the [`server`] reads
+//! what the sources publish and serves it over a Unix socket.
+//!
+//! Invariants that hold across modules:
+//! - a served token always has at least 5 s of validity left, or is not served;
+//! - at most one upstream request per source is in flight;
+//! - no type that holds a token or a secret has a revealing `Debug`.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod broker;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dev;
+pub mod jwt;
+pub mod oauth;
+pub mod secret;
+pub mod server;
+pub mod timefmt;

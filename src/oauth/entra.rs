@@ -1,0 +1,60 @@
+//! Hints that turn an identity provider's error into what to fix.
+//!
+//! Entra hints follow the AADSTS codes in the body (`error_codes`, or the
+//! `AADSTSnnnn:` prefix of `error_description`), whatever the source's
+//! provider; RFC 6749 §5.2 error codes get generic hints.
+
+/// The hint for an Entra AADSTS code, if we know one.
+pub fn aadsts_hint(code: u64) -> Option<&'static str> {
+    Some(match code {
+        7_000_215 => "the client secret is wrong: a common cause is pasting the secret's ID instead of its Value (Entra portal → App registrations → Certificates & secrets); put the Value in the secret file",
+        7_000_222 => "the client secret has expired: create a new one under Certificates & secrets, update the source's secret, and set credential_expires to its new expiry",
+        700_016 => "no application with this client_id exists in this tenant: check client_id (the Application (client) ID, not the Object ID) and tenant",
+        90_002 => "the tenant was not found: check `tenant` (directory ID GUID or a verified domain) and, for sovereign clouds, `authority`",
+        70_011 | 1_002_012 => "the scope is malformed: client credentials need `<resource>/.default`, e.g. https://graph.microsoft.com/.default",
+        500_011 => "the resource in the scope was not found in this tenant: check the scope's resource URI, and that the API's service principal exists in the tenant",
+        700_027 => "the client assertion's signature did not verify: the certificate is not registered on the app registration, or the key does not match it",
+        7_000_218 => "the request has no client credential: set client_secret (Entra expects auth_method = client_secret_post)",
+        50_034 | 50_126 => "this is a user sign-in error; client credentials need an app registration's client_id and secret",
+        _ => return None,
+    })
+}
+
+/// Generic hint for an RFC 6749 §5.2 error code.
+pub fn oauth_hint(error: &str) -> Option<&'static str> {
+    Some(match error {
+        "invalid_client" => "the server rejected the client's credentials: check client_id and the secret, and auth_method (some servers expect client_secret_post, others client_secret_basic)",
+        "unauthorized_client" => "this client may not use the client_credentials grant: enable it on the server (service account / machine-to-machine app)",
+        "invalid_scope" => "the client may not request this scope, or it does not exist: check `scopes` against what the client is allowed on the server",
+        "unsupported_grant_type" => "the server does not offer client_credentials at this endpoint: check token_url and the client's grant types",
+        "invalid_request" => "the server found the request malformed: check `scopes` and `params`",
+        "invalid_grant" => "the server refused the grant: check the client's grant types and `params`",
+        _ => return None,
+    })
+}
+
+/// The AADSTS code at the start of an Entra `error_description`.
+pub fn aadsts_in(description: &str) -> Option<u64> {
+    let rest = description.trim_start().strip_prefix("AADSTS")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listed_codes_have_hints() {
+        for code in [7_000_215, 7_000_222, 700_016, 90_002, 70_011, 1_002_012, 500_011, 700_027] {
+            assert!(aadsts_hint(code).is_some(), "{code}");
+        }
+        assert!(aadsts_hint(1).is_none());
+    }
+
+    #[test]
+    fn code_from_description() {
+        assert_eq!(aadsts_in("AADSTS7000215: Invalid client secret provided."), Some(7_000_215));
+        assert_eq!(aadsts_in("invalid"), None);
+    }
+}

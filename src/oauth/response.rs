@@ -1,0 +1,297 @@
+//! Parsing token endpoint answers: the success body of RFC 6749 §5.1 and the
+//! error body of §5.2 with Entra's additions. Input is untrusted: every
+//! failure is a value, never a panic.
+
+use super::entra;
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Largest token endpoint response tokend reads.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A parsed successful token response. `access_token` is wrapped by the caller.
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: Option<Duration>,
+    pub refresh_in: Option<Duration>,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[REDACTED]")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_in", &self.refresh_in)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawToken {
+    access_token: Option<Value>,
+    token_type: Option<Value>,
+    expires_in: Option<Value>,
+    refresh_in: Option<Value>,
+    scope: Option<Value>,
+}
+
+/// Seconds as a JSON number or a numeric string (Entra v1 sends strings).
+fn seconds(v: &Value) -> Option<Duration> {
+    let secs = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0 && secs < 1e10).then(|| Duration::from_secs_f64(secs.floor()))
+}
+
+/// Parses a 2xx body. The error text never quotes the body.
+pub fn parse_token(body: &[u8]) -> Result<TokenResponse, String> {
+    let raw: RawToken = serde_json::from_slice(body).map_err(|e| {
+        if looks_like_html(body) {
+            "the body is HTML, not JSON: token_url probably points at a web page rather than the token endpoint".to_string()
+        } else {
+            format!("the body is not a JSON token response ({})", e.classify_name())
+        }
+    })?;
+    let access_token = match raw.access_token {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(_) => return Err("`access_token` is not a non-empty string".to_string()),
+        None => return Err("the response has no `access_token`".to_string()),
+    };
+    let token_type = match raw.token_type {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        None => "Bearer".to_string(),
+        Some(_) => return Err("`token_type` is not a string".to_string()),
+    };
+    let expires_in = match &raw.expires_in {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(seconds(v).ok_or("`expires_in` is not a number of seconds")?),
+    };
+    let refresh_in = raw.refresh_in.as_ref().and_then(seconds);
+    let scope = match raw.scope {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    Ok(TokenResponse {
+        access_token,
+        token_type,
+        expires_in,
+        refresh_in,
+        scope,
+    })
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "malformed JSON",
+            serde_json::error::Category::Data => "unexpected JSON shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+        }
+    }
+}
+
+fn looks_like_html(body: &[u8]) -> bool {
+    let start: Vec<u8> = body
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(15)
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    start.starts_with(b"<!doctype html") || start.starts_with(b"<html")
+}
+
+/// An error answer from the token endpoint (RFC 6749 §5.2, plus Entra fields).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointError {
+    pub status: u16,
+    pub error: Option<String>,
+    pub description: Option<String>,
+    pub error_codes: Vec<u64>,
+    pub trace_id: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    error: Option<Value>,
+    error_description: Option<Value>,
+    error_codes: Option<Value>,
+    trace_id: Option<Value>,
+    correlation_id: Option<Value>,
+}
+
+fn text(v: Option<Value>, max: usize) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(clip(&s, max)),
+        _ => None,
+    }
+}
+
+/// At most `max` characters, control characters replaced, so a hostile body
+/// cannot flood or forge log lines.
+pub fn clip(s: &str, max: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses a non-2xx body; any body (HTML, empty, garbage) gives a usable error.
+pub fn parse_error(status: u16, body: &[u8]) -> EndpointError {
+    let mut e = EndpointError {
+        status,
+        ..EndpointError::default()
+    };
+    if let Ok(raw) = serde_json::from_slice::<RawError>(body) {
+        e.error = text(raw.error, 100);
+        // Entra's description spans lines: "AADSTS…: message\r\nTrace ID: …"; keep the first.
+        e.description = text(raw.error_description, 2000)
+            .map(|d| d.split("  ").next().unwrap_or_default().trim().to_string())
+            .filter(|d| !d.is_empty());
+        e.error_codes = match raw.error_codes {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).take(8).collect(),
+            _ => Vec::new(),
+        };
+        e.trace_id = text(raw.trace_id, 64);
+        e.correlation_id = text(raw.correlation_id, 64);
+    }
+    if e.error_codes.is_empty() {
+        if let Some(code) = e.description.as_deref().and_then(entra::aadsts_in) {
+            e.error_codes.push(code);
+        }
+    }
+    e
+}
+
+impl EndpointError {
+    /// Short machine code: the OAuth `error`, else `http_<status>`.
+    pub fn code(&self) -> String {
+        self.error.clone().unwrap_or_else(|| format!("http_{}", self.status))
+    }
+
+    /// Human text: what the server said, with Entra's ids for a support ticket.
+    pub fn message(&self) -> String {
+        let mut m = format!("token endpoint answered HTTP {}", self.status);
+        if let Some(e) = &self.error {
+            m.push_str(&format!(" {e}"));
+        }
+        if let Some(d) = &self.description {
+            m.push_str(&format!(": {d}"));
+        }
+        let ids: Vec<String> = [("trace_id", &self.trace_id), ("correlation_id", &self.correlation_id)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+            .collect();
+        if !ids.is_empty() {
+            m.push_str(&format!(" ({})", ids.join(", ")));
+        }
+        m
+    }
+
+    /// What to fix, from the AADSTS codes first, then the status and OAuth error.
+    pub fn hint(&self) -> Option<String> {
+        if let Some(h) = self.error_codes.iter().find_map(|c| entra::aadsts_hint(*c)) {
+            return Some(h.to_string());
+        }
+        if self.status == 429 {
+            return Some("the identity provider is throttling requests; tokend backs off and honours Retry-After".to_string());
+        }
+        if let Some(h) = self.error.as_deref().and_then(entra::oauth_hint) {
+            return Some(h.to_string());
+        }
+        match self.status {
+            404 => Some("the token endpoint was not found: check token_url (or tenant/authority)".to_string()),
+            500..=599 => Some("the identity provider has a server-side problem; tokend retries with backoff".to_string()),
+            _ => None,
+        }
+    }
+
+    /// Errors that a retry in a few seconds will not fix (but an admin might).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.error.as_deref(),
+            Some("invalid_client" | "unauthorized_client" | "invalid_scope")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_in_as_number_or_string() {
+        let a = parse_token(br#"{"access_token":"t","token_type":"Bearer","expires_in":3599}"#).unwrap();
+        assert_eq!(a.expires_in, Some(Duration::from_secs(3599)));
+        let b = parse_token(br#"{"access_token":"t","token_type":"Bearer","expires_in":"3599","refresh_in":"1800"}"#).unwrap();
+        assert_eq!(b.expires_in, Some(Duration::from_secs(3599)));
+        assert_eq!(b.refresh_in, Some(Duration::from_secs(1800)));
+        let c = parse_token(br#"{"access_token":"t"}"#).unwrap();
+        assert_eq!(c.expires_in, None);
+        assert_eq!(c.token_type, "Bearer");
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_that_do_not_quote_the_body() {
+        let html = parse_token(b"<!DOCTYPE html><html>secret-looking</html>").unwrap_err();
+        assert!(html.contains("HTML"), "{html}");
+        assert!(!html.contains("secret-looking"));
+        assert!(parse_token(b"not json at all").unwrap_err().contains("not a JSON"));
+        assert!(parse_token(b"[1,2]").is_err());
+        assert!(parse_token(br#"{"access_token":42}"#).is_err());
+        assert!(parse_token(br#"{"access_token":"t","expires_in":"soon"}"#).unwrap_err().contains("expires_in"));
+        assert!(parse_token(br#"{"access_token":"t","expires_in":-5}"#).is_err());
+        assert!(parse_token(b"").is_err());
+    }
+
+    #[test]
+    fn entra_error_body() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '1111'. Trace ID: abc Correlation ID: def Timestamp: 2026-11-29 10:00:00Z","error_codes":[7000215],"timestamp":"2026-11-29 10:00:00Z","trace_id":"abc-trace","correlation_id":"def-corr","error_uri":"https://login.microsoftonline.com/error?code=7000215"}"#;
+        let e = parse_error(401, body);
+        assert_eq!(e.code(), "invalid_client");
+        assert_eq!(e.error_codes, vec![7_000_215]);
+        assert!(e.hint().unwrap().contains("ID instead of its Value"));
+        let m = e.message();
+        assert!(m.contains("AADSTS7000215") && m.contains("abc-trace") && m.contains("def-corr"), "{m}");
+        assert!(e.is_permanent());
+    }
+
+    #[test]
+    fn aadsts_code_only_in_description() {
+        let e = parse_error(400, br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#);
+        assert!(e.hint().unwrap().contains("tenant was not found"));
+    }
+
+    #[test]
+    fn non_json_error_bodies() {
+        let e = parse_error(502, b"<html>Bad Gateway</html>");
+        assert_eq!(e.code(), "http_502");
+        assert!(e.hint().is_some());
+        let t = parse_error(429, b"");
+        assert!(t.hint().unwrap().contains("throttling"));
+        assert!(!t.is_permanent());
+    }
+
+    #[test]
+    fn clip_strips_control_characters() {
+        assert_eq!(clip("a\nb", 10), "a b");
+        assert_eq!(clip("abcdef", 3), "abc…");
+    }
+}

@@ -1,0 +1,189 @@
+//! Secrets and where they come from.
+//!
+//! A [`SecretRef`] names a secret (a file, an environment variable, a systemd
+//! credential, or an inline value); [`SecretRef::resolve`] reads it at fetch
+//! time, so a rotated file is picked up without a reload. Values live in
+//! [`secrecy::SecretString`] from the moment they are read: their `Debug` is
+//! redacted and nothing here puts a value into an error message.
+
+use secrecy::SecretString;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use secrecy::ExposeSecret;
+
+/// Where a secret comes from. `Debug` never shows an inline value.
+#[derive(Clone)]
+pub enum SecretRef {
+    /// `{ file = PATH }`
+    File(PathBuf),
+    /// `{ env = NAME }`
+    Env(String),
+    /// `{ credential = NAME }`: `$CREDENTIALS_DIRECTORY/NAME` (systemd `LoadCredential=`).
+    Credential(String),
+    /// A plain string in the config file.
+    Inline(SecretString),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::File(p) => write!(f, "File({})", p.display()),
+            SecretRef::Env(n) => write!(f, "Env({n})"),
+            SecretRef::Credential(n) => write!(f, "Credential({n})"),
+            SecretRef::Inline(_) => f.write_str("Inline([REDACTED])"),
+        }
+    }
+}
+
+impl PartialEq for SecretRef {
+    /// Inline values compare by content so a reload sees a rotated inline secret.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SecretRef::File(a), SecretRef::File(b)) => a == b,
+            (SecretRef::Env(a), SecretRef::Env(b)) => a == b,
+            (SecretRef::Credential(a), SecretRef::Credential(b)) => a == b,
+            (SecretRef::Inline(a), SecretRef::Inline(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+/// Why a secret could not be read. Names the place, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("environment variable {0} is not set")]
+    Env(String),
+    #[error("credential {0} requested but $CREDENTIALS_DIRECTORY is not set (is the daemon running under systemd with LoadCredential=?)")]
+    NoCredentialsDirectory(String),
+    #[error("secret from {0} is empty")]
+    Empty(String),
+}
+
+/// How secrets reach the outside world: environment lookups are injected so
+/// tests never mutate the process environment.
+#[derive(Clone)]
+pub struct SecretEnv {
+    lookup: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+impl Default for SecretEnv {
+    fn default() -> Self {
+        Self::process()
+    }
+}
+
+impl fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretEnv")
+    }
+}
+
+impl SecretEnv {
+    /// Reads the process environment.
+    pub fn process() -> Self {
+        Self::with_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads from the given function instead of the process environment.
+    pub fn with_lookup(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self {
+            lookup: Arc::new(f),
+        }
+    }
+
+    pub fn var(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+}
+
+impl SecretRef {
+    /// Short description of where the secret lives, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef::File(p) => format!("file {}", p.display()),
+            SecretRef::Env(n) => format!("environment variable {n}"),
+            SecretRef::Credential(n) => format!("credential {n}"),
+            SecretRef::Inline(_) => "the config file".to_string(),
+        }
+    }
+
+    /// Reads the secret now. A single trailing newline (`\n` or `\r\n`) is stripped.
+    pub async fn resolve(&self, env: &SecretEnv) -> Result<SecretString, SecretError> {
+        let raw = match self {
+            SecretRef::Inline(s) => return non_empty(s.expose_secret().to_string(), self),
+            SecretRef::Env(name) => env.var(name).ok_or_else(|| SecretError::Env(name.clone()))?,
+            SecretRef::File(path) => read_file(path.clone()).await?,
+            SecretRef::Credential(name) => {
+                let dir = env
+                    .var("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
+                read_file(PathBuf::from(dir).join(name)).await?
+            }
+        };
+        let trimmed = raw
+            .strip_suffix("\r\n")
+            .or_else(|| raw.strip_suffix('\n'))
+            .unwrap_or(&raw)
+            .to_string();
+        // `raw` is dropped here; SecretString zeroizes its own copy on drop.
+        non_empty(trimmed, self)
+    }
+}
+
+fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {
+    if s.is_empty() {
+        Err(SecretError::Empty(from.describe()))
+    } else {
+        Ok(SecretString::from(s))
+    }
+}
+
+async fn read_file(path: PathBuf) -> Result<String, SecretError> {
+    tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|source| SecretError::File { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_secret_strips_one_newline_and_is_read_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "first\n").unwrap();
+        let r = SecretRef::File(p.clone());
+        let env = SecretEnv::with_lookup(|_| None);
+        assert_eq!(r.resolve(&env).await.unwrap().expose_secret(), "first");
+        std::fs::write(&p, "second\r\n").unwrap();
+        assert_eq!(r.resolve(&env).await.unwrap().expose_secret(), "second");
+    }
+
+    #[tokio::test]
+    async fn credential_reads_from_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("graph"), "v").unwrap();
+        let d = dir.path().to_string_lossy().to_string();
+        let env = SecretEnv::with_lookup(move |k| (k == "CREDENTIALS_DIRECTORY").then(|| d.clone()));
+        let r = SecretRef::Credential("graph".into());
+        assert_eq!(r.resolve(&env).await.unwrap().expose_secret(), "v");
+        let none = SecretEnv::with_lookup(|_| None);
+        let err = r.resolve(&none).await.unwrap_err().to_string();
+        assert!(err.contains("CREDENTIALS_DIRECTORY"), "{err}");
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let r = SecretRef::Inline(SecretString::from("hunter2"));
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}
