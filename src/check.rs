@@ -1,1 +1,103 @@
-//! stub
+//! `tokend check [--fetch]`: validate the config and, with `--fetch`, request
+//! one token per source and show what it carries.
+
+use crate::config::{self, Config};
+use crate::jwt;
+use crate::oauth::TokenClient;
+use crate::secret::{ExposeSecret, SecretEnv};
+use std::path::Path;
+
+/// Validates `path`; prints every problem. Returns the config if valid.
+pub fn validate(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(c)
+        }
+        Err(e) => {
+            for p in e.problems() {
+                eprintln!("{p}");
+            }
+            None
+        }
+    }
+}
+
+/// Runs `tokend check`; returns the exit code.
+pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
+    let Some(config) = validate(path) else {
+        return 1;
+    };
+    let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+    println!("{}: OK, {} source(s): {}", path.display(), names.len(), names.join(", "));
+    if !fetch {
+        return 0;
+    }
+    let client = match TokenClient::new(env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot build the HTTP client: {e}");
+            return 1;
+        }
+    };
+    let mut failed = false;
+    for src in config.sources.values() {
+        match client.fetch(src).await {
+            Err(e) => {
+                failed = true;
+                println!("{}: FAILED: {e}", src.name);
+                if let Some(h) = e.hint() {
+                    println!("  hint: {h}");
+                }
+            }
+            Ok(token) => {
+                println!(
+                    "{}: ok, lifetime {}{}",
+                    src.name,
+                    humantime::format_duration(token.lifetime()),
+                    token.scope.as_ref().map(|s| format!(", scope {s}")).unwrap_or_default()
+                );
+                let secret = token.access_token.expose_secret();
+                match jwt::claims(secret) {
+                    None => println!("  token is opaque (not a JWT): no claims to show"),
+                    Some(c) => {
+                        for key in ["aud", "roles", "scp", "tid", "appid", "azp", "exp"] {
+                            if let Some(v) = c.get(key) {
+                                let mut shown = jwt::show(v);
+                                if key == "exp" {
+                                    if let Some(n) = v.as_u64() {
+                                        shown = crate::timefmt::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(n));
+                                    }
+                                }
+                                println!("  {key}: {shown}");
+                            }
+                        }
+                        if let Some(w) = jwt::consent_warning(&c) {
+                            println!("  warning: {w}");
+                        }
+                    }
+                }
+                if let Some(probe) = &src.probe_url {
+                    match client.http().get(probe.clone()).bearer_auth(secret).send().await {
+                        Ok(r) if r.status().is_success() => println!("  probe {probe}: HTTP {}", r.status().as_u16()),
+                        Ok(r) => {
+                            failed = true;
+                            let s = r.status().as_u16();
+                            println!("  probe {probe}: FAILED, HTTP {s}");
+                            if s == 401 || s == 403 {
+                                println!("  hint: the API refused the token: the app likely lacks the application permission for this call, or admin consent was not granted");
+                            }
+                        }
+                        Err(e) => {
+                            failed = true;
+                            println!("  probe {probe}: FAILED: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    u8::from(failed)
+}

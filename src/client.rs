@@ -1,1 +1,213 @@
-//! stub
+//! The `token` and `status` client commands: HTTP/1.1 over the daemon's Unix
+//! socket, with exit codes a shell script can branch on.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Exit codes of `tokend token`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const OTHER: u8 = 1;
+    pub const UNKNOWN_SOURCE: u8 = 2;
+    pub const FORBIDDEN: u8 = 3;
+    pub const UNAVAILABLE: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source} (is tokend running? set --socket or $TOKEND_SOCKET)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to tokend failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("bad request: {0}")]
+    Request(#[from] hyper::http::Error),
+}
+
+/// One GET (or POST) to the daemon; returns status and body.
+pub async fn call(socket: &Path, method: hyper::Method, path_and_query: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(hyper::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn print_error(body: &[u8], status: StatusCode) {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => {
+            let msg = v["message"].as_str().unwrap_or("request failed");
+            eprintln!("tokend: {msg}");
+            if let Some(h) = v["hint"].as_str() {
+                eprintln!("hint: {h}");
+            }
+        }
+        Err(_) => eprintln!("tokend: HTTP {status}"),
+    }
+}
+
+/// `tokend token NAME`: prints the bare token (or the JSON body) and returns the exit code.
+pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: bool) -> u8 {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    if !json {
+        q.append_pair("format", "raw");
+    }
+    if let Some(t) = min_ttl {
+        q.append_pair("min_ttl", &format!("{}s", t.as_secs()));
+    }
+    let enc: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    let path = format!("/v1/tokens/{enc}?{}", q.finish());
+    match call(socket, hyper::Method::GET, &path).await {
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            exit::OTHER
+        }
+        Ok((StatusCode::OK, body)) => {
+            println!("{}", String::from_utf8_lossy(&body));
+            exit::OK
+        }
+        Ok((status, body)) => {
+            print_error(&body, status);
+            match status.as_u16() {
+                404 => exit::UNKNOWN_SOURCE,
+                403 => exit::FORBIDDEN,
+                503 | 504 | 422 => exit::UNAVAILABLE,
+                _ => exit::OTHER,
+            }
+        }
+    }
+}
+
+/// `tokend status`: a table of sources, or the raw document with `--json`.
+pub async fn status(socket: &Path, json: bool) -> u8 {
+    let (status, body) = match call(socket, hyper::Method::GET, "/v1/sources").await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            return exit::OTHER;
+        }
+    };
+    if status != StatusCode::OK {
+        print_error(&body, status);
+        return exit::OTHER;
+    }
+    if json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return exit::OK;
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(doc) => {
+            print!("{}", render_table(&doc, SystemTime::now()));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("tokend: unreadable status document: {e}");
+            exit::OTHER
+        }
+    }
+}
+
+fn relative(v: &Value, now: SystemTime) -> String {
+    let Some(t) = v.as_str().and_then(|s| humantime::parse_rfc3339(s).ok()) else {
+        return "-".to_string();
+    };
+    let round = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    match t.duration_since(now) {
+        Ok(d) => format!("in {}", round(d)),
+        Err(e) => format!("{} ago", round(e.duration())),
+    }
+}
+
+/// The `status` table: one line per source, then its error and warnings.
+pub fn render_table(doc: &Value, now: SystemTime) -> String {
+    let mut rows = vec![[
+        "SOURCE", "STATE", "EXPIRES", "LAST REFRESH", "NEXT REFRESH", "FAILURES", "CREDENTIAL EXPIRES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut notes = Vec::new();
+    let empty = Vec::new();
+    let sources = doc["sources"].as_array().unwrap_or(&empty);
+    for s in sources {
+        let name = s["name"].as_str().unwrap_or("?").to_string();
+        rows.push(vec![
+            name.clone(),
+            s["state"].as_str().unwrap_or("?").to_string(),
+            relative(&s["expires_at"], now),
+            relative(&s["refreshed_at"], now),
+            relative(&s["next_refresh_at"], now),
+            s["consecutive_failures"].to_string(),
+            relative(&s["credential_expires_at"], now),
+        ]);
+        if let Some(e) = s["last_error"].as_object() {
+            notes.push(format!("{name}: {}", e.get("message").and_then(Value::as_str).unwrap_or("")));
+            if let Some(h) = e.get("hint").and_then(Value::as_str) {
+                notes.push(format!("{name}: hint: {h}"));
+            }
+        }
+        for w in s["warnings"].as_array().unwrap_or(&empty) {
+            notes.push(format!("{name}: warning: {}", w.as_str().unwrap_or("")));
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if sources.is_empty() {
+        out.push_str("(no sources you may read)\n");
+    }
+    if let Some(err) = doc["config"]["last_reload"]["error"].as_str() {
+        notes.push(format!("config: last reload failed: {err}"));
+    }
+    for n in notes {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_state_error_and_hint() {
+        let now = humantime::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        let doc = serde_json::json!({
+            "sources": [{
+                "name": "graph", "state": "degraded",
+                "expires_at": "2026-11-29T10:30:00Z", "refreshed_at": "2026-11-29T09:30:00Z",
+                "next_refresh_at": "2026-11-29T10:00:05Z", "consecutive_failures": 2,
+                "last_error": {"error": "invalid_client", "message": "HTTP 401", "hint": "check the secret", "at": "2026-11-29T09:59:00Z"},
+                "credential_expires_at": null, "warnings": []
+            }],
+            "config": {"last_reload": {"ok": true, "error": null}}
+        });
+        let t = render_table(&doc, now);
+        assert!(t.contains("graph") && t.contains("degraded") && t.contains("in 30m") && t.contains("30m ago"), "{t}");
+        assert!(t.contains("hint: check the secret"), "{t}");
+    }
+}

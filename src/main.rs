@@ -1,1 +1,125 @@
-fn main() {}
+//! The `tokend` binary: CLI parsing, logging setup, dispatch and exit codes.
+
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokend::config::{self, LogFormat};
+use tokend::daemon::{self, ConfigSource};
+use tokend::secret::SecretEnv;
+
+#[derive(Parser)]
+#[command(name = "tokend", version, about = "OAuth 2.0 client-credentials token broker on a Unix socket")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Run {
+        /// Config file.
+        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Development mode: a built-in local IdP, a demo source, socket ./tokend.sock.
+    Dev,
+    /// Validate the config; with --fetch, also get one token per source.
+    Check {
+        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Request a token per source and show its claims.
+        #[arg(long)]
+        fetch: bool,
+    },
+    /// Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`).
+    Token {
+        name: String,
+        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The token must stay valid at least this long (e.g. 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        min_ttl: Option<Duration>,
+        /// Print the JSON body instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the state of every source.
+    Status {
+        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tokend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ExitCode::from(runtime.block_on(dispatch(cli.command)))
+}
+
+async fn dispatch(command: Command) -> u8 {
+    match command {
+        Command::Run { config } => run(&config).await,
+        Command::Dev => dev().await,
+        Command::Check { config, fetch } => tokend::check::run(&config, fetch, SecretEnv::process()).await,
+        Command::Token { name, socket, min_ttl, json } => tokend::client::token(&socket, &name, min_ttl, json).await,
+        Command::Status { socket, json } => tokend::client::status(&socket, json).await,
+    }
+}
+
+async fn run(path: &Path) -> u8 {
+    let Some(cfg) = tokend::check::validate(path) else {
+        return 1;
+    };
+    init_logging(cfg.server.log_format);
+    match daemon::run(cfg, ConfigSource::File(path.to_path_buf()), SecretEnv::process()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            1
+        }
+    }
+}
+
+async fn dev() -> u8 {
+    init_logging(LogFormat::Text);
+    let setup = match tokend::dev::DevSetup::start().await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tokend dev: {e}");
+            return 1;
+        }
+    };
+    println!("{}", setup.banner());
+    let config = setup.config.clone();
+    match daemon::run(config.clone(), ConfigSource::Fixed(Box::new(config)), SecretEnv::process()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tokend dev: {e}");
+            1
+        }
+    }
+}

@@ -388,7 +388,7 @@ impl Actor {
                 tracing::info!(
                     source = %name,
                     lifetime = %humantime::format_duration(token.lifetime()),
-                    next_refresh_in = %humantime::format_duration(at.saturating_duration_since(now)),
+                    next_refresh_in = %humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs())),
                     "token fetched"
                 );
                 self.tx.send_modify(|s| {

@@ -1,0 +1,271 @@
+//! Routes of the HTTP API (SPEC §3): path and query parsing, status codes,
+//! and JSON error bodies `{"error", "message", "hint"?}`.
+
+use super::{Peer, ServerSettings};
+use crate::broker::{self, Broker, ServeError};
+use crate::config::valid_source_name;
+use crate::secret::ExposeSecret;
+use crate::timefmt::{ceil_secs, rfc3339_at};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Largest POST body accepted.
+pub const MAX_POST_BODY: usize = 1024;
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>, hint: Option<String>) -> Resp {
+    let mut body = json!({ "error": code, "message": message.into() });
+    if let Some(h) = hint {
+        body["hint"] = Value::String(h);
+    }
+    json_response(status, &body)
+}
+
+fn with_retry_after(mut r: Resp, after: Option<Duration>) -> Resp {
+    if let Some(d) = after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
+    }
+    r
+}
+
+fn no_store(mut r: Resp) -> Resp {
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+enum Route<'a> {
+    Health,
+    Ready,
+    Sources,
+    Source(&'a str),
+    Refresh(&'a str),
+    Token(&'a str),
+}
+
+fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
+    const GET: &[Method] = &[Method::GET];
+    const POST: &[Method] = &[Method::POST];
+    Some(match path {
+        "/healthz" => (Route::Health, GET),
+        "/readyz" => (Route::Ready, GET),
+        "/v1/sources" => (Route::Sources, GET),
+        _ => {
+            if let Some(rest) = path.strip_prefix("/v1/tokens/") {
+                (Route::Token(rest), GET)
+            } else if let Some(rest) = path.strip_prefix("/v1/sources/") {
+                match rest.strip_suffix("/refresh") {
+                    Some(name) => (Route::Refresh(name), POST),
+                    None => (Route::Source(rest), GET),
+                }
+            } else {
+                return None;
+            }
+        }
+    })
+}
+
+/// Answers one request. Never panics on input; every outcome is a response.
+pub async fn handle(req: Request<Incoming>, broker: &Broker, peer: Option<Peer>, settings: &ServerSettings) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let Some((route, methods)) = route(&path) else {
+        return error(StatusCode::NOT_FOUND, "not_found", format!("no such path: {}", printable(&path)), Some("see SPEC §3 for the API".into()));
+    };
+    if !methods.contains(req.method()) {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed here", req.method()), None);
+        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            r.headers_mut().insert(ALLOW, v);
+        }
+        return r;
+    }
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let resp = match route {
+        Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        Route::Ready => ready(broker),
+        Route::Sources => {
+            let list: Vec<Value> = broker.list().iter().map(|h| broker::status_json(h)).collect();
+            json_response(StatusCode::OK, &json!({ "sources": list, "config": broker.config_json() }))
+        }
+        Route::Source(name) => match lookup(broker, name) {
+            Ok(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
+            Err(r) => r,
+        },
+        Route::Refresh(name) => refresh(req, broker, name, settings).await,
+        Route::Token(name) => token(broker, name, &query, settings).await,
+    };
+    tracing::debug!(
+        method = %method,
+        path = %printable(&path),
+        status = resp.status().as_u16(),
+        uid = peer.map(|p| p.uid),
+        pid = peer.and_then(|p| p.pid),
+        "request"
+    );
+    resp
+}
+
+/// A path made safe for a log line or message.
+pub fn printable(path: &str) -> String {
+    crate::oauth::response::clip(path, 200)
+}
+
+fn lookup(broker: &Broker, name: &str) -> Result<std::sync::Arc<crate::broker::source::SourceHandle>, Resp> {
+    // Names outside the pattern are never looked up (and never touch the filesystem).
+    let found = if valid_source_name(name) { broker.get(name) } else { None };
+    found.ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no source named {:?}", printable(name)),
+            Some("GET /v1/sources lists the configured sources".into()),
+        )
+    })
+}
+
+fn ready(broker: &Broker) -> Resp {
+    let not_ready = broker.not_ready();
+    let reload = broker.reload_status();
+    let ok = not_ready.is_empty();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(
+        status,
+        &json!({ "ready": ok, "not_ready": not_ready, "config_error": if reload.ok { None } else { reload.error } }),
+    )
+}
+
+struct TokenQuery {
+    min_ttl: Option<Duration>,
+    raw: bool,
+}
+
+fn parse_token_query(query: &str) -> Result<TokenQuery, String> {
+    let mut q = TokenQuery { min_ttl: None, raw: false };
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "min_ttl" => {
+                q.min_ttl = Some(humantime::parse_duration(&v).map_err(|e| format!("min_ttl {:?} is not a duration ({e}); write it like 30s or 5m", printable(&v)))?);
+            }
+            "format" => match v.as_ref() {
+                "raw" => q.raw = true,
+                "json" => q.raw = false,
+                other => return Err(format!("format {:?} is unknown; use raw or json", printable(other))),
+            },
+            other => return Err(format!("unknown query parameter {:?}; known: min_ttl, format", printable(other))),
+        }
+    }
+    Ok(q)
+}
+
+async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettings) -> Resp {
+    let handle = match lookup(broker, name) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let q = match parse_token_query(query) {
+        Ok(q) => q,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
+    };
+    let result = tokio::time::timeout(settings.request_timeout, handle.token(q.min_ttl)).await;
+    let tok = match result {
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "fetch_timeout",
+                format!("no token for {name} within {}", humantime::format_duration(settings.request_timeout)),
+                Some("the identity provider is slow; tokend keeps trying, retry shortly".into()),
+            )
+        }
+        Ok(Err(ServeError::Unavailable { retry_after, last_error })) => {
+            let (message, hint) = match last_error {
+                Some(e) => (format!("no valid token for {name}: {}", e.message), e.hint),
+                None => (format!("no valid token for {name} yet"), None),
+            };
+            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", message, hint), retry_after);
+        }
+        Ok(Err(ServeError::MinTtlUnsatisfiable { lifetime })) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "min_ttl_unsatisfiable",
+                format!("the identity provider issues {name} tokens for {}, shorter than the requested min_ttl", humantime::format_duration(lifetime)),
+                Some("ask for a smaller min_ttl".into()),
+            )
+        }
+        Ok(Err(ServeError::Gone)) => return error(StatusCode::NOT_FOUND, "unknown_source", format!("source {name} was removed"), None),
+        Ok(Ok(t)) => t,
+    };
+    let secret = tok.access_token.expose_secret();
+    let resp = if q.raw {
+        let mut r = Response::new(Full::new(Bytes::copy_from_slice(secret.as_bytes())));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    } else {
+        let now = Instant::now();
+        let mut body = json!({
+            "access_token": secret,
+            "token_type": tok.token_type,
+            "expires_in": tok.remaining_at(now).as_secs(),
+            "expires_at": rfc3339_at(tok.expires_at),
+            "source": name,
+        });
+        if let Some(s) = &tok.scope {
+            body["scope"] = Value::String(s.clone());
+        }
+        json_response(StatusCode::OK, &body)
+    };
+    no_store(resp)
+}
+
+async fn refresh(req: Request<Incoming>, broker: &Broker, name: &str, settings: &ServerSettings) -> Resp {
+    let handle = match lookup(broker, name) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("POST bodies are limited to {MAX_POST_BODY} bytes"), None);
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_POST_BODY as u64) {
+        return too_large();
+    }
+    if Limited::new(req.into_body(), MAX_POST_BODY).collect().await.is_err() {
+        return too_large();
+    }
+    if let Err(wait) = handle.claim_forced_refresh() {
+        return with_retry_after(
+            error(StatusCode::TOO_MANY_REQUESTS, "refresh_rate_limited", format!("{name} was force-refreshed less than 10 s ago"), None),
+            Some(wait),
+        );
+    }
+    match tokio::time::timeout(settings.request_timeout, handle.force_refresh()).await {
+        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "fetch_timeout", format!("the refresh of {name} did not finish within {}", humantime::format_duration(settings.request_timeout)), None),
+        Ok(Ok(_)) => json_response(StatusCode::OK, &broker::status_json(&handle)),
+        Ok(Err(failed)) => {
+            let (message, hint) = failed
+                .0
+                .map(|e| (e.message, e.hint))
+                .unwrap_or_else(|| (format!("the refresh of {name} failed"), None));
+            let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(&handle) });
+            if let Some(h) = hint {
+                body["hint"] = Value::String(h);
+            }
+            json_response(StatusCode::BAD_GATEWAY, &body)
+        }
+    }
+}
