@@ -40,7 +40,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     let listener = server::bind(&config.server.socket, config.server.socket_mode, config.server.socket_group)?;
-    let broker = Broker::new(TokenClient::new(env)?, config.server.max_concurrent_fetches);
+    let broker = Broker::new(Arc::new(TokenClient::new(env)?), config.server.max_concurrent_fetches);
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

@@ -6,13 +6,17 @@
 
 pub mod policy;
 pub mod source;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{Config, SourceConfig};
-use crate::oauth::TokenClient;
+use crate::oauth::{FetchError, Token, TokenClient};
 use crate::timefmt::{rfc3339, rfc3339_at};
 use serde_json::{json, Value};
 use source::{SourceHandle, State};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 use tokio::sync::Semaphore;
@@ -20,6 +24,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use source::{LastError, ServeError, Snapshot};
+
+/// Something that gets a token for a source: the real [`TokenClient`], or
+/// a scripted stand-in in the refresh-policy tests.
+pub trait Fetcher: Send + Sync + 'static {
+    /// A future of one upstream token request; it must not borrow `self`.
+    fn fetch(&self, source: Arc<SourceConfig>) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
+}
+
+impl Fetcher for TokenClient {
+    fn fetch(&self, source: Arc<SourceConfig>) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
+        let client = self.clone();
+        Box::pin(async move { client.fetch(&source).await })
+    }
+}
 
 /// Outcome of the last config load, for `/v1/sources` and `/readyz`.
 #[derive(Debug, Clone)]
@@ -31,19 +49,24 @@ pub struct ReloadStatus {
 }
 
 /// All running sources.
-#[derive(Debug)]
 pub struct Broker {
     sources: RwLock<BTreeMap<String, Arc<SourceHandle>>>,
-    client: TokenClient,
+    client: Arc<dyn Fetcher>,
     fetch_limit: Arc<Semaphore>,
     shutdown: CancellationToken,
     reload: Mutex<ReloadStatus>,
 }
 
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("sources", &self.sources).finish_non_exhaustive()
+    }
+}
+
 impl Broker {
     /// A broker with no sources; `max_concurrent_fetches` bounds token
     /// requests in flight across all sources.
-    pub fn new(client: TokenClient, max_concurrent_fetches: usize) -> Arc<Self> {
+    pub fn new(client: Arc<dyn Fetcher>, max_concurrent_fetches: usize) -> Arc<Self> {
         let now = SystemTime::now();
         Arc::new(Broker {
             sources: RwLock::new(BTreeMap::new()),

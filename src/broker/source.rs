@@ -12,7 +12,8 @@
 
 use super::policy;
 use crate::config::SourceConfig;
-use crate::oauth::{FetchError, Token, TokenClient};
+use super::Fetcher;
+use crate::oauth::{FetchError, Token};
 use crate::secret::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
@@ -255,12 +256,12 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
     }
 }
 
-type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
+pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 
 /// Starts the actor for `config` and returns its handle.
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
-    client: TokenClient,
+    client: Arc<dyn Fetcher>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
 ) -> Arc<SourceHandle> {
@@ -290,7 +291,7 @@ pub(crate) fn spawn(
 
 struct Actor {
     config: Arc<SourceConfig>,
-    client: TokenClient,
+    client: Arc<dyn Fetcher>,
     limit: Arc<Semaphore>,
     tx: watch::Sender<Snapshot>,
     commands: mpsc::Receiver<Command>,
@@ -351,13 +352,12 @@ impl Actor {
             s.next_refresh_at = None;
         });
         tracing::debug!(source = %self.config.name, "fetching token");
-        let client = self.client.clone();
-        let config = self.config.clone();
+        let fetch = self.client.fetch(self.config.clone());
         let limit = self.limit.clone();
         Box::pin(async move {
             // The semaphore is never closed; if it were, fetching anyway is the safe fallback.
             let _permit = limit.acquire_owned().await.ok();
-            client.fetch(&config).await
+            fetch.await
         })
     }
 

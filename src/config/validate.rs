@@ -575,3 +575,183 @@ fn group_gid(name: &str) -> Option<u32> {
     };
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_str, ConfigError, Diagnostic};
+    use super::*;
+
+    const GOOD: &str = r#"
+[sources.api]
+token_url = "https://sso.example.com/token"
+client_id = "api"
+client_secret = { file = "/run/secret" }
+"#;
+
+    fn problems(text: &str) -> Vec<Diagnostic> {
+        match load_str(text, Path::new("t.toml"), Some(0o600)) {
+            Err(ConfigError::Invalid(d)) => d,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    fn one(text: &str) -> Diagnostic {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        p.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = load_str(GOOD, Path::new("t.toml"), Some(0o600)).unwrap();
+        let s = &c.sources["api"];
+        assert_eq!(s.auth_method, AuthMethod::ClientSecretBasic);
+        assert_eq!(s.refresh_ratio, 0.75);
+        assert_eq!(s.min_ttl, Duration::from_secs(120));
+        assert_eq!(s.fetch_timeout, Duration::from_secs(15));
+        assert!(s.eager);
+        assert_eq!(c.server.socket_mode, 0o660);
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let d = one(&GOOD.replace("client_id =", "clent_id = \"x\"\nclient_id ="));
+        assert_eq!((d.line, d.col), (4, 1));
+        assert!(d.message.contains("unknown field `clent_id`"), "{d}");
+        assert!(d.to_string().starts_with("t.toml:4:1: "), "{d}");
+    }
+
+    #[test]
+    fn unknown_server_key_and_top_level_key() {
+        let p = problems(&format!("[server]\nsokcet = \"/x\"\n[servre]\n{GOOD}"));
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert_eq!((p[0].line, p[0].col), (2, 1));
+        assert!(p[1].message.contains("unknown key `servre`"));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let d = one("[sources.api\nclient_id = 1");
+        assert_eq!(d.line, 1);
+        assert!(d.hint.as_deref().unwrap_or_default().contains("TOML"));
+    }
+
+    #[test]
+    fn bad_names() {
+        let d = one(&GOOD.replace("[sources.api]", "[sources.Bad_Name]"));
+        assert_eq!((d.line, d.col), (2, 10));
+        assert!(d.message.contains("invalid source name"));
+    }
+
+    #[test]
+    fn http_only_to_loopback() {
+        let d = one(&GOOD.replace("https://sso.example.com", "http://sso.example.com"));
+        assert_eq!((d.line, d.col), (3, 13));
+        assert!(d.hint.unwrap().contains("https://sso.example.com/token"));
+        for ok in ["http://localhost:8080/t", "http://127.0.0.2/t", "http://[::1]:9/t"] {
+            load_str(&GOOD.replace("https://sso.example.com/token", ok), Path::new("t"), None).unwrap();
+        }
+    }
+
+    #[test]
+    fn two_secret_kinds() {
+        let d = one(&GOOD.replace(r#"{ file = "/run/secret" }"#, r#"{ file = "/a", env = "B" }"#));
+        assert_eq!(d.line, 5);
+        assert!(d.message.contains("exactly one"), "{d}");
+    }
+
+    #[test]
+    fn bad_duration_and_ratio_reported_together() {
+        let p = problems(&format!("{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\nfetch_timeout = 30\n"));
+        assert_eq!(p.len(), 1, "serde stops at the first type error within a table: {p:#?}");
+        let p = problems(&format!("{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\n"));
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert_eq!(p[0].line, 6);
+        assert!(p[0].message.contains("min_ttl"));
+        assert_eq!(p[1].line, 7);
+        assert!(p[1].hint.as_deref().unwrap().contains("0.5 to 0.95"));
+    }
+
+    #[test]
+    fn every_source_is_checked() {
+        let text = format!("{GOOD}\n[sources.b]\nclient_id = \"b\"\n[sources.c]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = {{ nope = \"x\" }}\n");
+        let p = problems(&text);
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(p[0].message.contains("no `token_url`"));
+        assert!(p[1].message.contains("no credential"));
+        assert!(p[2].message.contains("unknown secret kind"));
+    }
+
+    #[test]
+    fn defaults_apply_and_sources_override() {
+        let c = load_str(&format!("[defaults]\nmin_ttl = \"5m\"\neager = false\n{GOOD}refresh_ratio = 0.8\n"), Path::new("t"), None).unwrap();
+        let s = &c.sources["api"];
+        assert_eq!(s.min_ttl, Duration::from_secs(300));
+        assert!(!s.eager);
+        assert_eq!(s.refresh_ratio, 0.8);
+    }
+
+    #[test]
+    fn azure_fills_in_and_checks_scopes() {
+        let base = "[sources.graph]\nprovider = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\n";
+        let c = load_str(base, Path::new("t"), None).unwrap();
+        let g = &c.sources["graph"];
+        assert_eq!(g.token_url.as_str(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+        assert_eq!(g.auth_method, AuthMethod::ClientSecretPost);
+        assert_eq!(g.scopes, vec![AZURE_DEFAULT_SCOPE.to_string()]);
+
+        let d = one(&format!("{base}scopes = [\"https://graph.microsoft.com/User.Read\"]\n"));
+        assert!(d.hint.as_deref().unwrap().contains("\"https://graph.microsoft.com/.default\""), "{d}");
+        let d = one(&format!("{base}scopes = [\"User.Read\"]\n"));
+        assert!(d.hint.as_deref().unwrap().contains("granted on the app registration"), "{d}");
+        let d = one(&base.replace("contoso.onmicrosoft.com", "common"));
+        assert!(d.message.contains("common"));
+        let c = load_str(&format!("{base}authority = \"https://login.microsoftonline.us\"\n"), Path::new("t"), None).unwrap();
+        assert!(c.sources["graph"].token_url.as_str().starts_with("https://login.microsoftonline.us/contoso"));
+    }
+
+    #[test]
+    fn inline_secret_in_readable_file_warns() {
+        let text = GOOD.replace(r#"{ file = "/run/secret" }"#, r#""s3cret-value""#);
+        let c = load_str(&text, Path::new("t"), Some(0o644)).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(!c.warnings[0].to_string().contains("s3cret-value"));
+        assert!(!format!("{c:?}").contains("s3cret-value"));
+        let c = load_str(&text, Path::new("t"), Some(0o600)).unwrap();
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn credential_expires_date_or_string() {
+        let c = load_str(&format!("{GOOD}credential_expires = 2027-05-01\n"), Path::new("t"), None).unwrap();
+        let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_809_129_600);
+        assert_eq!(c.sources["api"].credential_expires, Some(want));
+        let c = load_str(&format!("{GOOD}credential_expires = \"2027-05-01\"\n"), Path::new("t"), None).unwrap();
+        assert_eq!(c.sources["api"].credential_expires, Some(want));
+        let d = one(&format!("{GOOD}credential_expires = \"soon\"\n"));
+        assert_eq!(d.line, 6);
+    }
+
+    #[test]
+    fn server_section() {
+        let c = load_str(&format!("[server]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0600\"\nsocket_group = 0\nlog_format = \"json\"\nrequest_timeout = \"3s\"\n{GOOD}"), Path::new("t"), None).unwrap();
+        assert_eq!(c.server.socket_mode, 0o600);
+        assert_eq!(c.server.socket_group, Some(0));
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.server.request_timeout, Duration::from_secs(3));
+        let p = problems(&format!("[server]\nsocket_mode = \"999\"\nsocket_group = \"no-such-group-xyz\"\nmax_connections = 0\n{GOOD}"));
+        assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_source_name("graph"));
+        assert!(valid_source_name("a.b_c-1"));
+        assert!(!valid_source_name(""));
+        assert!(!valid_source_name("-x"));
+        assert!(!valid_source_name("Graph"));
+        assert!(!valid_source_name("../etc"));
+        assert!(!valid_source_name(&"a".repeat(65)));
+    }
+}
