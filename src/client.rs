@@ -32,8 +32,8 @@ pub enum ClientError {
     Request(#[from] hyper::http::Error),
 }
 
-/// One GET (or POST) to the daemon; returns status and body.
-pub async fn call(socket: &Path, method: hyper::Method, path_and_query: &str) -> Result<(StatusCode, Bytes), ClientError> {
+/// One request to the daemon; returns the whole response.
+pub async fn call(socket: &Path, method: hyper::Method, path_and_query: &str) -> Result<hyper::Response<Bytes>, ClientError> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
         path: socket.display().to_string(),
         source,
@@ -45,10 +45,9 @@ pub async fn call(socket: &Path, method: hyper::Method, path_and_query: &str) ->
         .uri(path_and_query)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    let (parts, body) = sender.send_request(req).await?.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(hyper::Response::from_parts(parts, body))
 }
 
 fn print_error(body: &[u8], status: StatusCode) {
@@ -75,7 +74,7 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
     }
     let enc: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
     let path = format!("/v1/tokens/{enc}?{}", q.finish());
-    match call(socket, hyper::Method::GET, &path).await {
+    match call(socket, hyper::Method::GET, &path).await.map(|r| (r.status(), r.into_body())) {
         Err(e) => {
             eprintln!("tokend: {e}");
             exit::OTHER
@@ -99,7 +98,7 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
 /// `tokend status`: a table of sources, or the raw document with `--json`.
 pub async fn status(socket: &Path, json: bool) -> u8 {
     let (status, body) = match call(socket, hyper::Method::GET, "/v1/sources").await {
-        Ok(r) => r,
+        Ok(r) => (r.status(), r.into_body()),
         Err(e) => {
             eprintln!("tokend: {e}");
             return exit::OTHER;

@@ -105,8 +105,12 @@ impl<'a> Validator<'a> {
         let (doc, parse_errors) = DeTable::parse_recoverable(self.text);
         if !parse_errors.is_empty() {
             for e in parse_errors {
-                let msg = e.message().trim().to_string();
-                self.err(e.span().unwrap_or(0..0), msg, Some("fix the TOML syntax".to_string()));
+                let span = e.span().unwrap_or(0..0);
+                let mut msg = e.message().trim().to_string();
+                if let Some(what) = self.text.get(span.clone()).filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n')) {
+                    msg = format!("{msg} `{what}`");
+                }
+                self.err(span, msg, Some("fix the TOML syntax".to_string()));
             }
             return Err(ConfigError::Invalid(self.errors));
         }

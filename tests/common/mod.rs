@@ -1,0 +1,201 @@
+//! Test kit: runs the real `tokend` binary on a temporary socket, talks to it
+//! over that socket, and captures its log.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub use tokend::dev::{DevIdp, Failure};
+
+pub const SECRET: &str = "s3cr3t-a+b/c:d%e";
+
+/// A running daemon; killed on drop if still running.
+pub struct Daemon {
+    child: Child,
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+pub struct Builder {
+    body: String,
+    server: String,
+    env: Vec<(String, String)>,
+    rust_log: String,
+    socket: Option<PathBuf>,
+    dir: Option<TempDir>,
+}
+
+/// A daemon whose config has `[server]` pointing at a temp socket plus `body`.
+pub fn daemon(body: &str) -> Builder {
+    Builder {
+        body: body.to_string(),
+        server: String::new(),
+        env: Vec::new(),
+        rust_log: "info".into(),
+        socket: None,
+        dir: None,
+    }
+}
+
+/// A generic source named `name` against `idp` with the shared secret.
+pub fn source(name: &str, idp: &DevIdp, extra: &str) -> String {
+    source_as(name, name, idp, extra)
+}
+
+/// Like [`source`] with another client id.
+pub fn source_as(name: &str, client_id: &str, idp: &DevIdp, extra: &str) -> String {
+    format!(
+        "[sources.{name}]\ntoken_url = \"{}\"\nclient_id = \"{client_id}\"\nclient_secret = \"{SECRET}\"\n{extra}\n",
+        idp.token_url()
+    )
+}
+
+impl Builder {
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server = lines.to_string();
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn rust_log(mut self, level: &str) -> Self {
+        self.rust_log = level.into();
+        self
+    }
+    /// Runs in `dir` with the socket at `socket` (for stale-socket tests).
+    pub fn at(mut self, dir: TempDir, socket: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self.socket = Some(socket);
+        self
+    }
+
+    /// Writes the config and starts the process without waiting for it.
+    pub fn spawn(self) -> Daemon {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let socket = self.socket.unwrap_or_else(|| dir.path().join("tokend.sock"));
+        let config = dir.path().join("tokend.toml");
+        let mode = if self.server.contains("socket_mode") { "" } else { "socket_mode = \"0600\"\n" };
+        let text = format!("[server]\nsocket = \"{}\"\n{mode}{}\n{}", socket.display(), self.server, self.body);
+        std::fs::write(&config, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let log = std::fs::File::create(dir.path().join("tokend.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", &self.rust_log)
+            .env_remove("TOKEND_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        Daemon { child, dir, socket, config }
+    }
+
+    /// Starts the daemon and waits until it answers `/healthz`.
+    pub async fn start(self) -> Daemon {
+        let mut d = self.spawn();
+        d.wait_ready().await;
+        d
+    }
+}
+
+impl Daemon {
+    /// Polls until the socket answers, failing with the log if it never does.
+    pub async fn wait_ready(&mut self) {
+        for _ in 0..500 {
+            if let Ok(r) = tokend::client::call(&self.socket, hyper::Method::GET, "/healthz").await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tokend exited with {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tokend did not start within 10 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tokend.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit (at most 10 s).
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        for _ in 0..500 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tokend did not exit:\n{}", self.log());
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(hyper::Method::GET, path).await
+    }
+
+    pub async fn request(&self, method: hyper::Method, path: &str) -> Resp {
+        Resp(tokend::client::call(&self.socket, method, path).await.unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response with helpers.
+pub struct Resp(pub hyper::Response<Bytes>);
+
+impl Resp {
+    pub fn status(&self) -> u16 {
+        self.0.status().as_u16()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.0.body()).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.0.body()).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+/// Starts a dev IdP with the shared secret registered for `clients`.
+pub async fn idp(lifetime: Duration, clients: &[&str]) -> DevIdp {
+    let idp = DevIdp::start(lifetime).await.unwrap();
+    for c in clients {
+        idp.add_client(c, SECRET);
+    }
+    idp
+}
+
+pub fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}

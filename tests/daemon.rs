@@ -1,0 +1,264 @@
+//! The daemon end to end: the real binary on a temp socket, the dev IdP on
+//! 127.0.0.1 as the token endpoint.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+#[tokio::test]
+async fn serves_token_as_json_and_raw() {
+    let idp = idp(S(3600), &["api"]).await;
+    let d = daemon(&source("api", &idp, "scopes = [\"read\", \"write\"]")).start().await;
+    let r = d.get("/v1/tokens/api").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let j = r.json();
+    let token = j["access_token"].as_str().unwrap().to_string();
+    assert_eq!(j["token_type"], "Bearer");
+    assert_eq!(j["source"], "api");
+    assert_eq!(j["scope"], "read write");
+    let expires_in = j["expires_in"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&expires_in), "{j}");
+    assert!(humantime::parse_rfc3339(j["expires_at"].as_str().unwrap()).is_ok(), "{j}");
+
+    let raw = d.get("/v1/tokens/api?format=raw").await;
+    assert_eq!(raw.status(), 200);
+    assert_eq!(raw.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(raw.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(raw.text(), token);
+    assert_eq!(idp.issued(), 1, "both answers come from the cache");
+    assert_eq!(idp.scopes_seen(), vec!["read write".to_string()]);
+}
+
+#[tokio::test]
+async fn error_bodies_and_status_codes() {
+    let idp = idp(S(3600), &["ok"]).await;
+    let slow = idp_slow().await;
+    let body = format!(
+        "{}{}{}",
+        source("ok", &idp, ""),
+        // Wrong secret: the IdP answers invalid_client.
+        source("bad", &idp, ""),
+        source("slow", &slow, "eager = false\nfetch_timeout = \"30s\""),
+    );
+    let d = daemon(&body).server("request_timeout = \"1s\"").start().await;
+
+    let r = d.get("/v1/tokens/nope").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json()["error"], "unknown_source");
+    let r = d.get("/v1/tokens/..%2Fetc").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json()["error"], "unknown_source");
+    let r = d.get("/nowhere").await;
+    assert_eq!((r.status(), r.json()["error"].as_str().unwrap()), (404, "not_found"));
+    let r = d.request(hyper::Method::DELETE, "/v1/tokens/ok").await;
+    assert_eq!(r.status(), 405);
+    let r = d.get("/v1/tokens/ok?min_ttl=soon").await;
+    assert_eq!((r.status(), r.json()["error"].as_str().unwrap()), (400, "bad_request"));
+
+    // The failing source: 503 at once, with Retry-After and the IdP's reason.
+    let r = wait_for_status(&d, "/v1/tokens/bad", 503).await;
+    let j = r.json();
+    assert_eq!(j["error"], "token_unavailable");
+    assert!(j["message"].as_str().unwrap().contains("invalid_client"), "{j}");
+    assert!(j["hint"].as_str().is_some(), "{j}");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+
+    // A fetch slower than request_timeout: 504.
+    let r = d.get("/v1/tokens/slow").await;
+    assert_eq!(r.status(), 504, "{}", r.text());
+    assert_eq!(r.json()["error"], "fetch_timeout");
+
+    // Status shows the failure with its hint, and never a secret.
+    let r = d.get("/v1/sources/bad").await;
+    let j = r.json();
+    assert_eq!(j["state"], "failed");
+    assert_eq!(j["last_error"]["error"], "invalid_client");
+    assert!(!r.text().contains(SECRET));
+    drop(slow);
+}
+
+async fn idp_slow() -> DevIdp {
+    let slow = idp(S(3600), &["slow"]).await;
+    slow.set_delay(S(5));
+    slow
+}
+
+async fn wait_for_status(d: &Daemon, path: &str, want: u16) -> Resp {
+    for _ in 0..250 {
+        let r = d.get(path).await;
+        if r.status() == want {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{path} never answered {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_requests_cause_one_upstream_request() {
+    let idp = idp(S(3600), &["lazy"]).await;
+    idp.set_delay(Duration::from_millis(500));
+    let d = daemon(&source("lazy", &idp, "eager = false")).start().await;
+    assert_eq!(d.get("/v1/sources/lazy").await.json()["state"], "idle");
+    let socket = d.socket.clone();
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                let r = tokend::client::call(&socket, hyper::Method::GET, "/v1/tokens/lazy?format=raw").await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.into_body()
+            })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        tokens.insert(t.await.unwrap());
+    }
+    assert_eq!(idp.requests(), 1, "exactly one upstream request");
+    assert_eq!(tokens.len(), 1, "exactly one token");
+}
+
+#[tokio::test]
+async fn min_ttl_forces_a_fetch_or_answers_422() {
+    let idp = idp(S(40), &["short"]).await;
+    let d = daemon(&source("short", &idp, "min_ttl = \"0s\"")).start().await;
+    let first = d.get("/v1/tokens/short?format=raw").await.text();
+    // A 40 s token cannot live an hour: 422 at once, no new fetch.
+    let r = d.get("/v1/tokens/short?min_ttl=1h").await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json()["error"], "min_ttl_unsatisfiable");
+    assert!(r.json()["message"].as_str().unwrap().contains("40s"));
+    assert_eq!(idp.issued(), 1);
+    // Once the token is over 10 s old, asking for more than it has left fetches anew.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let r = d.get("/v1/tokens/short?min_ttl=35s&format=raw").await;
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.text(), first);
+    assert_eq!(idp.issued(), 2);
+}
+
+#[tokio::test]
+async fn forced_refresh_then_rate_limited() {
+    let idp = idp(S(3600), &["api"]).await;
+    let d = daemon(&source("api", &idp, "")).start().await;
+    wait_for_status(&d, "/v1/tokens/api", 200).await;
+    let r = d.request(hyper::Method::POST, "/v1/sources/api/refresh").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "ready");
+    assert_eq!(idp.issued(), 2);
+    let r = d.request(hyper::Method::POST, "/v1/sources/api/refresh").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.json()["error"], "refresh_rate_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(idp.issued(), 2);
+}
+
+#[tokio::test]
+async fn readyz_and_sources_document() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&format!("{}{}", source("a", &idp, ""), source_as("b", "unknown", &idp, ""))).start().await;
+    wait_for_status(&d, "/v1/tokens/a", 200).await;
+    let r = d.get("/readyz").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json()["not_ready"], serde_json::json!(["b"]));
+    let doc = d.get("/v1/sources").await.json();
+    assert_eq!(doc["sources"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["config"]["last_reload"]["ok"], true);
+    assert_eq!(d.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_removes_the_socket_and_exits_zero() {
+    let idp = idp(S(3600), &["api"]).await;
+    let mut d = daemon(&source("api", &idp, "")).start().await;
+    assert!(exists(&d.socket));
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit().await;
+    assert!(status.success(), "{status}");
+    assert!(!exists(&d.socket), "socket file left behind");
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_live_one_and_regular_file_refused() {
+    let idp = idp(S(3600), &["api"]).await;
+    // A socket file nobody listens on (a crashed daemon's).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(exists(&path));
+    let d = daemon(&source("api", &idp, "")).at(dir, path.clone()).start().await;
+    assert_eq!(d.get("/v1/tokens/api").await.status(), 200);
+
+    // A second daemon on the same, live socket exits non-zero naming the path.
+    let mut second = daemon(&source("api", &idp, "")).at(tempfile::tempdir().unwrap(), path.clone()).spawn();
+    let status = second.wait_exit().await;
+    assert!(!status.success());
+    assert!(second.log().contains(&path.display().to_string()), "{}", second.log());
+    assert_eq!(d.get("/v1/tokens/api").await.status(), 200, "the first daemon is undisturbed");
+
+    // A regular file at the socket path is never deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokend.sock");
+    std::fs::write(&file, "precious").unwrap();
+    let mut third = daemon(&source("api", &idp, "")).at(dir, file.clone()).spawn();
+    assert!(!third.wait_exit().await.success());
+    assert!(third.log().contains("not a socket"), "{}", third.log());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+}
+
+#[tokio::test]
+async fn socket_has_the_configured_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let idp = idp(S(3600), &["api"]).await;
+    let d = daemon(&source("api", &idp, "")).server("socket_mode = \"0640\"").start().await;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}
+
+#[tokio::test]
+async fn trace_log_contains_no_token_and_no_secret() {
+    let idp = idp(S(3600), &["basic", "post"]).await;
+    idp.set_refresh_in(Some(S(2)));
+    let body = format!(
+        "{}{}{}",
+        source("basic", &idp, "min_ttl = \"0s\""),
+        source("post", &idp, "auth_method = \"client_secret_post\"\nmin_ttl = \"0s\""),
+        source_as("wrong", "nobody", &idp, ""),
+    );
+    let mut d = daemon(&body).rust_log("trace").start().await;
+    let mut tokens = Vec::new();
+    for name in ["basic", "post"] {
+        tokens.push(wait_for_status(&d, &format!("/v1/tokens/{name}?format=raw"), 200).await.text());
+    }
+    wait_for_status(&d, "/v1/tokens/wrong", 503).await;
+    // refresh_in = 2 s: wait for a refresh of each source to land.
+    for _ in 0..250 {
+        if idp.issued() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(idp.issued() >= 4, "refreshes happened");
+    for name in ["basic", "post"] {
+        tokens.push(d.get(&format!("/v1/tokens/{name}?format=raw")).await.text());
+    }
+    d.signal(libc::SIGTERM);
+    d.wait_exit().await;
+    let log = d.log();
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the log was captured at trace level");
+    assert!(log.contains("token fetched") && log.contains("token fetch failed"), "{log}");
+    assert!(!log.contains(SECRET), "secret in log");
+    let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+    assert!(!log.contains(&encoded), "form-encoded secret in log");
+    for t in tokens {
+        assert!(!log.contains(&t), "token in log");
+        // and no recognisable piece of one
+        assert!(!log.contains(t.split('.').nth(1).unwrap()), "token payload in log");
+    }
+}
