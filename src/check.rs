@@ -31,7 +31,12 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
         return 1;
     };
     let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
-    println!("{}: OK, {} source(s): {}", path.display(), names.len(), names.join(", "));
+    println!(
+        "{}: OK, {} source(s): {}",
+        path.display(),
+        names.len(),
+        names.join(", ")
+    );
     if !fetch {
         return 0;
     }
@@ -57,7 +62,11 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                     "{}: ok, lifetime {}{}",
                     src.name,
                     humantime::format_duration(token.lifetime()),
-                    token.scope.as_ref().map(|s| format!(", scope {s}")).unwrap_or_default()
+                    token
+                        .scope
+                        .as_ref()
+                        .map(|s| format!(", scope {s}"))
+                        .unwrap_or_default()
                 );
                 let secret = token.access_token.expose_secret();
                 match jwt::claims(secret) {
@@ -68,7 +77,10 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                                 let mut shown = jwt::show(v);
                                 if key == "exp" {
                                     if let Some(n) = v.as_u64() {
-                                        shown = crate::timefmt::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(n));
+                                        shown = crate::timefmt::rfc3339(
+                                            std::time::UNIX_EPOCH
+                                                + std::time::Duration::from_secs(n),
+                                        );
                                     }
                                 }
                                 println!("  {key}: {shown}");
@@ -80,8 +92,16 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                     }
                 }
                 if let Some(probe) = &src.probe_url {
-                    match client.http().get(probe.clone()).bearer_auth(secret).send().await {
-                        Ok(r) if r.status().is_success() => println!("  probe {probe}: HTTP {}", r.status().as_u16()),
+                    match client
+                        .http()
+                        .get(probe.clone())
+                        .bearer_auth(secret)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => {
+                            println!("  probe {probe}: HTTP {}", r.status().as_u16())
+                        }
                         Ok(r) => {
                             failed = true;
                             let s = r.status().as_u16();

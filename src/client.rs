@@ -20,7 +20,9 @@ pub mod exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is tokend running? set --socket or $TOKEND_SOCKET)")]
+    #[error(
+        "cannot connect to {path}: {source} (is tokend running? set --socket or $TOKEND_SOCKET)"
+    )]
     Connect {
         path: String,
         #[source]
@@ -33,11 +35,17 @@ pub enum ClientError {
 }
 
 /// One request to the daemon; returns the whole response.
-pub async fn call(socket: &Path, method: hyper::Method, path_and_query: &str) -> Result<hyper::Response<Bytes>, ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
+pub async fn call(
+    socket: &Path,
+    method: hyper::Method,
+    path_and_query: &str,
+) -> Result<hyper::Response<Bytes>, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = Request::builder()
@@ -74,7 +82,10 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
     }
     let enc: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
     let path = format!("/v1/tokens/{enc}?{}", q.finish());
-    match call(socket, hyper::Method::GET, &path).await.map(|r| (r.status(), r.into_body())) {
+    match call(socket, hyper::Method::GET, &path)
+        .await
+        .map(|r| (r.status(), r.into_body()))
+    {
         Err(e) => {
             eprintln!("tokend: {e}");
             exit::OTHER
@@ -128,7 +139,8 @@ fn relative(v: &Value, now: SystemTime) -> String {
     let Some(t) = v.as_str().and_then(|s| humantime::parse_rfc3339(s).ok()) else {
         return "-".to_string();
     };
-    let round = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
+    let round =
+        |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string();
     match t.duration_since(now) {
         Ok(d) => format!("in {}", round(d)),
         Err(e) => format!("{} ago", round(e.duration())),
@@ -138,7 +150,13 @@ fn relative(v: &Value, now: SystemTime) -> String {
 /// The `status` table: one line per source, then its error and warnings.
 pub fn render_table(doc: &Value, now: SystemTime) -> String {
     let mut rows = vec![[
-        "SOURCE", "STATE", "EXPIRES", "LAST REFRESH", "NEXT REFRESH", "FAILURES", "CREDENTIAL EXPIRES",
+        "SOURCE",
+        "STATE",
+        "EXPIRES",
+        "LAST REFRESH",
+        "NEXT REFRESH",
+        "FAILURES",
+        "CREDENTIAL EXPIRES",
     ]
     .map(String::from)
     .to_vec()];
@@ -157,7 +175,10 @@ pub fn render_table(doc: &Value, now: SystemTime) -> String {
             relative(&s["credential_expires_at"], now),
         ]);
         if let Some(e) = s["last_error"].as_object() {
-            notes.push(format!("{name}: {}", e.get("message").and_then(Value::as_str).unwrap_or("")));
+            notes.push(format!(
+                "{name}: {}",
+                e.get("message").and_then(Value::as_str).unwrap_or("")
+            ));
             if let Some(h) = e.get("hint").and_then(Value::as_str) {
                 notes.push(format!("{name}: hint: {h}"));
             }
@@ -171,7 +192,11 @@ pub fn render_table(doc: &Value, now: SystemTime) -> String {
         .collect();
     let mut out = String::new();
     for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -206,7 +231,13 @@ mod tests {
             "config": {"last_reload": {"ok": true, "error": null}}
         });
         let t = render_table(&doc, now);
-        assert!(t.contains("graph") && t.contains("degraded") && t.contains("in 30m") && t.contains("30m ago"), "{t}");
+        assert!(
+            t.contains("graph")
+                && t.contains("degraded")
+                && t.contains("in 30m")
+                && t.contains("30m ago"),
+            "{t}"
+        );
         assert!(t.contains("hint: check the secret"), "{t}");
     }
 }

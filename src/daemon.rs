@@ -39,8 +39,15 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
-    let listener = server::bind(&config.server.socket, config.server.socket_mode, config.server.socket_group)?;
-    let broker = Broker::new(Arc::new(TokenClient::new(env)?), config.server.max_concurrent_fetches);
+    let listener = server::bind(
+        &config.server.socket,
+        config.server.socket_mode,
+        config.server.socket_group,
+    )?;
+    let broker = Broker::new(
+        Arc::new(TokenClient::new(env)?),
+        config.server.max_concurrent_fetches,
+    );
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -54,7 +61,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         max_connections: config.server.max_connections,
         request_timeout: config.server.request_timeout,
     };
-    let server = tokio::spawn(server::serve(listener, broker.clone(), settings, shutdown.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        broker.clone(),
+        settings,
+        shutdown.clone(),
+    ));
     let running = Arc::new(std::sync::Mutex::new(config));
     loop {
         tokio::select! {

@@ -113,7 +113,10 @@ impl DevIdp {
 
     /// Registers a client.
     pub fn add_client(&self, id: &str, secret: &str) {
-        self.state.lock().clients.insert(id.to_string(), secret.to_string());
+        self.state
+            .lock()
+            .clients
+            .insert(id.to_string(), secret.to_string());
     }
 
     pub fn set_lifetime(&self, d: Duration) {
@@ -164,26 +167,49 @@ impl State {
 fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
 fn oauth_error(status: u16, error: &str, description: &str) -> Response<Full<Bytes>> {
-    reply(status, json!({ "error": error, "error_description": description }).to_string())
+    reply(
+        status,
+        json!({ "error": error, "error_description": description }).to_string(),
+    )
 }
 
 fn basic_credentials(req: &Request<hyper::body::Incoming>) -> Option<(String, String)> {
-    let v = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let b64 = v.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
-    let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let dec = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
     Some((dec(id)?, dec(secret)?))
 }
 
-async fn answer(state: &State, addr: SocketAddr, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &State,
+    addr: SocketAddr,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     if req.uri().path() != "/token" {
         return oauth_error(404, "not_found", "the token endpoint is /token");
     }
@@ -195,7 +221,9 @@ async fn answer(state: &State, addr: SocketAddr, req: Request<hyper::body::Incom
     let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
         return oauth_error(400, "invalid_request", "body too large");
     };
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body.to_bytes()).into_owned().collect();
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body.to_bytes())
+        .into_owned()
+        .collect();
     let (delay, failure) = {
         let k = state.lock();
         (k.delay, k.failure.clone())
@@ -206,14 +234,26 @@ async fn answer(state: &State, addr: SocketAddr, req: Request<hyper::body::Incom
     if let Some(f) = failure {
         let mut r = reply(f.status, f.body);
         if let Some(s) = f.retry_after {
-            r.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(s));
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(s),
+            );
         }
         return r;
     }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(400, "unsupported_grant_type", "only client_credentials is supported");
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
     }
-    let creds = basic.or_else(|| Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone())));
+    let creds = basic.or_else(|| {
+        Some((
+            form.get("client_id")?.clone(),
+            form.get("client_secret")?.clone(),
+        ))
+    });
     let Some((id, secret)) = creds else {
         return oauth_error(401, "invalid_client", "no client authentication");
     };
@@ -222,13 +262,20 @@ async fn answer(state: &State, addr: SocketAddr, req: Request<hyper::body::Incom
         let mut k = state.lock();
         k.secrets_seen.push(secret.clone());
         k.scopes_seen.push(scope.clone());
-        (k.lifetime, k.refresh_in, k.clients.get(&id).is_some_and(|s| *s == secret))
+        (
+            k.lifetime,
+            k.refresh_in,
+            k.clients.get(&id).is_some_and(|s| *s == secret),
+        )
     };
     if !known {
         return oauth_error(401, "invalid_client", "client authentication failed");
     }
     let n = state.issued.fetch_add(1, Ordering::SeqCst) + 1;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let claims = json!({
         "iss": format!("http://{addr}"),
@@ -240,8 +287,13 @@ async fn answer(state: &State, addr: SocketAddr, req: Request<hyper::body::Incom
         "exp": now + lifetime.as_secs(),
         "jti": format!("{n}-{:016x}", rand::random::<u64>()),
     });
-    let token = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), e.encode(claims.to_string()));
-    let mut body = json!({ "access_token": token, "token_type": "Bearer", "expires_in": lifetime.as_secs() });
+    let token = format!(
+        "{}.{}.",
+        e.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        e.encode(claims.to_string())
+    );
+    let mut body =
+        json!({ "access_token": token, "token_type": "Bearer", "expires_in": lifetime.as_secs() });
     if !scope.is_empty() {
         body["scope"] = json!(scope);
     }
@@ -302,7 +354,11 @@ min_ttl = "5s"
             .ok()
             .and_then(|p| {
                 let cwd = std::env::current_dir().ok()?;
-                Some(p.strip_prefix(&cwd).map(std::path::Path::to_path_buf).unwrap_or(p))
+                Some(
+                    p.strip_prefix(&cwd)
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or(p),
+                )
             })
             .map_or_else(|| "tokend".to_string(), |p| p.display().to_string());
         format!(

@@ -28,7 +28,11 @@ pub fn is_entra(claims: &Map<String, Value>) -> bool {
     claims
         .get("iss")
         .and_then(Value::as_str)
-        .is_some_and(|iss| iss.starts_with("https://sts.windows.net/") || iss.contains("login.microsoftonline") || iss.contains("/v2.0"))
+        .is_some_and(|iss| {
+            iss.starts_with("https://sts.windows.net/")
+                || iss.contains("login.microsoftonline")
+                || iss.contains("/v2.0")
+        })
         && claims.contains_key("tid")
 }
 
@@ -54,7 +58,11 @@ mod tests {
 
     fn jwt(payload: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!("{}.{}.sig", e.encode(r#"{"alg":"RS256"}"#), e.encode(payload))
+        format!(
+            "{}.{}.sig",
+            e.encode(r#"{"alg":"RS256"}"#),
+            e.encode(payload)
+        )
     }
 
     #[test]
@@ -69,7 +77,10 @@ mod tests {
     fn entra_without_roles_warns() {
         let no_roles = claims(&jwt(r#"{"iss":"https://sts.windows.net/t/","tid":"t"}"#)).unwrap();
         assert!(consent_warning(&no_roles).is_some());
-        let roles = claims(&jwt(r#"{"iss":"https://sts.windows.net/t/","tid":"t","roles":["User.Read.All"]}"#)).unwrap();
+        let roles = claims(&jwt(
+            r#"{"iss":"https://sts.windows.net/t/","tid":"t","roles":["User.Read.All"]}"#,
+        ))
+        .unwrap();
         assert!(consent_warning(&roles).is_none());
         let other = claims(&jwt(r#"{"iss":"https://sso.example.com"}"#)).unwrap();
         assert!(consent_warning(&other).is_none());

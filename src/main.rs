@@ -10,7 +10,11 @@ use tokend::daemon::{self, ConfigSource};
 use tokend::secret::SecretEnv;
 
 #[derive(Parser)]
-#[command(name = "tokend", version, about = "OAuth 2.0 client-credentials token broker on a Unix socket")]
+#[command(
+    name = "tokend",
+    version,
+    about = "OAuth 2.0 client-credentials token broker on a Unix socket"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tokend: cannot start the runtime: {e}");
@@ -84,8 +91,15 @@ async fn dispatch(command: Command) -> u8 {
     match command {
         Command::Run { config } => run(&config).await,
         Command::Dev => dev().await,
-        Command::Check { config, fetch } => tokend::check::run(&config, fetch, SecretEnv::process()).await,
-        Command::Token { name, socket, min_ttl, json } => tokend::client::token(&socket, &name, min_ttl, json).await,
+        Command::Check { config, fetch } => {
+            tokend::check::run(&config, fetch, SecretEnv::process()).await
+        }
+        Command::Token {
+            name,
+            socket,
+            min_ttl,
+            json,
+        } => tokend::client::token(&socket, &name, min_ttl, json).await,
         Command::Status { socket, json } => tokend::client::status(&socket, json).await,
     }
 }
@@ -95,7 +109,13 @@ async fn run(path: &Path) -> u8 {
         return 1;
     };
     init_logging(cfg.server.log_format);
-    match daemon::run(cfg, ConfigSource::File(path.to_path_buf()), SecretEnv::process()).await {
+    match daemon::run(
+        cfg,
+        ConfigSource::File(path.to_path_buf()),
+        SecretEnv::process(),
+    )
+    .await
+    {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e}");
@@ -115,7 +135,13 @@ async fn dev() -> u8 {
     };
     println!("{}", setup.banner());
     let config = setup.config.clone();
-    match daemon::run(config.clone(), ConfigSource::Fixed(Box::new(config)), SecretEnv::process()).await {
+    match daemon::run(
+        config.clone(),
+        ConfigSource::Fixed(Box::new(config)),
+        SecretEnv::process(),
+    )
+    .await
+    {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("tokend dev: {e}");

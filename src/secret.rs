@@ -71,8 +71,10 @@ pub enum SecretError {
 /// tests never mutate the process environment.
 #[derive(Clone)]
 pub struct SecretEnv {
-    lookup: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    lookup: Arc<Lookup>,
 }
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl Default for SecretEnv {
     fn default() -> Self {
@@ -119,7 +121,9 @@ impl SecretRef {
     pub async fn resolve(&self, env: &SecretEnv) -> Result<SecretString, SecretError> {
         let raw = match self {
             SecretRef::Inline(s) => return non_empty(s.expose_secret().to_string(), self),
-            SecretRef::Env(name) => env.var(name).ok_or_else(|| SecretError::Env(name.clone()))?,
+            SecretRef::Env(name) => env
+                .var(name)
+                .ok_or_else(|| SecretError::Env(name.clone()))?,
             SecretRef::File(path) => read_file(path.clone()).await?,
             SecretRef::Credential(name) => {
                 let dir = env
@@ -173,7 +177,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("graph"), "v").unwrap();
         let d = dir.path().to_string_lossy().to_string();
-        let env = SecretEnv::with_lookup(move |k| (k == "CREDENTIALS_DIRECTORY").then(|| d.clone()));
+        let env =
+            SecretEnv::with_lookup(move |k| (k == "CREDENTIALS_DIRECTORY").then(|| d.clone()));
         let r = SecretRef::Credential("graph".into());
         assert_eq!(r.resolve(&env).await.unwrap().expose_secret(), "v");
         let none = SecretEnv::with_lookup(|_| None);

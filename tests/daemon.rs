@@ -11,7 +11,9 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 #[tokio::test]
 async fn serves_token_as_json_and_raw() {
     let idp = idp(S(3600), &["api"]).await;
-    let d = daemon(&source("api", &idp, "scopes = [\"read\", \"write\"]")).start().await;
+    let d = daemon(&source("api", &idp, "scopes = [\"read\", \"write\"]"))
+        .start()
+        .await;
     let r = d.get("/v1/tokens/api").await;
     assert_eq!(r.status(), 200, "{}", r.text());
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
@@ -22,7 +24,10 @@ async fn serves_token_as_json_and_raw() {
     assert_eq!(j["scope"], "read write");
     let expires_in = j["expires_in"].as_u64().unwrap();
     assert!((3590..=3600).contains(&expires_in), "{j}");
-    assert!(humantime::parse_rfc3339(j["expires_at"].as_str().unwrap()).is_ok(), "{j}");
+    assert!(
+        humantime::parse_rfc3339(j["expires_at"].as_str().unwrap()).is_ok(),
+        "{j}"
+    );
 
     let raw = d.get("/v1/tokens/api?format=raw").await;
     assert_eq!(raw.status(), 200);
@@ -44,7 +49,10 @@ async fn error_bodies_and_status_codes() {
         source("bad", &idp, ""),
         source("slow", &slow, "eager = false\nfetch_timeout = \"30s\""),
     );
-    let d = daemon(&body).server("request_timeout = \"1s\"").start().await;
+    let d = daemon(&body)
+        .server("request_timeout = \"1s\"")
+        .start()
+        .await;
 
     let r = d.get("/v1/tokens/nope").await;
     assert_eq!(r.status(), 404);
@@ -53,17 +61,26 @@ async fn error_bodies_and_status_codes() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.json()["error"], "unknown_source");
     let r = d.get("/nowhere").await;
-    assert_eq!((r.status(), r.json()["error"].as_str().unwrap()), (404, "not_found"));
+    assert_eq!(
+        (r.status(), r.json()["error"].as_str().unwrap()),
+        (404, "not_found")
+    );
     let r = d.request(hyper::Method::DELETE, "/v1/tokens/ok").await;
     assert_eq!(r.status(), 405);
     let r = d.get("/v1/tokens/ok?min_ttl=soon").await;
-    assert_eq!((r.status(), r.json()["error"].as_str().unwrap()), (400, "bad_request"));
+    assert_eq!(
+        (r.status(), r.json()["error"].as_str().unwrap()),
+        (400, "bad_request")
+    );
 
     // The failing source: 503 at once, with Retry-After and the IdP's reason.
     let r = wait_for_status(&d, "/v1/tokens/bad", 503).await;
     let j = r.json();
     assert_eq!(j["error"], "token_unavailable");
-    assert!(j["message"].as_str().unwrap().contains("invalid_client"), "{j}");
+    assert!(
+        j["message"].as_str().unwrap().contains("invalid_client"),
+        "{j}"
+    );
     assert!(j["hint"].as_str().is_some(), "{j}");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=300).contains(&retry), "{retry}");
@@ -110,7 +127,10 @@ async fn five_hundred_concurrent_requests_cause_one_upstream_request() {
         .map(|_| {
             let socket = socket.clone();
             tokio::spawn(async move {
-                let r = tokend::client::call(&socket, hyper::Method::GET, "/v1/tokens/lazy?format=raw").await.unwrap();
+                let r =
+                    tokend::client::call(&socket, hyper::Method::GET, "/v1/tokens/lazy?format=raw")
+                        .await
+                        .unwrap();
                 assert_eq!(r.status(), 200);
                 r.into_body()
             })
@@ -127,7 +147,9 @@ async fn five_hundred_concurrent_requests_cause_one_upstream_request() {
 #[tokio::test]
 async fn min_ttl_forces_a_fetch_or_answers_422() {
     let idp = idp(S(40), &["short"]).await;
-    let d = daemon(&source("short", &idp, "min_ttl = \"0s\"")).start().await;
+    let d = daemon(&source("short", &idp, "min_ttl = \"0s\""))
+        .start()
+        .await;
     let first = d.get("/v1/tokens/short?format=raw").await.text();
     // A 40 s token cannot live an hour: 422 at once, no new fetch.
     let r = d.get("/v1/tokens/short?min_ttl=1h").await;
@@ -148,11 +170,15 @@ async fn forced_refresh_then_rate_limited() {
     let idp = idp(S(3600), &["api"]).await;
     let d = daemon(&source("api", &idp, "")).start().await;
     wait_for_status(&d, "/v1/tokens/api", 200).await;
-    let r = d.request(hyper::Method::POST, "/v1/sources/api/refresh").await;
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/api/refresh")
+        .await;
     assert_eq!(r.status(), 200, "{}", r.text());
     assert_eq!(r.json()["state"], "ready");
     assert_eq!(idp.issued(), 2);
-    let r = d.request(hyper::Method::POST, "/v1/sources/api/refresh").await;
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/api/refresh")
+        .await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.json()["error"], "refresh_rate_limited");
     assert!(r.header("retry-after").is_some());
@@ -162,7 +188,13 @@ async fn forced_refresh_then_rate_limited() {
 #[tokio::test]
 async fn readyz_and_sources_document() {
     let idp = idp(S(3600), &["a"]).await;
-    let d = daemon(&format!("{}{}", source("a", &idp, ""), source_as("b", "unknown", &idp, ""))).start().await;
+    let d = daemon(&format!(
+        "{}{}",
+        source("a", &idp, ""),
+        source_as("b", "unknown", &idp, "")
+    ))
+    .start()
+    .await;
     wait_for_status(&d, "/v1/tokens/a", 200).await;
     let r = d.get("/readyz").await;
     assert_eq!(r.status(), 503);
@@ -192,21 +224,36 @@ async fn stale_socket_is_replaced_live_one_and_regular_file_refused() {
     let path = dir.path().join("tokend.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(exists(&path));
-    let d = daemon(&source("api", &idp, "")).at(dir, path.clone()).start().await;
+    let d = daemon(&source("api", &idp, ""))
+        .at(dir, path.clone())
+        .start()
+        .await;
     assert_eq!(d.get("/v1/tokens/api").await.status(), 200);
 
     // A second daemon on the same, live socket exits non-zero naming the path.
-    let mut second = daemon(&source("api", &idp, "")).at(tempfile::tempdir().unwrap(), path.clone()).spawn();
+    let mut second = daemon(&source("api", &idp, ""))
+        .at(tempfile::tempdir().unwrap(), path.clone())
+        .spawn();
     let status = second.wait_exit().await;
     assert!(!status.success());
-    assert!(second.log().contains(&path.display().to_string()), "{}", second.log());
-    assert_eq!(d.get("/v1/tokens/api").await.status(), 200, "the first daemon is undisturbed");
+    assert!(
+        second.log().contains(&path.display().to_string()),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        d.get("/v1/tokens/api").await.status(),
+        200,
+        "the first daemon is undisturbed"
+    );
 
     // A regular file at the socket path is never deleted.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokend.sock");
     std::fs::write(&file, "precious").unwrap();
-    let mut third = daemon(&source("api", &idp, "")).at(dir, file.clone()).spawn();
+    let mut third = daemon(&source("api", &idp, ""))
+        .at(dir, file.clone())
+        .spawn();
     assert!(!third.wait_exit().await.success());
     assert!(third.log().contains("not a socket"), "{}", third.log());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
@@ -216,7 +263,10 @@ async fn stale_socket_is_replaced_live_one_and_regular_file_refused() {
 async fn socket_has_the_configured_mode() {
     use std::os::unix::fs::PermissionsExt;
     let idp = idp(S(3600), &["api"]).await;
-    let d = daemon(&source("api", &idp, "")).server("socket_mode = \"0640\"").start().await;
+    let d = daemon(&source("api", &idp, ""))
+        .server("socket_mode = \"0640\"")
+        .start()
+        .await;
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
 }
@@ -228,13 +278,21 @@ async fn trace_log_contains_no_token_and_no_secret() {
     let body = format!(
         "{}{}{}",
         source("basic", &idp, "min_ttl = \"0s\""),
-        source("post", &idp, "auth_method = \"client_secret_post\"\nmin_ttl = \"0s\""),
+        source(
+            "post",
+            &idp,
+            "auth_method = \"client_secret_post\"\nmin_ttl = \"0s\""
+        ),
         source_as("wrong", "nobody", &idp, ""),
     );
     let mut d = daemon(&body).rust_log("trace").start().await;
     let mut tokens = Vec::new();
     for name in ["basic", "post"] {
-        tokens.push(wait_for_status(&d, &format!("/v1/tokens/{name}?format=raw"), 200).await.text());
+        tokens.push(
+            wait_for_status(&d, &format!("/v1/tokens/{name}?format=raw"), 200)
+                .await
+                .text(),
+        );
     }
     wait_for_status(&d, "/v1/tokens/wrong", 503).await;
     // refresh_in = 2 s: wait for a refresh of each source to land.
@@ -251,14 +309,67 @@ async fn trace_log_contains_no_token_and_no_secret() {
     d.signal(libc::SIGTERM);
     d.wait_exit().await;
     let log = d.log();
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "the log was captured at trace level");
-    assert!(log.contains("token fetched") && log.contains("token fetch failed"), "{log}");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the log was captured at trace level"
+    );
+    assert!(
+        log.contains("token fetched") && log.contains("token fetch failed"),
+        "{log}"
+    );
     assert!(!log.contains(SECRET), "secret in log");
     let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
     assert!(!log.contains(&encoded), "form-encoded secret in log");
     for t in tokens {
         assert!(!log.contains(&t), "token in log");
         // and no recognisable piece of one
-        assert!(!log.contains(t.split('.').nth(1).unwrap()), "token payload in log");
+        assert!(
+            !log.contains(t.split('.').nth(1).unwrap()),
+            "token payload in log"
+        );
     }
+}
+
+#[tokio::test]
+async fn throttled_idp_retry_after_and_entra_hint_reach_the_caller() {
+    let idp = idp(S(3600), &["graph"]).await;
+    idp.fail_with(Some(Failure {
+        status: 400,
+        body: r#"{"error":"invalid_client","error_description":"AADSTS7000222: The provided client secret keys for app '1' are expired.","error_codes":[7000222],"trace_id":"t-1","correlation_id":"c-1"}"#.into(),
+        retry_after: None,
+    }));
+    let d = daemon(&source("graph", &idp, "")).start().await;
+    let r = wait_for_status(&d, "/v1/tokens/graph", 503).await;
+    let j = r.json();
+    assert!(j["hint"].as_str().unwrap().contains("expired"), "{j}");
+    let st = d.get("/v1/sources/graph").await.json();
+    assert_eq!(st["last_error"]["error"], "invalid_client");
+    assert!(
+        st["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("correlation_id c-1"),
+        "{st}"
+    );
+
+    let idp2 = idp_with_429().await;
+    let d2 = daemon(&source("api", &idp2, "")).start().await;
+    let r = wait_for_status(&d2, "/v1/tokens/api", 503).await;
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (25..=30).contains(&retry),
+        "Retry-After {retry} should follow the IdP's 30 s"
+    );
+    assert!(r.json()["hint"].as_str().unwrap().contains("throttling"));
+    assert_eq!(idp2.requests(), 1, "no retry before Retry-After");
+}
+
+async fn idp_with_429() -> DevIdp {
+    let idp = idp(S(3600), &["api"]).await;
+    idp.fail_with(Some(Failure {
+        status: 429,
+        body: "{}".into(),
+        retry_after: Some(30),
+    }));
+    idp
 }

@@ -29,11 +29,17 @@ pub use source::{LastError, ServeError, Snapshot};
 /// a scripted stand-in in the refresh-policy tests.
 pub trait Fetcher: Send + Sync + 'static {
     /// A future of one upstream token request; it must not borrow `self`.
-    fn fetch(&self, source: Arc<SourceConfig>) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
+    fn fetch(
+        &self,
+        source: Arc<SourceConfig>,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 }
 
 impl Fetcher for TokenClient {
-    fn fetch(&self, source: Arc<SourceConfig>) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
+    fn fetch(
+        &self,
+        source: Arc<SourceConfig>,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
         let client = self.clone();
         Box::pin(async move { client.fetch(&source).await })
     }
@@ -59,7 +65,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("sources", &self.sources).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +95,10 @@ impl Broker {
     pub fn apply(&self, config: &Config) {
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|name, handle| {
-            let keep = config.sources.get(name).is_some_and(|c| *c == *handle.config);
+            let keep = config
+                .sources
+                .get(name)
+                .is_some_and(|c| *c == *handle.config);
             if !keep {
                 handle.stop();
             }
@@ -157,7 +168,10 @@ impl Broker {
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The `config` object of `/v1/sources`.

@@ -40,7 +40,10 @@ pub fn refresh_delay(
             let base = r.mul_f64(1.0 + jitter);
             base.min(latest).max(base.min(half))
         }
-        None => lifetime.mul_f64(ratio * (1.0 + jitter)).min(latest).max(half),
+        None => lifetime
+            .mul_f64(ratio * (1.0 + jitter))
+            .min(latest)
+            .max(half),
     };
     delay.max(MIN_REFRESH_DELAY)
 }
@@ -54,7 +57,12 @@ pub fn backoff_ceiling(failures: u32) -> Duration {
 /// Delay before the next attempt: full jitter below the ceiling (`unit` drawn
 /// from `[0, 1)`), never sooner than the server's `Retry-After`. Permanent-
 /// looking errors wait in the slow half of the largest ceiling.
-pub fn backoff_delay(failures: u32, permanent: bool, retry_after: Option<Duration>, unit: f64) -> Duration {
+pub fn backoff_delay(
+    failures: u32,
+    permanent: bool,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Duration {
     let unit = unit.clamp(0.0, 1.0);
     let jittered = if permanent {
         BACKOFF_CAP.mul_f64(0.5 + unit / 2.0)
@@ -107,18 +115,27 @@ mod tests {
         let lo = refresh_delay(S(86_400), Some(S(43_200)), 0.75, S(120), -0.05);
         assert_eq!(lo, S(41_040));
         // refresh_in past expiry − min_ttl is capped there.
-        assert_eq!(refresh_delay(S(3600), Some(S(3590)), 0.75, S(120), 0.0), S(3480));
+        assert_eq!(
+            refresh_delay(S(3600), Some(S(3590)), 0.75, S(120), 0.0),
+            S(3480)
+        );
     }
 
     #[test]
     fn never_zero() {
-        assert_eq!(refresh_delay(Duration::ZERO, None, 0.75, S(120), 0.0), MIN_REFRESH_DELAY);
+        assert_eq!(
+            refresh_delay(Duration::ZERO, None, 0.75, S(120), 0.0),
+            MIN_REFRESH_DELAY
+        );
     }
 
     #[test]
     fn backoff_grows_and_caps() {
         let ceilings: Vec<u64> = (1..=12).map(|f| backoff_ceiling(f).as_secs()).collect();
-        assert_eq!(ceilings, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(
+            ceilings,
+            vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+        );
         assert_eq!(backoff_ceiling(u32::MAX), BACKOFF_CAP);
         // Full jitter: anywhere in [floor, ceiling].
         assert_eq!(backoff_delay(4, false, None, 0.999_999).as_secs(), 7);
@@ -129,7 +146,10 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor() {
         assert_eq!(backoff_delay(1, false, Some(S(30)), 0.5), S(30));
-        assert_eq!(backoff_delay(1, false, Some(S(999_999)), 0.5), RETRY_AFTER_CAP);
+        assert_eq!(
+            backoff_delay(1, false, Some(S(999_999)), 0.5),
+            RETRY_AFTER_CAP
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //!   source backs off, a request without a servable token is answered at once.
 
 use super::policy;
-use crate::config::SourceConfig;
 use super::Fetcher;
+use crate::config::SourceConfig;
 use crate::oauth::{FetchError, Token};
 use crate::secret::ExposeSecret;
 use std::future::Future;
@@ -86,7 +86,11 @@ impl Snapshot {
     }
 
     pub fn state(&self, now: Instant) -> State {
-        match (self.servable(now).is_some(), self.consecutive_failures > 0, self.fetching) {
+        match (
+            self.servable(now).is_some(),
+            self.consecutive_failures > 0,
+            self.fetching,
+        ) {
             (true, true, _) => State::Degraded,
             (true, false, true) => State::Refreshing,
             (true, false, false) => State::Ready,
@@ -180,7 +184,9 @@ impl SourceHandle {
                 Next::Ask { force } => {
                     asked = true;
                     // A full queue already holds a fetch request: waiting is enough.
-                    if let Err(mpsc::error::TrySendError::Closed(_)) = self.commands.try_send(Command::Fetch { force }) {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        self.commands.try_send(Command::Fetch { force })
+                    {
                         return Err(ServeError::Gone);
                     }
                 }
@@ -208,7 +214,12 @@ impl SourceHandle {
     pub async fn force_refresh(&self) -> Result<Snapshot, RefreshFailed> {
         let mut rx = self.snapshot.clone();
         let before = rx.borrow_and_update().fetches_done;
-        if self.commands.try_send(Command::Fetch { force: true }).is_err() && self.commands.is_closed() {
+        if self
+            .commands
+            .try_send(Command::Fetch { force: true })
+            .is_err()
+            && self.commands.is_closed()
+        {
             return Err(RefreshFailed(None));
         }
         loop {
@@ -238,7 +249,9 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
             return Next::Serve(t.clone());
         }
         if now.saturating_duration_since(t.issued_at) < MIN_TTL_FETCH_AGE {
-            return Next::Fail(ServeError::MinTtlUnsatisfiable { lifetime: t.lifetime() });
+            return Next::Fail(ServeError::MinTtlUnsatisfiable {
+                lifetime: t.lifetime(),
+            });
         }
     }
     if s.fetching {
@@ -407,7 +420,12 @@ impl Actor {
             }
             Err(e) => {
                 let failures = self.tx.borrow().consecutive_failures.saturating_add(1);
-                let delay = policy::backoff_delay(failures, e.is_permanent(), e.retry_after(), rand::random::<f64>());
+                let delay = policy::backoff_delay(
+                    failures,
+                    e.is_permanent(),
+                    e.retry_after(),
+                    rand::random::<f64>(),
+                );
                 let at = now + delay;
                 let serving = self.tx.borrow().is_servable(now);
                 tracing::warn!(

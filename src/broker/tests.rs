@@ -13,16 +13,30 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 /// What the scripted IdP answers.
 #[derive(Clone)]
 enum Answer {
-    Token { lifetime: Duration, refresh_in: Option<Duration> },
-    Fail { status: u16, error: &'static str, retry_after: Option<Duration> },
+    Token {
+        lifetime: Duration,
+        refresh_in: Option<Duration>,
+    },
+    Fail {
+        status: u16,
+        error: &'static str,
+        retry_after: Option<Duration>,
+    },
 }
 
 fn ok(lifetime: u64) -> Answer {
-    Answer::Token { lifetime: S(lifetime), refresh_in: None }
+    Answer::Token {
+        lifetime: S(lifetime),
+        refresh_in: None,
+    }
 }
 
 fn fail(status: u16) -> Answer {
-    Answer::Fail { status, error: "temporarily_unavailable", retry_after: None }
+    Answer::Fail {
+        status,
+        error: "temporarily_unavailable",
+        retry_after: None,
+    }
 }
 
 #[derive(Default)]
@@ -52,18 +66,32 @@ impl Script {
 }
 
 impl Fetcher for Script {
-    fn fetch(&self, _source: Arc<SourceConfig>) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
+    fn fetch(
+        &self,
+        _source: Arc<SourceConfig>,
+    ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
         let start = Instant::now();
         self.calls.lock().unwrap().push(start);
-        let answer = self.answers.lock().unwrap().pop_front().or_else(|| self.then.lock().unwrap().clone()).unwrap();
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .or_else(|| self.then.lock().unwrap().clone())
+            .unwrap();
         let delay = *self.delay.lock().unwrap();
-        let n = self.serial.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let n = self
+            .serial
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             // Polled only once the fetch holds a max_concurrent_fetches permit.
             let start = Instant::now();
             tokio::time::sleep(delay).await;
             match answer {
-                Answer::Token { lifetime, refresh_in } => Ok(Token {
+                Answer::Token {
+                    lifetime,
+                    refresh_in,
+                } => Ok(Token {
                     access_token: SecretString::from(format!("token-{n}")),
                     token_type: "Bearer".into(),
                     scope: None,
@@ -71,8 +99,16 @@ impl Fetcher for Script {
                     expires_at: start + lifetime,
                     refresh_in,
                 }),
-                Answer::Fail { status, error, retry_after } => Err(FetchError::Endpoint(
-                    EndpointError { status, error: Some(error.into()), ..EndpointError::default() },
+                Answer::Fail {
+                    status,
+                    error,
+                    retry_after,
+                } => Err(FetchError::Endpoint(
+                    EndpointError {
+                        status,
+                        error: Some(error.into()),
+                        ..EndpointError::default()
+                    },
                     retry_after,
                 )),
             }
@@ -114,13 +150,22 @@ async fn refreshes_at_ratio_of_lifetime_within_jitter() {
     assert!(g.len() >= 4, "{g:?}");
     for gap in g {
         // 75 s ± 5 %
-        assert!(gap >= Duration::from_millis(71_250) && gap <= Duration::from_millis(78_751), "{gap:?}");
+        assert!(
+            gap >= Duration::from_millis(71_250) && gap <= Duration::from_millis(78_751),
+            "{gap:?}"
+        );
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn refresh_in_takes_precedence_over_ratio() {
-    let script = Script::new(vec![], Answer::Token { lifetime: S(3600), refresh_in: Some(S(600)) });
+    let script = Script::new(
+        vec![],
+        Answer::Token {
+            lifetime: S(3600),
+            refresh_in: Some(S(600)),
+        },
+    );
     let (_b, _h) = start(&script, "").await;
     tokio::time::sleep(S(1300)).await;
     let g = gaps(&script.calls());
@@ -139,7 +184,10 @@ async fn backoff_grows_with_full_jitter_and_caps_at_five_minutes() {
     assert!(g.len() >= 12, "{g:?}");
     for (i, gap) in g.iter().enumerate() {
         let ceiling = policy::backoff_ceiling(u32::try_from(i).unwrap() + 1);
-        assert!(*gap <= ceiling + Duration::from_millis(2), "attempt {i}: {gap:?} > {ceiling:?}");
+        assert!(
+            *gap <= ceiling + Duration::from_millis(2),
+            "attempt {i}: {gap:?} > {ceiling:?}"
+        );
         assert!(*gap >= policy::BACKOFF_FLOOR, "attempt {i}: {gap:?}");
     }
     // Growth: later attempts are spread over minutes, not seconds.
@@ -150,20 +198,34 @@ async fn backoff_grows_with_full_jitter_and_caps_at_five_minutes() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_respected_to_the_second() {
     let script = Script::new(
-        vec![Answer::Fail { status: 503, error: "temporarily_unavailable", retry_after: Some(S(42)) }],
+        vec![Answer::Fail {
+            status: 503,
+            error: "temporarily_unavailable",
+            retry_after: Some(S(42)),
+        }],
         ok(3600),
     );
     let (_b, h) = start(&script, "").await;
     settle().await;
     // While backing off with no token, a request is answered at once with the retry time.
     match h.token(None).await {
-        Err(ServeError::Unavailable { retry_after: Some(r), .. }) => assert!(r <= S(42) && r > S(41), "{r:?}"),
+        Err(ServeError::Unavailable {
+            retry_after: Some(r),
+            ..
+        }) => assert!(r <= S(42) && r > S(41), "{r:?}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(script.calls().len(), 1, "a request during backoff must not fetch");
+    assert_eq!(
+        script.calls().len(),
+        1,
+        "a request during backoff must not fetch"
+    );
     tokio::time::sleep(S(60)).await;
     let g = gaps(&script.calls());
-    assert!(g[0] >= S(42) && g[0] <= S(42) + Duration::from_millis(2), "{g:?}");
+    assert!(
+        g[0] >= S(42) && g[0] <= S(42) + Duration::from_millis(2),
+        "{g:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -197,11 +259,16 @@ async fn concurrent_requests_for_a_lazy_source_share_one_fetch() {
     let (_b, h) = start(&script, "eager = false").await;
     settle().await;
     assert_eq!(h.snapshot().state(Instant::now()), source::State::Idle);
-    assert!(script.calls().is_empty(), "a lazy source fetches on first request");
-    let tasks: Vec<_> = (0..500).map(|_| {
-        let h = h.clone();
-        tokio::spawn(async move { h.token(None).await.unwrap() })
-    }).collect();
+    assert!(
+        script.calls().is_empty(),
+        "a lazy source fetches on first request"
+    );
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.token(None).await.unwrap() })
+        })
+        .collect();
     let mut tokens = Vec::new();
     for t in tasks {
         tokens.push(t.await.unwrap());
@@ -238,8 +305,14 @@ async fn reading_a_cached_token_does_not_wait_on_a_refresh() {
     let first = h.token(None).await.unwrap();
     *script.delay.lock().unwrap() = S(20);
     tokio::time::sleep_until(first.issued_at + S(80)).await;
-    assert_eq!(h.snapshot().state(Instant::now()), source::State::Refreshing);
-    let t = tokio::time::timeout(Duration::from_millis(1), h.token(None)).await.unwrap().unwrap();
+    assert_eq!(
+        h.snapshot().state(Instant::now()),
+        source::State::Refreshing
+    );
+    let t = tokio::time::timeout(Duration::from_millis(1), h.token(None))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(Arc::ptr_eq(&t, &first));
 }
 
@@ -259,11 +332,21 @@ async fn forced_refresh_skips_backoff_and_reports_the_outcome() {
 
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_retry_at_the_slow_end() {
-    let script = Script::new(vec![], Answer::Fail { status: 401, error: "invalid_client", retry_after: None });
+    let script = Script::new(
+        vec![],
+        Answer::Fail {
+            status: 401,
+            error: "invalid_client",
+            retry_after: None,
+        },
+    );
     let (_b, _h) = start(&script, "").await;
     tokio::time::sleep(S(1000)).await;
     for gap in gaps(&script.calls()) {
-        assert!(gap >= S(150) && gap <= S(300) + Duration::from_millis(2), "{gap:?}");
+        assert!(
+            gap >= S(150) && gap <= S(300) + Duration::from_millis(2),
+            "{gap:?}"
+        );
     }
 }
 
@@ -281,10 +364,17 @@ async fn max_concurrent_fetches_bounds_the_burst() {
     assert_eq!(script.calls().len(), 6);
     // The script records when a fetch is requested; the semaphore spaces out
     // when it runs, which the tokens' issue times show.
-    let mut issued: Vec<Instant> = broker.list().iter().map(|h| h.snapshot().token.unwrap().expires_at).collect();
+    let mut issued: Vec<Instant> = broker
+        .list()
+        .iter()
+        .map(|h| h.snapshot().token.unwrap().expires_at)
+        .collect();
     issued.sort();
     let per_second = issued.windows(3).all(|w| w[2] - w[0] >= S(1));
-    assert!(per_second, "at most 2 fetches may complete per second: {issued:?}");
+    assert!(
+        per_second,
+        "at most 2 fetches may complete per second: {issued:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

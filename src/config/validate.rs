@@ -58,11 +58,7 @@ impl<'a> Validator<'a> {
     fn diag(&self, span: Range<usize>, message: String, hint: Option<String>) -> Diagnostic {
         let upto = &self.text[..span.start.min(self.text.len())];
         let line = upto.matches('\n').count() + 1;
-        let col = upto
-            .rsplit('\n')
-            .next()
-            .map_or(0, |l| l.chars().count())
-            + 1;
+        let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Diagnostic {
             file: self.path.to_path_buf(),
             line,
@@ -72,29 +68,37 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn err(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+    fn err(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) {
         let d = self.diag(span, message.into(), hint.into());
         self.errors.push(d);
     }
 
-    fn warn(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<Option<String>>) {
+    fn warn(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<Option<String>>,
+    ) {
         let d = self.diag(span, message.into(), hint.into());
         self.warnings.push(d);
     }
 
     /// Deserializes one table, turning a serde error into a diagnostic.
-    fn deserialize<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'_>>) -> Option<T> {
+    fn deserialize<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<T> {
         let whole = value.span();
         match T::deserialize(ValueDeserializer::from(value)) {
             Ok(v) => Some(v),
             Err(e) => {
                 let span = e.span().unwrap_or(whole);
-                let msg = e.message().trim().to_string();
-                let hint = if msg.starts_with("unknown field") {
-                    Some("check the spelling; SPEC §2 lists every key".to_string())
-                } else {
-                    None
-                };
+                let (msg, hint) = explain_serde_error(e.message().trim());
                 self.err(span, msg, hint);
                 None
             }
@@ -107,7 +111,11 @@ impl<'a> Validator<'a> {
             for e in parse_errors {
                 let span = e.span().unwrap_or(0..0);
                 let mut msg = e.message().trim().to_string();
-                if let Some(what) = self.text.get(span.clone()).filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n')) {
+                if let Some(what) = self
+                    .text
+                    .get(span.clone())
+                    .filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n'))
+                {
                     msg = format!("{msg} `{what}`");
                 }
                 self.err(span, msg, Some("fix the TOML syntax".to_string()));
@@ -134,13 +142,25 @@ impl<'a> Validator<'a> {
                                 }
                             }
                         }
-                        _ => self.err(span, "`sources` must be a table", Some("write sources as [sources.NAME] tables".to_string())),
+                        _ => self.err(
+                            span,
+                            "`sources` must be a table",
+                            Some("write sources as [sources.NAME] tables".to_string()),
+                        ),
                     }
                 }
-                "include_dir" => self.err(key_span, "`include_dir` is not supported by this version", Some("remove it and put all sources in the main file".to_string())),
+                "include_dir" => self.err(
+                    key_span,
+                    "`include_dir` is not supported by this version",
+                    Some("remove it and put all sources in the main file".to_string()),
+                ),
                 other => {
                     let msg = format!("unknown key `{other}`");
-                    self.err(key_span, msg, Some(format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))));
+                    self.err(
+                        key_span,
+                        msg,
+                        Some(format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))),
+                    );
                 }
             }
         }
@@ -173,16 +193,30 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
         let Some(v) = v else { return default };
         match humantime::parse_duration(v.get_ref()) {
             Ok(d) if d >= min => d,
             Ok(_) => {
-                self.err(v.span(), format!("`{key}` is too short"), Some(format!("use at least {}", humantime::format_duration(min))));
+                self.err(
+                    v.span(),
+                    format!("`{key}` is too short"),
+                    Some(format!("use at least {}", humantime::format_duration(min))),
+                );
                 default
             }
             Err(e) => {
-                self.err(v.span(), format!("`{key}` is not a duration: {e}"), Some("write it like \"30s\", \"5m\" or \"1h30m\"".to_string()));
+                self.err(
+                    v.span(),
+                    format!("`{key}` is not a duration: {e}"),
+                    Some("write it like \"30s\", \"5m\" or \"1h30m\"".to_string()),
+                );
                 default
             }
         }
@@ -192,7 +226,11 @@ impl<'a> Validator<'a> {
         let d = ServerConfig::default();
         let socket = match raw.socket {
             Some(s) if s.get_ref().is_empty() => {
-                self.err(s.span(), "`socket` is empty", Some("give a path such as /run/tokend/tokend.sock".to_string()));
+                self.err(
+                    s.span(),
+                    "`socket` is empty",
+                    Some("give a path such as /run/tokend/tokend.sock".to_string()),
+                );
                 d.socket.clone()
             }
             Some(s) => PathBuf::from(s.into_inner()),
@@ -203,7 +241,11 @@ impl<'a> Validator<'a> {
             Some(m) => match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
                 Ok(v) if v <= 0o777 => v,
                 _ => {
-                    self.err(m.span(), format!("`socket_mode` {:?} is not an octal permission", m.get_ref()), Some("write it as an octal string such as \"0660\"".to_string()));
+                    self.err(
+                        m.span(),
+                        format!("`socket_mode` {:?} is not an octal permission", m.get_ref()),
+                        Some("write it as an octal string such as \"0660\"".to_string()),
+                    );
                     d.socket_mode
                 }
             },
@@ -219,16 +261,35 @@ impl<'a> Validator<'a> {
                 }
             },
         };
-        let max_connections = count(self, raw.max_connections, "max_connections", d.max_connections);
-        let max_concurrent_fetches = count(self, raw.max_concurrent_fetches, "max_concurrent_fetches", d.max_concurrent_fetches);
-        let request_timeout = self.duration(&raw.request_timeout, "request_timeout", d.request_timeout, Duration::from_millis(100));
+        let max_connections = count(
+            self,
+            raw.max_connections,
+            "max_connections",
+            d.max_connections,
+        );
+        let max_concurrent_fetches = count(
+            self,
+            raw.max_concurrent_fetches,
+            "max_concurrent_fetches",
+            d.max_concurrent_fetches,
+        );
+        let request_timeout = self.duration(
+            &raw.request_timeout,
+            "request_timeout",
+            d.request_timeout,
+            Duration::from_millis(100),
+        );
         let log_format = match raw.log_format {
             None => LogFormat::Text,
             Some(f) => match f.get_ref().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => {
-                    self.err(f.span(), format!("unknown log_format `{other}`"), Some("use \"text\" or \"json\"".to_string()));
+                    self.err(
+                        f.span(),
+                        format!("unknown log_format `{other}`"),
+                        Some("use \"text\" or \"json\"".to_string()),
+                    );
                     LogFormat::Text
                 }
             },
@@ -260,7 +321,11 @@ impl<'a> Validator<'a> {
                 }
                 let gid = group_gid(&s);
                 if gid.is_none() {
-                    self.err(span, format!("unknown group `{s}`"), Some("create the group (groupadd) or use a numeric gid".to_string()));
+                    self.err(
+                        span,
+                        format!("unknown group `{s}`"),
+                        Some("create the group (groupadd) or use a numeric gid".to_string()),
+                    );
                 }
                 gid
             }
@@ -274,7 +339,11 @@ impl<'a> Validator<'a> {
     fn url(&mut self, v: &Spanned<String>, key: &str) -> Option<Url> {
         match Url::parse(v.get_ref()) {
             Err(e) => {
-                self.err(v.span(), format!("`{key}` is not a URL: {e}"), Some("write a full URL such as https://sso.example.com/token".to_string()));
+                self.err(
+                    v.span(),
+                    format!("`{key}` is not a URL: {e}"),
+                    Some("write a full URL such as https://sso.example.com/token".to_string()),
+                );
                 None
             }
             Ok(u) if u.scheme() == "https" => Some(u),
@@ -282,7 +351,9 @@ impl<'a> Validator<'a> {
             Ok(u) => {
                 let mut fixed = u.clone();
                 let hint = match fixed.set_scheme("https") {
-                    Ok(()) => format!("use https ({fixed}); plain http is only allowed to localhost"),
+                    Ok(()) => {
+                        format!("use https ({fixed}); plain http is only allowed to localhost")
+                    }
                     Err(()) => "use an https URL".to_string(),
                 };
                 self.err(v.span(), format!("`{key}` must use https: {u}"), Some(hint));
@@ -295,13 +366,23 @@ impl<'a> Validator<'a> {
         let before = self.errors.len();
         for (present, key) in [
             (raw.issuer.as_ref().map(Spanned::span), "issuer"),
-            (raw.client_certificate.as_ref().map(Spanned::span), "client_certificate"),
-            (raw.client_assertion.as_ref().map(Spanned::span), "client_assertion"),
+            (
+                raw.client_certificate.as_ref().map(Spanned::span),
+                "client_certificate",
+            ),
+            (
+                raw.client_assertion.as_ref().map(Spanned::span),
+                "client_assertion",
+            ),
             (raw.allow.as_ref().map(Spanned::span), "allow"),
             (raw.ca_file.as_ref().map(Spanned::span), "ca_file"),
         ] {
             if let Some(s) = present {
-                self.err(s, format!("`{key}` is not supported by this version"), Some("remove it; see README for what this version supports".to_string()));
+                self.err(
+                    s,
+                    format!("`{key}` is not supported by this version"),
+                    Some("remove it; see README for what this version supports".to_string()),
+                );
             }
         }
 
@@ -309,7 +390,14 @@ impl<'a> Validator<'a> {
             None => Provider::Generic,
             Some(p) if p.get_ref() == "azure" => Provider::Azure,
             Some(p) => {
-                self.err(p.span(), format!("unknown provider `{}`", p.get_ref()), Some("the only provider is \"azure\"; for any other server set token_url".to_string()));
+                self.err(
+                    p.span(),
+                    format!("unknown provider `{}`", p.get_ref()),
+                    Some(
+                        "the only provider is \"azure\"; for any other server set token_url"
+                            .to_string(),
+                    ),
+                );
                 Provider::Generic
             }
         };
@@ -318,18 +406,30 @@ impl<'a> Validator<'a> {
             (Some(u), _, _) => self.url(u, "token_url"),
             (None, Provider::Azure, Some(t)) => self.azure_url(t, raw.authority.as_ref()),
             (None, Provider::Azure, None) => {
-                self.err(span.clone(), format!("source `{name}` has provider = \"azure\" but no `tenant`"), Some("add tenant = \"contoso.onmicrosoft.com\" or the tenant GUID".to_string()));
+                self.err(
+                    span.clone(),
+                    format!("source `{name}` has provider = \"azure\" but no `tenant`"),
+                    Some("add tenant = \"contoso.onmicrosoft.com\" or the tenant GUID".to_string()),
+                );
                 None
             }
             (None, Provider::Generic, _) => {
-                self.err(span.clone(), format!("source `{name}` has no `token_url`"), Some("set token_url, or provider = \"azure\" with tenant".to_string()));
+                self.err(
+                    span.clone(),
+                    format!("source `{name}` has no `token_url`"),
+                    Some("set token_url, or provider = \"azure\" with tenant".to_string()),
+                );
                 None
             }
         };
         if provider == Provider::Generic {
             for (v, key) in [(&raw.tenant, "tenant"), (&raw.authority, "authority")] {
                 if let Some(v) = v {
-                    self.err(v.span(), format!("`{key}` only applies to provider = \"azure\""), Some("add provider = \"azure\" or remove the key".to_string()));
+                    self.err(
+                        v.span(),
+                        format!("`{key}` only applies to provider = \"azure\""),
+                        Some("add provider = \"azure\" or remove the key".to_string()),
+                    );
                 }
             }
         }
@@ -341,7 +441,11 @@ impl<'a> Validator<'a> {
                 String::new()
             }
             None => {
-                self.err(span.clone(), format!("source `{name}` has no `client_id`"), Some("add client_id = \"…\" (the application/client ID)".to_string()));
+                self.err(
+                    span.clone(),
+                    format!("source `{name}` has no `client_id`"),
+                    Some("add client_id = \"…\" (the application/client ID)".to_string()),
+                );
                 String::new()
             }
         };
@@ -350,7 +454,14 @@ impl<'a> Validator<'a> {
             Some(s) => self.secret_ref(s),
             None => {
                 if raw.client_certificate.is_none() && raw.client_assertion.is_none() {
-                    self.err(span.clone(), format!("source `{name}` has no credential"), Some("add client_secret = { file = \"/path\" } (or env, credential)".to_string()));
+                    self.err(
+                        span.clone(),
+                        format!("source `{name}` has no credential"),
+                        Some(
+                            "add client_secret = { file = \"/path\" } (or env, credential)"
+                                .to_string(),
+                        ),
+                    );
                 }
                 None
             }
@@ -363,11 +474,22 @@ impl<'a> Validator<'a> {
                 "client_secret_basic" => AuthMethod::ClientSecretBasic,
                 "client_secret_post" => AuthMethod::ClientSecretPost,
                 "private_key_jwt" | "tls_client_auth" => {
-                    self.err(m.span(), format!("auth_method `{}` is not supported by this version", m.get_ref()), Some("use client_secret_basic or client_secret_post".to_string()));
+                    self.err(
+                        m.span(),
+                        format!(
+                            "auth_method `{}` is not supported by this version",
+                            m.get_ref()
+                        ),
+                        Some("use client_secret_basic or client_secret_post".to_string()),
+                    );
                     AuthMethod::ClientSecretBasic
                 }
                 other => {
-                    self.err(m.span(), format!("unknown auth_method `{other}`"), Some("use client_secret_basic or client_secret_post".to_string()));
+                    self.err(
+                        m.span(),
+                        format!("unknown auth_method `{other}`"),
+                        Some("use client_secret_basic or client_secret_post".to_string()),
+                    );
                     AuthMethod::ClientSecretBasic
                 }
             },
@@ -375,11 +497,19 @@ impl<'a> Validator<'a> {
 
         let scopes = self.scopes(provider, raw.scopes.as_ref(), &span);
 
-        let params = raw.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+        let params = raw
+            .params
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_default();
         if let Some(p) = &raw.params {
             for k in p.get_ref().keys() {
                 if RESERVED_PARAMS.contains(&k.as_str()) {
-                    self.err(p.span(), format!("`params` may not set `{k}`"), Some("tokend sets it from the source's other keys".to_string()));
+                    self.err(
+                        p.span(),
+                        format!("`params` may not set `{k}`"),
+                        Some("tokend sets it from the source's other keys".to_string()),
+                    );
                 }
             }
         }
@@ -392,11 +522,24 @@ impl<'a> Validator<'a> {
                 0.75
             }
         };
-        let min_ttl = self.duration(&raw.min_ttl, "min_ttl", Duration::from_secs(120), Duration::ZERO);
-        let fetch_timeout = self.duration(&raw.fetch_timeout, "fetch_timeout", Duration::from_secs(15), Duration::from_millis(100));
+        let min_ttl = self.duration(
+            &raw.min_ttl,
+            "min_ttl",
+            Duration::from_secs(120),
+            Duration::ZERO,
+        );
+        let fetch_timeout = self.duration(
+            &raw.fetch_timeout,
+            "fetch_timeout",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+        );
         let eager = raw.eager.as_ref().is_none_or(|e| *e.get_ref());
         let credential_expires = raw.credential_expires.and_then(|v| self.date(v));
-        let probe_url = raw.probe_url.as_ref().and_then(|u| self.url(u, "probe_url"));
+        let probe_url = raw
+            .probe_url
+            .as_ref()
+            .and_then(|u| self.url(u, "probe_url"));
 
         if self.errors.len() > before {
             return None;
@@ -419,13 +562,28 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn azure_url(&mut self, tenant: &Spanned<String>, authority: Option<&Spanned<String>>) -> Option<Url> {
+    fn azure_url(
+        &mut self,
+        tenant: &Spanned<String>,
+        authority: Option<&Spanned<String>>,
+    ) -> Option<Url> {
         let t = tenant.get_ref().trim();
         if ["common", "consumers", "organizations"].contains(&t.to_ascii_lowercase().as_str()) {
-            self.err(tenant.span(), format!("tenant `{t}` cannot be used with client credentials"), Some("use your tenant's ID or primary domain, e.g. contoso.onmicrosoft.com".to_string()));
+            self.err(
+                tenant.span(),
+                format!("tenant `{t}` cannot be used with client credentials"),
+                Some(
+                    "use your tenant's ID or primary domain, e.g. contoso.onmicrosoft.com"
+                        .to_string(),
+                ),
+            );
             return None;
         }
-        if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+        if t.is_empty()
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
             self.err(tenant.span(), format!("tenant `{t}` is not a tenant ID or domain"), Some("use the directory (tenant) ID GUID or a domain such as contoso.onmicrosoft.com".to_string()));
             return None;
         }
@@ -433,11 +591,19 @@ impl<'a> Validator<'a> {
             Some(a) => self.url(a, "authority")?,
             None => Url::parse(AZURE_AUTHORITY).ok()?,
         };
-        let text = format!("{}/{t}/oauth2/v2.0/token", base.as_str().trim_end_matches('/'));
+        let text = format!(
+            "{}/{t}/oauth2/v2.0/token",
+            base.as_str().trim_end_matches('/')
+        );
         Url::parse(&text).ok()
     }
 
-    fn scopes(&mut self, provider: Provider, raw: Option<&Spanned<Vec<String>>>, span: &Range<usize>) -> Vec<String> {
+    fn scopes(
+        &mut self,
+        provider: Provider,
+        raw: Option<&Spanned<Vec<String>>>,
+        span: &Range<usize>,
+    ) -> Vec<String> {
         let scopes: Vec<String> = match (raw, provider) {
             (Some(s), _) => s.get_ref().clone(),
             (None, Provider::Azure) => vec![AZURE_DEFAULT_SCOPE.to_string()],
@@ -445,8 +611,18 @@ impl<'a> Validator<'a> {
         };
         let at = raw.map_or_else(|| span.clone(), Spanned::span);
         for s in &scopes {
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
-                self.err(at.clone(), format!("scope {s:?} is not a valid scope token"), Some("scopes are non-empty and without spaces; list several as separate strings".to_string()));
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+            {
+                self.err(
+                    at.clone(),
+                    format!("scope {s:?} is not a valid scope token"),
+                    Some(
+                        "scopes are non-empty and without spaces; list several as separate strings"
+                            .to_string(),
+                    ),
+                );
             }
         }
         if provider == Provider::Azure {
@@ -459,10 +635,17 @@ impl<'a> Validator<'a> {
                     } else {
                         "; application permissions are granted on the app registration, not requested".to_string()
                     };
-                    self.err(at.clone(), format!("Entra client credentials need a `/.default` scope, not {one:?}"), Some(format!("use scopes = [\"{fixed}\"]{note}")));
+                    self.err(
+                        at.clone(),
+                        format!("Entra client credentials need a `/.default` scope, not {one:?}"),
+                        Some(format!("use scopes = [\"{fixed}\"]{note}")),
+                    );
                 }
                 _ => {
-                    let fixed = scopes.first().map_or_else(|| AZURE_DEFAULT_SCOPE.to_string(), |s| azure_default_scope(s));
+                    let fixed = scopes.first().map_or_else(
+                        || AZURE_DEFAULT_SCOPE.to_string(),
+                        |s| azure_default_scope(s),
+                    );
                     self.err(at.clone(), "Entra client credentials take exactly one scope", Some(format!("use scopes = [\"{fixed}\"]; a token covers one resource, so use one source per resource")));
                 }
             }
@@ -480,7 +663,11 @@ impl<'a> Validator<'a> {
                     return None;
                 }
                 if self.mode.is_some_and(|m| m & 0o077 != 0) {
-                    self.warn(span, "plain client_secret in a config file that group or others can read", Some(format!("chmod 600 the file, or {how}")));
+                    self.warn(
+                        span,
+                        "plain client_secret in a config file that group or others can read",
+                        Some(format!("chmod 600 the file, or {how}")),
+                    );
                 }
                 Some(SecretRef::Inline(SecretString::from(s)))
             }
@@ -497,7 +684,11 @@ impl<'a> Validator<'a> {
                         }
                     },
                     [_] => {
-                        self.err(span, "secret reference needs a non-empty string value", Some(how));
+                        self.err(
+                            span,
+                            "secret reference needs a non-empty string value",
+                            Some(how),
+                        );
                         None
                     }
                     [] => {
@@ -506,13 +697,25 @@ impl<'a> Validator<'a> {
                     }
                     _ => {
                         let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
-                        self.err(span, format!("secret reference names {} kinds ({}); it must name exactly one", names.len(), names.join(", ")), Some(how));
+                        self.err(
+                            span,
+                            format!(
+                                "secret reference names {} kinds ({}); it must name exactly one",
+                                names.len(),
+                                names.join(", ")
+                            ),
+                            Some(how),
+                        );
                         None
                     }
                 }
             }
             _ => {
-                self.err(span, "`client_secret` must be a string or a table", Some(how));
+                self.err(
+                    span,
+                    "`client_secret` must be a string or a table",
+                    Some(how),
+                );
                 None
             }
         }
@@ -527,7 +730,11 @@ impl<'a> Validator<'a> {
         };
         let when = dt.and_then(|d| {
             let date = d.date?;
-            let days = crate::timefmt::days_from_civil(i64::from(date.year), u32::from(date.month), u32::from(date.day));
+            let days = crate::timefmt::days_from_civil(
+                i64::from(date.year),
+                u32::from(date.month),
+                u32::from(date.day),
+            );
             let mut secs = days * 86_400;
             if let Some(t) = d.time {
                 secs += i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
@@ -535,20 +742,66 @@ impl<'a> Validator<'a> {
             if let Some(toml::value::Offset::Custom { minutes }) = d.offset {
                 secs -= i64::from(minutes) * 60;
             }
-            u64::try_from(secs).ok().map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+            u64::try_from(secs)
+                .ok()
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
         });
         if when.is_none() {
-            self.err(span, "`credential_expires` is not a date", Some("write it as 2027-05-01 or 2027-05-01T12:00:00Z".to_string()));
+            self.err(
+                span,
+                "`credential_expires` is not a date",
+                Some("write it as 2027-05-01 or 2027-05-01T12:00:00Z".to_string()),
+            );
         }
         when
     }
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a
+/// short message and a did-you-mean hint.
+fn explain_serde_error(msg: &str) -> (String, Option<String>) {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return (msg.to_string(), None);
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return (msg.to_string(), None);
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let closest = known
+        .iter()
+        .map(|k| (edit_distance(field, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    let hint = match closest {
+        Some((_, k)) => format!("did you mean `{k}`?"),
+        None => format!("valid keys here: {}", known.join(", ")),
+    };
+    (format!("unknown key `{field}`"), Some(hint))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// `https://graph.microsoft.com/User.Read` → `https://graph.microsoft.com/.default`;
 /// a bare permission name → Graph's `.default`.
 fn azure_default_scope(scope: &str) -> String {
     match Url::parse(scope) {
-        Ok(u) if u.host_str().is_some() => format!("{}://{}/.default", u.scheme(), u.host_str().unwrap_or_default()),
+        Ok(u) if u.host_str().is_some() => format!(
+            "{}://{}/.default",
+            u.scheme(),
+            u.host_str().unwrap_or_default()
+        ),
         _ => match scope.split_once('/') {
             // api://app-id/Permission → api://app-id/.default
             Some((resource, _)) if scope.starts_with("api:") => format!("{resource}/.default"),
@@ -575,7 +828,13 @@ fn group_gid(name: &str) -> Option<u32> {
     // SAFETY: all pointers are valid for the call; getgrnam_r writes only into
     // `grp` and `buf` (whose length it is given) and sets `result`.
     let rc = unsafe {
-        libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
     };
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
@@ -622,7 +881,8 @@ client_secret = { file = "/run/secret" }
     fn unknown_key_names_line_and_column() {
         let d = one(&GOOD.replace("client_id =", "clent_id = \"x\"\nclient_id ="));
         assert_eq!((d.line, d.col), (4, 1));
-        assert!(d.message.contains("unknown field `clent_id`"), "{d}");
+        assert_eq!(d.message, "unknown key `clent_id`");
+        assert_eq!(d.hint.as_deref(), Some("did you mean `client_id`?"));
         assert!(d.to_string().starts_with("t.toml:4:1: "), "{d}");
     }
 
@@ -653,23 +913,43 @@ client_secret = { file = "/run/secret" }
         let d = one(&GOOD.replace("https://sso.example.com", "http://sso.example.com"));
         assert_eq!((d.line, d.col), (3, 13));
         assert!(d.hint.unwrap().contains("https://sso.example.com/token"));
-        for ok in ["http://localhost:8080/t", "http://127.0.0.2/t", "http://[::1]:9/t"] {
-            load_str(&GOOD.replace("https://sso.example.com/token", ok), Path::new("t"), None).unwrap();
+        for ok in [
+            "http://localhost:8080/t",
+            "http://127.0.0.2/t",
+            "http://[::1]:9/t",
+        ] {
+            load_str(
+                &GOOD.replace("https://sso.example.com/token", ok),
+                Path::new("t"),
+                None,
+            )
+            .unwrap();
         }
     }
 
     #[test]
     fn two_secret_kinds() {
-        let d = one(&GOOD.replace(r#"{ file = "/run/secret" }"#, r#"{ file = "/a", env = "B" }"#));
+        let d = one(&GOOD.replace(
+            r#"{ file = "/run/secret" }"#,
+            r#"{ file = "/a", env = "B" }"#,
+        ));
         assert_eq!(d.line, 5);
         assert!(d.message.contains("exactly one"), "{d}");
     }
 
     #[test]
     fn bad_duration_and_ratio_reported_together() {
-        let p = problems(&format!("{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\nfetch_timeout = 30\n"));
-        assert_eq!(p.len(), 1, "serde stops at the first type error within a table: {p:#?}");
-        let p = problems(&format!("{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\n"));
+        let p = problems(&format!(
+            "{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\nfetch_timeout = 30\n"
+        ));
+        assert_eq!(
+            p.len(),
+            1,
+            "serde stops at the first type error within a table: {p:#?}"
+        );
+        let p = problems(&format!(
+            "{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\n"
+        ));
         assert_eq!(p.len(), 2, "{p:#?}");
         assert_eq!(p[0].line, 6);
         assert!(p[0].message.contains("min_ttl"));
@@ -689,7 +969,12 @@ client_secret = { file = "/run/secret" }
 
     #[test]
     fn defaults_apply_and_sources_override() {
-        let c = load_str(&format!("[defaults]\nmin_ttl = \"5m\"\neager = false\n{GOOD}refresh_ratio = 0.8\n"), Path::new("t"), None).unwrap();
+        let c = load_str(
+            &format!("[defaults]\nmin_ttl = \"5m\"\neager = false\n{GOOD}refresh_ratio = 0.8\n"),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
         let s = &c.sources["api"];
         assert_eq!(s.min_ttl, Duration::from_secs(300));
         assert!(!s.eager);
@@ -701,18 +986,43 @@ client_secret = { file = "/run/secret" }
         let base = "[sources.graph]\nprovider = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\n";
         let c = load_str(base, Path::new("t"), None).unwrap();
         let g = &c.sources["graph"];
-        assert_eq!(g.token_url.as_str(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+        assert_eq!(
+            g.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
         assert_eq!(g.auth_method, AuthMethod::ClientSecretPost);
         assert_eq!(g.scopes, vec![AZURE_DEFAULT_SCOPE.to_string()]);
 
-        let d = one(&format!("{base}scopes = [\"https://graph.microsoft.com/User.Read\"]\n"));
-        assert!(d.hint.as_deref().unwrap().contains("\"https://graph.microsoft.com/.default\""), "{d}");
+        let d = one(&format!(
+            "{base}scopes = [\"https://graph.microsoft.com/User.Read\"]\n"
+        ));
+        assert!(
+            d.hint
+                .as_deref()
+                .unwrap()
+                .contains("\"https://graph.microsoft.com/.default\""),
+            "{d}"
+        );
         let d = one(&format!("{base}scopes = [\"User.Read\"]\n"));
-        assert!(d.hint.as_deref().unwrap().contains("granted on the app registration"), "{d}");
+        assert!(
+            d.hint
+                .as_deref()
+                .unwrap()
+                .contains("granted on the app registration"),
+            "{d}"
+        );
         let d = one(&base.replace("contoso.onmicrosoft.com", "common"));
         assert!(d.message.contains("common"));
-        let c = load_str(&format!("{base}authority = \"https://login.microsoftonline.us\"\n"), Path::new("t"), None).unwrap();
-        assert!(c.sources["graph"].token_url.as_str().starts_with("https://login.microsoftonline.us/contoso"));
+        let c = load_str(
+            &format!("{base}authority = \"https://login.microsoftonline.us\"\n"),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        assert!(c.sources["graph"]
+            .token_url
+            .as_str()
+            .starts_with("https://login.microsoftonline.us/contoso"));
     }
 
     #[test]
@@ -728,10 +1038,20 @@ client_secret = { file = "/run/secret" }
 
     #[test]
     fn credential_expires_date_or_string() {
-        let c = load_str(&format!("{GOOD}credential_expires = 2027-05-01\n"), Path::new("t"), None).unwrap();
+        let c = load_str(
+            &format!("{GOOD}credential_expires = 2027-05-01\n"),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
         let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_809_129_600);
         assert_eq!(c.sources["api"].credential_expires, Some(want));
-        let c = load_str(&format!("{GOOD}credential_expires = \"2027-05-01\"\n"), Path::new("t"), None).unwrap();
+        let c = load_str(
+            &format!("{GOOD}credential_expires = \"2027-05-01\"\n"),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.sources["api"].credential_expires, Some(want));
         let d = one(&format!("{GOOD}credential_expires = \"soon\"\n"));
         assert_eq!(d.line, 6);

@@ -46,7 +46,9 @@ mod tests {
 
     #[test]
     fn the_listed_codes_have_hints() {
-        for code in [7_000_215, 7_000_222, 700_016, 90_002, 70_011, 1_002_012, 500_011, 700_027] {
+        for code in [
+            7_000_215, 7_000_222, 700_016, 90_002, 70_011, 1_002_012, 500_011, 700_027,
+        ] {
             assert!(aadsts_hint(code).is_some(), "{code}");
         }
         assert!(aadsts_hint(1).is_none());
@@ -54,7 +56,10 @@ mod tests {
 
     #[test]
     fn code_from_description() {
-        assert_eq!(aadsts_in("AADSTS7000215: Invalid client secret provided."), Some(7_000_215));
+        assert_eq!(
+            aadsts_in("AADSTS7000215: Invalid client secret provided."),
+            Some(7_000_215)
+        );
         assert_eq!(aadsts_in("invalid"), None);
     }
 }

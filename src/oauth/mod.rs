@@ -166,7 +166,10 @@ impl TokenClient {
             .header(reqwest::header::ACCEPT, "application/json");
         match src.auth_method {
             AuthMethod::ClientSecretBasic => {
-                req = req.header(reqwest::header::AUTHORIZATION, basic_auth(&src.client_id, &secret));
+                req = req.header(
+                    reqwest::header::AUTHORIZATION,
+                    basic_auth(&src.client_id, &secret),
+                );
             }
             AuthMethod::ClientSecretPost => {
                 form.push(("client_id", &src.client_id));
@@ -175,7 +178,10 @@ impl TokenClient {
         }
         let req = req.form(&form);
         let issued_at = Instant::now();
-        let resp = req.send().await.map_err(|e| transport_error(&url, src.fetch_timeout, &e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, src.fetch_timeout, &e))?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -183,15 +189,13 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = read_limited(resp)
-            .await
-            .map_err(|detail| match detail {
-                ReadError::Transport(e) => transport_error(&url, src.fetch_timeout, &e),
-                ReadError::TooLarge => FetchError::BadResponse {
-                    url: url.clone(),
-                    detail: format!("the body is larger than {} KiB", MAX_BODY / 1024),
-                },
-            })?;
+        let body = read_limited(resp).await.map_err(|detail| match detail {
+            ReadError::Transport(e) => transport_error(&url, src.fetch_timeout, &e),
+            ReadError::TooLarge => FetchError::BadResponse {
+                url: url.clone(),
+                detail: format!("the body is larger than {} KiB", MAX_BODY / 1024),
+            },
+        })?;
         if !(200..300).contains(&status) {
             let mut e = response::parse_error(status, &body);
             // An IdP that echoes what it was sent must not put the secret in our logs.
@@ -222,7 +226,10 @@ impl TokenClient {
 pub fn basic_auth(client_id: &str, secret: &SecretString) -> reqwest::header::HeaderValue {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let pair = format!("{}:{}", enc(client_id), enc(secret.expose_secret()));
-    let value = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+    let value = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    );
     let mut h = reqwest::header::HeaderValue::from_str(&value)
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
     h.set_sensitive(true);
@@ -254,20 +261,23 @@ fn transport_error(url: &str, timeout: Duration, e: &reqwest::Error) -> FetchErr
             timeout,
         };
     }
-    // The error chain explains TLS and DNS failures; reqwest's own Display
-    // names only the URL, which carries no secret (secrets travel in the body
-    // or the Authorization header).
+    // The causes below reqwest's own error explain TLS, DNS and connect
+    // failures; reqwest's Display only repeats the URL, and hyper's
+    // "client error (Connect)" layer adds nothing.
     let mut detail = String::new();
-    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(err) = cur {
         let s = err.to_string();
-        if !detail.contains(&s) {
+        if !s.starts_with("client error") && !detail.contains(&s) {
             if !detail.is_empty() {
                 detail.push_str(": ");
             }
             detail.push_str(&s);
         }
         cur = err.source();
+    }
+    if detail.is_empty() {
+        detail = e.to_string();
     }
     FetchError::Connect {
         url: url.to_string(),
@@ -294,7 +304,6 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, ReadError>
     Ok(body)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,8 +312,15 @@ mod tests {
     fn basic_auth_form_encodes_before_base64() {
         let h = basic_auth("my client", &SecretString::from("a+b/c:d%e"));
         assert!(h.is_sensitive());
-        let v = h.to_str().unwrap().strip_prefix("Basic ").unwrap().to_string();
-        let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap()).unwrap();
+        let v = h
+            .to_str()
+            .unwrap()
+            .strip_prefix("Basic ")
+            .unwrap()
+            .to_string();
+        let decoded =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap())
+                .unwrap();
         assert_eq!(decoded, "my+client:a%2Bb%2Fc%3Ad%25e");
     }
 
@@ -324,6 +340,9 @@ mod tests {
     #[test]
     fn scrub_removes_echoed_secret() {
         let s = SecretString::from("hunter22");
-        assert_eq!(scrub("bad secret hunter22 given", &s), "bad secret [REDACTED] given");
+        assert_eq!(
+            scrub("bad secret hunter22 given", &s),
+            "bad secret [REDACTED] given"
+        );
     }
 }

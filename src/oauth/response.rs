@@ -47,7 +47,9 @@ fn seconds(v: &Value) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0 && secs < 1e10).then(|| Duration::from_secs_f64(secs.floor()))
+    (0.0..1e10)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs.floor()))
 }
 
 /// Parses a 2xx body. The error text never quotes the body.
@@ -183,7 +185,9 @@ pub fn parse_error(status: u16, body: &[u8]) -> EndpointError {
 impl EndpointError {
     /// Short machine code: the OAuth `error`, else `http_<status>`.
     pub fn code(&self) -> String {
-        self.error.clone().unwrap_or_else(|| format!("http_{}", self.status))
+        self.error
+            .clone()
+            .unwrap_or_else(|| format!("http_{}", self.status))
     }
 
     /// Human text: what the server said, with Entra's ids for a support ticket.
@@ -195,10 +199,13 @@ impl EndpointError {
         if let Some(d) = &self.description {
             m.push_str(&format!(": {d}"));
         }
-        let ids: Vec<String> = [("trace_id", &self.trace_id), ("correlation_id", &self.correlation_id)]
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
-            .collect();
+        let ids: Vec<String> = [
+            ("trace_id", &self.trace_id),
+            ("correlation_id", &self.correlation_id),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+        .collect();
         if !ids.is_empty() {
             m.push_str(&format!(" ({})", ids.join(", ")));
         }
@@ -217,8 +224,14 @@ impl EndpointError {
             return Some(h.to_string());
         }
         match self.status {
-            404 => Some("the token endpoint was not found: check token_url (or tenant/authority)".to_string()),
-            500..=599 => Some("the identity provider has a server-side problem; tokend retries with backoff".to_string()),
+            404 => Some(
+                "the token endpoint was not found: check token_url (or tenant/authority)"
+                    .to_string(),
+            ),
+            500..=599 => Some(
+                "the identity provider has a server-side problem; tokend retries with backoff"
+                    .to_string(),
+            ),
             _ => None,
         }
     }
@@ -238,7 +251,8 @@ mod tests {
 
     #[test]
     fn expires_in_as_number_or_string() {
-        let a = parse_token(br#"{"access_token":"t","token_type":"Bearer","expires_in":3599}"#).unwrap();
+        let a = parse_token(br#"{"access_token":"t","token_type":"Bearer","expires_in":3599}"#)
+            .unwrap();
         assert_eq!(a.expires_in, Some(Duration::from_secs(3599)));
         let b = parse_token(br#"{"access_token":"t","token_type":"Bearer","expires_in":"3599","refresh_in":"1800"}"#).unwrap();
         assert_eq!(b.expires_in, Some(Duration::from_secs(3599)));
@@ -253,10 +267,14 @@ mod tests {
         let html = parse_token(b"<!DOCTYPE html><html>secret-looking</html>").unwrap_err();
         assert!(html.contains("HTML"), "{html}");
         assert!(!html.contains("secret-looking"));
-        assert!(parse_token(b"not json at all").unwrap_err().contains("not a JSON"));
+        assert!(parse_token(b"not json at all")
+            .unwrap_err()
+            .contains("not a JSON"));
         assert!(parse_token(b"[1,2]").is_err());
         assert!(parse_token(br#"{"access_token":42}"#).is_err());
-        assert!(parse_token(br#"{"access_token":"t","expires_in":"soon"}"#).unwrap_err().contains("expires_in"));
+        assert!(parse_token(br#"{"access_token":"t","expires_in":"soon"}"#)
+            .unwrap_err()
+            .contains("expires_in"));
         assert!(parse_token(br#"{"access_token":"t","expires_in":-5}"#).is_err());
         assert!(parse_token(b"").is_err());
     }
@@ -269,7 +287,10 @@ mod tests {
         assert_eq!(e.error_codes, vec![7_000_215]);
         assert!(e.hint().unwrap().contains("ID instead of its Value"));
         let m = e.message();
-        assert!(m.contains("AADSTS7000215") && m.contains("abc-trace") && m.contains("def-corr"), "{m}");
+        assert!(
+            m.contains("AADSTS7000215") && m.contains("abc-trace") && m.contains("def-corr"),
+            "{m}"
+        );
         assert!(e.is_permanent());
     }
 

@@ -62,7 +62,9 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, List
         source,
     };
     match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.file_type().is_socket() => return Err(ListenError::NotASocket(path.to_path_buf())),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(ListenError::NotASocket(path.to_path_buf()))
+        }
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

@@ -45,7 +45,12 @@ pub struct Peer {
 /// Serves until `shutdown` fires, then stops accepting and drains in-flight
 /// requests for at most [`DRAIN_TIMEOUT`]. The listener (and with it, the
 /// socket file it owns) is dropped before this returns.
-pub async fn serve(listener: Listener, broker: Arc<Broker>, settings: ServerSettings, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: Listener,
+    broker: Arc<Broker>,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let settings = Arc::new(settings);
@@ -76,7 +81,11 @@ pub async fn serve(listener: Listener, broker: Arc<Broker>, settings: ServerSett
         let service = hyper::service::service_fn(move |req| {
             let broker = broker.clone();
             let settings = settings.clone();
-            async move { Ok::<_, std::convert::Infallible>(routes::handle(req, &broker, peer, &settings).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    routes::handle(req, &broker, peer, &settings).await,
+                )
+            }
         });
         let mut builder = http1::Builder::new();
         builder

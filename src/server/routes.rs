@@ -2,6 +2,7 @@
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
 use super::{Peer, ServerSettings};
+use crate::broker::source::SourceHandle;
 use crate::broker::{self, Broker, ServeError};
 use crate::config::valid_source_name;
 use crate::secret::ExposeSecret;
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -23,7 +25,8 @@ type Resp = Response<Full<Bytes>>;
 fn json_response(status: StatusCode, body: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -37,13 +40,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>, hint: Optio
 
 fn with_retry_after(mut r: Resp, after: Option<Duration>) -> Resp {
     if let Some(d) = after {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
     }
     r
 }
 
 fn no_store(mut r: Resp) -> Resp {
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -79,15 +84,34 @@ fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
 }
 
 /// Answers one request. Never panics on input; every outcome is a response.
-pub async fn handle(req: Request<Incoming>, broker: &Broker, peer: Option<Peer>, settings: &ServerSettings) -> Resp {
+pub async fn handle(
+    req: Request<Incoming>,
+    broker: &Broker,
+    peer: Option<Peer>,
+    settings: &ServerSettings,
+) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let Some((route, methods)) = route(&path) else {
-        return error(StatusCode::NOT_FOUND, "not_found", format!("no such path: {}", printable(&path)), Some("see SPEC §3 for the API".into()));
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such path: {}", printable(&path)),
+            Some("see SPEC §3 for the API".into()),
+        );
     };
     if !methods.contains(req.method()) {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed here", req.method()), None);
-        let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed here", req.method()),
+            None,
+        );
+        let allow = methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         if let Ok(v) = HeaderValue::from_str(&allow) {
             r.headers_mut().insert(ALLOW, v);
         }
@@ -98,12 +122,19 @@ pub async fn handle(req: Request<Incoming>, broker: &Broker, peer: Option<Peer>,
         Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         Route::Ready => ready(broker),
         Route::Sources => {
-            let list: Vec<Value> = broker.list().iter().map(|h| broker::status_json(h)).collect();
-            json_response(StatusCode::OK, &json!({ "sources": list, "config": broker.config_json() }))
+            let list: Vec<Value> = broker
+                .list()
+                .iter()
+                .map(|h| broker::status_json(h))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({ "sources": list, "config": broker.config_json() }),
+            )
         }
         Route::Source(name) => match lookup(broker, name) {
-            Ok(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
-            Err(r) => r,
+            Some(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
+            None => unknown_source(name),
         },
         Route::Refresh(name) => refresh(req, broker, name, settings).await,
         Route::Token(name) => token(broker, name, &query, settings).await,
@@ -124,24 +155,33 @@ pub fn printable(path: &str) -> String {
     crate::oauth::response::clip(path, 200)
 }
 
-fn lookup(broker: &Broker, name: &str) -> Result<std::sync::Arc<crate::broker::source::SourceHandle>, Resp> {
-    // Names outside the pattern are never looked up (and never touch the filesystem).
-    let found = if valid_source_name(name) { broker.get(name) } else { None };
-    found.ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "unknown_source",
-            format!("no source named {:?}", printable(name)),
-            Some("GET /v1/sources lists the configured sources".into()),
-        )
-    })
+/// The source called `name`; names outside the pattern are never looked up.
+fn lookup(broker: &Broker, name: &str) -> Option<Arc<SourceHandle>> {
+    if valid_source_name(name) {
+        broker.get(name)
+    } else {
+        None
+    }
+}
+
+fn unknown_source(name: &str) -> Resp {
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown_source",
+        format!("no source named {:?}", printable(name)),
+        Some("GET /v1/sources lists the configured sources".into()),
+    )
 }
 
 fn ready(broker: &Broker) -> Resp {
     let not_ready = broker.not_ready();
     let reload = broker.reload_status();
     let ok = not_ready.is_empty();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     json_response(
         status,
         &json!({ "ready": ok, "not_ready": not_ready, "config_error": if reload.ok { None } else { reload.error } }),
@@ -154,27 +194,44 @@ struct TokenQuery {
 }
 
 fn parse_token_query(query: &str) -> Result<TokenQuery, String> {
-    let mut q = TokenQuery { min_ttl: None, raw: false };
+    let mut q = TokenQuery {
+        min_ttl: None,
+        raw: false,
+    };
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "min_ttl" => {
-                q.min_ttl = Some(humantime::parse_duration(&v).map_err(|e| format!("min_ttl {:?} is not a duration ({e}); write it like 30s or 5m", printable(&v)))?);
+                q.min_ttl = Some(humantime::parse_duration(&v).map_err(|e| {
+                    format!(
+                        "min_ttl {:?} is not a duration ({e}); write it like 30s or 5m",
+                        printable(&v)
+                    )
+                })?);
             }
             "format" => match v.as_ref() {
                 "raw" => q.raw = true,
                 "json" => q.raw = false,
-                other => return Err(format!("format {:?} is unknown; use raw or json", printable(other))),
+                other => {
+                    return Err(format!(
+                        "format {:?} is unknown; use raw or json",
+                        printable(other)
+                    ))
+                }
             },
-            other => return Err(format!("unknown query parameter {:?}; known: min_ttl, format", printable(other))),
+            other => {
+                return Err(format!(
+                    "unknown query parameter {:?}; known: min_ttl, format",
+                    printable(other)
+                ))
+            }
         }
     }
     Ok(q)
 }
 
 async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettings) -> Resp {
-    let handle = match lookup(broker, name) {
-        Ok(h) => h,
-        Err(r) => return r,
+    let Some(handle) = lookup(broker, name) else {
+        return unknown_source(name);
     };
     let q = match parse_token_query(query) {
         Ok(q) => q,
@@ -211,7 +268,8 @@ async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettin
     let secret = tok.access_token.expose_secret();
     let resp = if q.raw {
         let mut r = Response::new(Full::new(Bytes::copy_from_slice(secret.as_bytes())));
-        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         r
     } else {
         let now = Instant::now();
@@ -230,12 +288,23 @@ async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettin
     no_store(resp)
 }
 
-async fn refresh(req: Request<Incoming>, broker: &Broker, name: &str, settings: &ServerSettings) -> Resp {
-    let handle = match lookup(broker, name) {
-        Ok(h) => h,
-        Err(r) => return r,
+async fn refresh(
+    req: Request<Incoming>,
+    broker: &Broker,
+    name: &str,
+    settings: &ServerSettings,
+) -> Resp {
+    let Some(handle) = lookup(broker, name) else {
+        return unknown_source(name);
     };
-    let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("POST bodies are limited to {MAX_POST_BODY} bytes"), None);
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("POST bodies are limited to {MAX_POST_BODY} bytes"),
+            None,
+        )
+    };
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -244,17 +313,34 @@ async fn refresh(req: Request<Incoming>, broker: &Broker, name: &str, settings: 
     if declared.is_some_and(|n| n > MAX_POST_BODY as u64) {
         return too_large();
     }
-    if Limited::new(req.into_body(), MAX_POST_BODY).collect().await.is_err() {
+    if Limited::new(req.into_body(), MAX_POST_BODY)
+        .collect()
+        .await
+        .is_err()
+    {
         return too_large();
     }
     if let Err(wait) = handle.claim_forced_refresh() {
         return with_retry_after(
-            error(StatusCode::TOO_MANY_REQUESTS, "refresh_rate_limited", format!("{name} was force-refreshed less than 10 s ago"), None),
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "refresh_rate_limited",
+                format!("{name} was force-refreshed less than 10 s ago"),
+                None,
+            ),
             Some(wait),
         );
     }
     match tokio::time::timeout(settings.request_timeout, handle.force_refresh()).await {
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "fetch_timeout", format!("the refresh of {name} did not finish within {}", humantime::format_duration(settings.request_timeout)), None),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "fetch_timeout",
+            format!(
+                "the refresh of {name} did not finish within {}",
+                humantime::format_duration(settings.request_timeout)
+            ),
+            None,
+        ),
         Ok(Ok(_)) => json_response(StatusCode::OK, &broker::status_json(&handle)),
         Ok(Err(failed)) => {
             let (message, hint) = failed

@@ -1,7 +1,13 @@
 //! Test kit: runs the real `tokend` binary on a temporary socket, talks to it
 //! over that socket, and captures its log.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -78,10 +84,21 @@ impl Builder {
     /// Writes the config and starts the process without waiting for it.
     pub fn spawn(self) -> Daemon {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        let socket = self.socket.unwrap_or_else(|| dir.path().join("tokend.sock"));
+        let socket = self
+            .socket
+            .unwrap_or_else(|| dir.path().join("tokend.sock"));
         let config = dir.path().join("tokend.toml");
-        let mode = if self.server.contains("socket_mode") { "" } else { "socket_mode = \"0600\"\n" };
-        let text = format!("[server]\nsocket = \"{}\"\n{mode}{}\n{}", socket.display(), self.server, self.body);
+        let mode = if self.server.contains("socket_mode") {
+            ""
+        } else {
+            "socket_mode = \"0600\"\n"
+        };
+        let text = format!(
+            "[server]\nsocket = \"{}\"\n{mode}{}\n{}",
+            socket.display(),
+            self.server,
+            self.body
+        );
         std::fs::write(&config, text).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -99,7 +116,12 @@ impl Builder {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Daemon { child, dir, socket, config }
+        Daemon {
+            child,
+            dir,
+            socket,
+            config,
+        }
     }
 
     /// Starts the daemon and waits until it answers `/healthz`.
@@ -114,7 +136,8 @@ impl Daemon {
     /// Polls until the socket answers, failing with the log if it never does.
     pub async fn wait_ready(&mut self) {
         for _ in 0..500 {
-            if let Ok(r) = tokend::client::call(&self.socket, hyper::Method::GET, "/healthz").await {
+            if let Ok(r) = tokend::client::call(&self.socket, hyper::Method::GET, "/healthz").await
+            {
                 if r.status() == 200 {
                     return;
                 }
@@ -158,7 +181,11 @@ impl Daemon {
     }
 
     pub async fn request(&self, method: hyper::Method, path: &str) -> Resp {
-        Resp(tokend::client::call(&self.socket, method, path).await.unwrap())
+        Resp(
+            tokend::client::call(&self.socket, method, path)
+                .await
+                .unwrap(),
+        )
     }
 }
 
@@ -177,13 +204,17 @@ impl Resp {
         self.0.status().as_u16()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.0.body()).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(self.0.body())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(self.0.body()).into_owned()
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.0.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+        self.0
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
     }
 }
 

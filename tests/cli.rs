@@ -1,0 +1,215 @@
+//! The command line: `check`, `check --fetch`, `token` and `status` as a
+//! sysadmin runs them.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn tokend(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(args)
+        .env_remove("TOKEND_CONFIG")
+        .env_remove("TOKEND_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shipped_example_config_checks_ok() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tokend.toml");
+    let (code, out, err) = tokend(&["check", "-c", path]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK, 2 source(s): graph, inventory"), "{out}");
+}
+
+#[test]
+fn misspelled_key_exits_1_naming_file_line_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.toml");
+    std::fs::write(
+        &path,
+        "[sources.api]\ntoken_url = \"https://sso.example.com/t\"\nclient_id = \"a\"\nclient_secert = { file = \"/s\" }\n\n[sources.two]\ntoken_url = \"http://sso.example.com/t\"\nclient_id = \"b\"\nclient_secret = { env = \"B\" }\n",
+    )
+    .unwrap();
+    let (code, _, err) = tokend(&["check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let want = format!(
+        "{}:4:1: unknown key `client_secert` — did you mean `client_secret`?",
+        path.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Every problem in one run: the second source's http URL too.
+    assert!(
+        err.contains(&format!(
+            "{}:7:13: `token_url` must use https",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let (code, _, err) = tokend(&["check", "-c", "/nonexistent/tokend.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read config file /nonexistent/tokend.toml"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_fetch_prints_ok_lifetime_and_claims() {
+    let idp = idp(Duration::from_secs(600), &["api"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.toml");
+    std::fs::write(&path, source("api", &idp, "scopes = [\"read\"]")).unwrap();
+    let p = path.to_str().unwrap().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("api: ok, lifetime 10m, scope read"), "{out}");
+    assert!(
+        out.contains("aud: api://tokend-dev")
+            && out.contains("azp: api")
+            && out.contains("exp: 20"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+
+    // A wrong client: failed, with the hint, exit 1.
+    std::fs::write(&path, source_as("api", "nobody", &idp, "")).unwrap();
+    let p = path.to_str().unwrap().to_string();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("api: FAILED: token endpoint answered HTTP 401 invalid_client"),
+        "{out}"
+    );
+    assert!(out.contains("hint: "), "{out}");
+}
+
+#[tokio::test]
+async fn token_and_status_commands() {
+    let idp = idp(Duration::from_secs(3600), &["api"]).await;
+    let d = daemon(&format!(
+        "{}{}",
+        source("api", &idp, ""),
+        source_as("down", "nobody", &idp, "")
+    ))
+    .start()
+    .await;
+    let sock = d.socket.to_str().unwrap().to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            tokend(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    let (code, out, err) = run(vec![
+        "token".into(),
+        "api".into(),
+        "--socket".into(),
+        sock.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let direct = d.get("/v1/tokens/api?format=raw").await.text();
+    assert_eq!(out.trim_end(), direct);
+
+    let (code, out, _) = run(vec![
+        "token".into(),
+        "api".into(),
+        "--json".into(),
+        "--socket".into(),
+        sock.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["source"],
+        "api"
+    );
+
+    let (code, _, err) = run(vec![
+        "token".into(),
+        "nope".into(),
+        "--socket".into(),
+        sock.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no source named"), "{err}");
+
+    let (code, _, err) = run(vec![
+        "token".into(),
+        "down".into(),
+        "--socket".into(),
+        sock.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("invalid_client") && err.contains("hint:"),
+        "{err}"
+    );
+
+    let (code, out, _) = run(vec!["status".into(), "--socket".into(), sock.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("api ") && l.contains("ready")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("down ") && l.contains("failed")),
+        "{out}"
+    );
+    assert!(out.contains("down: hint:"), "{out}");
+
+    let (code, out, _) = run(vec![
+        "status".into(),
+        "--json".into(),
+        "--socket".into(),
+        sock,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["sources"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let (code, _, err) = run(vec![
+        "status".into(),
+        "--socket".into(),
+        "/nonexistent.sock".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("is tokend running?"), "{err}");
+}
