@@ -373,3 +373,51 @@ async fn idp_with_429() -> DevIdp {
     }));
     idp
 }
+
+/// SPEC §10: one 10 s header timeout bounds slow clients and idle keep-alive
+/// connections alike, and a head over 8 KiB gets 431.
+#[tokio::test]
+async fn slow_heads_idle_keepalive_and_huge_heads_are_cut_off() {
+    use std::io::{Read, Write};
+    let idp = idp(S(3600), &["api"]).await;
+    let d = daemon(&source("api", &idp, "")).start().await;
+    let sock = d.socket.clone();
+    let closed_after = |first: &'static [u8]| {
+        let sock = sock.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(S(30))).unwrap();
+            s.write_all(first).unwrap();
+            let start = std::time::Instant::now();
+            let mut buf = Vec::new();
+            // Reads the answer to a complete request (if any), then waits for EOF.
+            let _ = s.read_to_end(&mut buf);
+            (start.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+        })
+    };
+    let idle = closed_after(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let half = closed_after(b"GET /heal");
+    let (idle, half) = (idle.await.unwrap(), half.await.unwrap());
+    assert!(idle.1.starts_with("HTTP/1.1 200"), "{}", idle.1);
+    for (elapsed, _) in [&idle, &half] {
+        assert!(
+            *elapsed >= Duration::from_millis(9_500) && *elapsed < S(20),
+            "{elapsed:?}"
+        );
+    }
+
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.write_all(big.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 431");
+    assert_eq!(
+        d.get("/healthz").await.status(),
+        200,
+        "the daemon still answers"
+    );
+}
