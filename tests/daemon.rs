@@ -421,3 +421,113 @@ async fn slow_heads_idle_keepalive_and_huge_heads_are_cut_off() {
         "the daemon still answers"
     );
 }
+
+#[tokio::test]
+async fn huge_and_non_json_token_responses_are_clear_fetch_errors() {
+    let huge = idp(S(3600), &["huge"]).await;
+    huge.fail_with(Some(Failure {
+        status: 200,
+        body: format!("{{\"access_token\":\"{}\"}}", "x".repeat(2 * 1024 * 1024)),
+        retry_after: None,
+    }));
+    let html = idp(S(3600), &["html"]).await;
+    html.fail_with(Some(Failure {
+        status: 200,
+        body: "<!DOCTYPE html><html><body>Sign in</body></html>".into(),
+        retry_after: None,
+    }));
+    let d = daemon(&format!(
+        "{}{}",
+        source("huge", &huge, ""),
+        source("html", &html, "")
+    ))
+    .start()
+    .await;
+    for (name, want) in [("huge", "larger than 1024 KiB"), ("html", "HTML, not JSON")] {
+        let r = wait_for_status(&d, &format!("/v1/tokens/{name}"), 503).await;
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(want), "{name}: {msg}");
+        let st = d.get(&format!("/v1/sources/{name}")).await.json();
+        assert_eq!(st["last_error"]["error"], "bad_response");
+    }
+    assert_eq!(
+        d.get("/healthz").await.status(),
+        200,
+        "no panic, still serving"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reload_keeps_running_config_on_error_and_applies_a_fix() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let mut d = daemon(&source("a", &idp, "")).start().await;
+    let token_a = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    let good = std::fs::read_to_string(&d.config).unwrap();
+
+    std::fs::write(&d.config, format!("{good}\n[sources.b\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    assert!(
+        doc["config"]["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("tokend.toml:"),
+        "{doc}"
+    );
+    assert_eq!(
+        d.get("/v1/tokens/a?format=raw").await.text(),
+        token_a,
+        "old source still served"
+    );
+    let ready = d.get("/readyz").await;
+    assert_eq!(
+        ready.status(),
+        200,
+        "a failed reload alone does not make it unready"
+    );
+    assert!(ready.json()["config_error"].as_str().is_some());
+
+    std::fs::write(&d.config, format!("{good}\n{}", source("b", &idp, ""))).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(&d, |doc| {
+        doc["config"]["last_reload"]["ok"] == true && doc["sources"].as_array().unwrap().len() == 2
+    })
+    .await;
+    wait_for_status(&d, "/v1/tokens/b", 200).await;
+    assert_eq!(
+        d.get("/v1/tokens/a?format=raw").await.text(),
+        token_a,
+        "unchanged source keeps its token"
+    );
+    assert_eq!(
+        d.get("/readyz").await.json()["config_error"],
+        serde_json::Value::Null
+    );
+
+    std::fs::write(&d.config, good).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(&d, |doc| doc["sources"].as_array().unwrap().len() == 1).await;
+    assert_eq!(
+        d.get("/v1/tokens/b").await.status(),
+        404,
+        "removed source answers 404 at once"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().await.success());
+}
+
+async fn wait_until(d: &Daemon, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..250 {
+        let doc = d.get("/v1/sources").await.json();
+        if pred(&doc) {
+            return doc;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "condition never held: {}",
+        d.get("/v1/sources").await.text()
+    );
+}

@@ -25,6 +25,14 @@ pub const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
 /// shorter than `min_ttl` refreshes at half-life rather than in a loop). With
 /// the IdP's `refresh_in`: that, jittered and capped at `lifetime − min_ttl`,
 /// but the cap never pulls it before half-life either.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokend::broker::policy::refresh_delay;
+/// let hour = Duration::from_secs(3600);
+/// // A one-hour token, refreshed at 75 % with no jitter: after 45 minutes.
+/// assert_eq!(refresh_delay(hour, None, 0.75, Duration::from_secs(120), 0.0), Duration::from_secs(2700));
+/// ```
 pub fn refresh_delay(
     lifetime: Duration,
     refresh_in: Option<Duration>,

@@ -26,7 +26,16 @@ const RESERVED_PARAMS: &[&str] = &[
     "scope",
 ];
 
-/// Source names: `[a-z0-9][a-z0-9._-]{0,63}`.
+/// Source names: `[a-z0-9][a-z0-9._-]{0,63}`. Checked before any lookup, so a
+/// request for `../etc` never reaches the registry or the filesystem.
+///
+/// ```
+/// use tokend::config::valid_source_name;
+/// assert!(valid_source_name("graph"));
+/// assert!(valid_source_name("billing.prod-2"));
+/// assert!(!valid_source_name("../etc"));
+/// assert!(!valid_source_name("Graph"));
+/// ```
 pub fn valid_source_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
