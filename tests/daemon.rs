@@ -105,17 +105,6 @@ async fn idp_slow() -> DevIdp {
     slow
 }
 
-async fn wait_for_status(d: &Daemon, path: &str, want: u16) -> Resp {
-    for _ in 0..250 {
-        let r = d.get(path).await;
-        if r.status() == want {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{path} never answered {want}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_requests_cause_one_upstream_request() {
     let idp = idp(S(3600), &["lazy"]).await;
@@ -296,13 +285,10 @@ async fn trace_log_contains_no_token_and_no_secret() {
     }
     wait_for_status(&d, "/v1/tokens/wrong", 503).await;
     // refresh_in = 2 s: wait for a refresh of each source to land.
-    for _ in 0..250 {
-        if idp.issued() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(idp.issued() >= 4, "refreshes happened");
+    eventually("a refresh of each source", async || {
+        (idp.issued() >= 4).then_some(())
+    })
+    .await;
     for name in ["basic", "post"] {
         tokens.push(d.get(&format!("/v1/tokens/{name}?format=raw")).await.text());
     }
@@ -516,18 +502,4 @@ async fn sighup_reload_keeps_running_config_on_error_and_applies_a_fix() {
     );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit().await.success());
-}
-
-async fn wait_until(d: &Daemon, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    for _ in 0..250 {
-        let doc = d.get("/v1/sources").await.json();
-        if pred(&doc) {
-            return doc;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "condition never held: {}",
-        d.get("/v1/sources").await.text()
-    );
 }

@@ -230,3 +230,35 @@ pub async fn idp(lifetime: Duration, clients: &[&str]) -> DevIdp {
 pub fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
+
+/// Polls `probe` every 20 ms for up to 5 s until it yields a value.
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..250 {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Polls `path` until it answers `want`.
+pub async fn wait_for_status(d: &Daemon, path: &str, want: u16) -> Resp {
+    eventually(&format!("{path} to answer {want}"), async || {
+        let r = d.get(path).await;
+        (r.status() == want).then_some(r)
+    })
+    .await
+}
+
+/// Polls `/v1/sources` until `pred` holds for it.
+pub async fn wait_until(
+    d: &Daemon,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually("a /v1/sources condition", async || {
+        let doc = d.get("/v1/sources").await.json();
+        pred(&doc).then_some(doc)
+    })
+    .await
+}
