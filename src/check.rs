@@ -72,7 +72,17 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                 match jwt::claims(secret) {
                     None => println!("  token is opaque (not a JWT): no claims to show"),
                     Some(c) => {
-                        for key in ["aud", "roles", "scp", "tid", "appid", "azp", "exp"] {
+                        for key in [
+                            "aud",
+                            "roles",
+                            "scp",
+                            "scope",
+                            "tid",
+                            "appid",
+                            "azp",
+                            "client_id",
+                            "exp",
+                        ] {
                             if let Some(v) = c.get(key) {
                                 let mut shown = jwt::show(v);
                                 if key == "exp" {

@@ -10,6 +10,8 @@
 )]
 
 use bytes::Bytes;
+pub mod oidc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -232,31 +234,67 @@ pub fn exists(p: &Path) -> bool {
 }
 
 /// Polls `probe` every 20 ms for up to 5 s until it yields a value.
-pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    for _ in 0..250 {
+pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(Duration::from_secs(5), what, probe).await
+}
+
+/// Polls `probe` every 20 ms for up to `limit` until it yields a value.
+pub async fn eventually_within<T>(
+    limit: Duration,
+    what: &str,
+    probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    match poll_within(limit, probe).await {
+        Some(v) => v,
+        None => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `probe` every 20 ms for up to `limit`; `None` if it never yields.
+pub async fn poll_within<T>(
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if let Some(v) = probe().await {
-            return v;
+            return Some(v);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for {what}");
+    None
 }
 
-/// Polls `path` until it answers `want`.
+/// Polls `path` for up to 5 s until it answers `want`; the panic shows the last answer.
 pub async fn wait_for_status(d: &Daemon, path: &str, want: u16) -> Resp {
-    eventually(&format!("{path} to answer {want}"), async || {
+    let mut last = String::new();
+    let found = poll_within(Duration::from_secs(5), async || {
         let r = d.get(path).await;
-        (r.status() == want).then_some(r)
+        if r.status() == want {
+            return Some(r);
+        }
+        last = format!("{} {}", r.status(), r.text());
+        None
     })
-    .await
+    .await;
+    found.unwrap_or_else(|| panic!("{path} never answered {want}; last answer: {last}"))
 }
 
-/// Polls `/v1/sources` until `pred` holds for it.
+/// Polls `/v1/sources` for up to 5 s until `pred` holds for it.
 pub async fn wait_until(
     d: &Daemon,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    eventually("a /v1/sources condition", async || {
+    wait_until_within(d, Duration::from_secs(5), pred).await
+}
+
+/// Polls `/v1/sources` for up to `limit` until `pred` holds for it.
+pub async fn wait_until_within(
+    d: &Daemon,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually_within(limit, "a /v1/sources condition", async || {
         let doc = d.get("/v1/sources").await.json();
         pred(&doc).then_some(doc)
     })
