@@ -34,6 +34,10 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub sources: BTreeMap<String, SourceConfig>,
+    /// The include directory in force, if any.
+    pub include_dir: Option<PathBuf>,
+    /// The `*.toml` files loaded from it, in load order.
+    pub include_files: Vec<PathBuf>,
     /// Things that work but deserve a look (a plain secret in a readable file).
     pub warnings: Vec<Diagnostic>,
 }
@@ -188,25 +192,23 @@ impl ConfigError {
     }
 }
 
-/// Reads and validates the config at `path`.
+/// Reads and validates the config at `path` and its include directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_err = |source| ConfigError::Read {
+    let main = validate::File::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    };
-    let text = std::fs::read_to_string(path).map_err(read_err)?;
-    let mode = {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path)
-            .map_err(read_err)?
-            .permissions()
-            .mode()
-    };
-    load_str(&text, path, Some(mode))
+    })?;
+    validate::Validator::new(main).run()
 }
 
 /// Validates config text as if read from `path` (whose permission bits, if
-/// known, decide whether an inline secret earns a warning).
+/// known, decide whether an inline secret earns a warning). An include
+/// directory beside `path` is read from disk as usual.
 pub fn load_str(text: &str, path: &Path, mode: Option<u32>) -> Result<Config, ConfigError> {
-    validate::Validator::new(text, path, mode).run()
+    validate::Validator::new(validate::File {
+        path: path.to_path_buf(),
+        text: text.to_string(),
+        mode,
+    })
+    .run()
 }

@@ -44,10 +44,23 @@ pub(super) struct RawSource {
 }
 
 impl RawSource {
-    /// Fills every key the source leaves unset from `[defaults]`.
-    pub fn with_defaults(mut self, d: &RawSource) -> RawSource {
+    /// Fills every key the source leaves unset from `[defaults]`. With
+    /// `respan`, inherited values are placed there (the source's header in
+    /// an include file), so their diagnostics point into the right file.
+    pub fn with_defaults(
+        mut self,
+        d: &RawSource,
+        respan: Option<std::ops::Range<usize>>,
+    ) -> RawSource {
         macro_rules! inherit {
-            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = d.$f.clone(); } )* };
+            ($($f:ident),*) => { $(
+                if self.$f.is_none() {
+                    self.$f = d.$f.clone().map(|v| match &respan {
+                        Some(at) => Spanned::new(at.clone(), v.into_inner()),
+                        None => v,
+                    });
+                }
+            )* };
         }
         inherit!(
             token_url,

@@ -45,31 +45,78 @@ pub fn valid_source_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
-pub(super) struct Validator<'a> {
-    text: &'a str,
-    path: &'a Path,
-    mode: Option<u32>,
+/// One file of the configuration: the main file or an include.
+pub(super) struct File {
+    pub path: PathBuf,
+    pub text: String,
+    /// Permission bits, when read from disk (decides the inline-secret warning).
+    pub mode: Option<u32>,
+}
+
+impl File {
+    /// Reads `path` from disk.
+    pub fn read(path: &Path) -> std::io::Result<File> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = std::fs::read_to_string(path)?;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        Ok(File {
+            path: path.to_path_buf(),
+            text,
+            mode: Some(mode),
+        })
+    }
+}
+
+/// The main file's top-level keys other than `sources`.
+#[derive(Default)]
+struct MainParts {
+    server: Option<RawServer>,
+    defaults: Option<RawSource>,
+    include_dir: Option<Result<Spanned<String>, ()>>,
+}
+
+/// A source as written, with the file it came from.
+struct Found {
+    file: usize,
+    name: String,
+    span: Range<usize>,
+    raw: RawSource,
+}
+
+pub(super) struct Validator {
+    files: Vec<File>,
+    /// The file diagnostics are reported against.
+    cur: usize,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
 }
 
-impl<'a> Validator<'a> {
-    pub fn new(text: &'a str, path: &'a Path, mode: Option<u32>) -> Self {
+impl Validator {
+    pub fn new(main: File) -> Self {
         Validator {
-            text,
-            path,
-            mode,
+            files: vec![main],
+            cur: 0,
             errors: Vec::new(),
             warnings: Vec::new(),
         }
     }
 
-    fn diag(&self, span: Range<usize>, message: String, hint: Option<String>) -> Diagnostic {
-        let upto = &self.text[..span.start.min(self.text.len())];
+    fn diag_in(
+        &self,
+        file: usize,
+        span: Range<usize>,
+        message: String,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let f = &self.files[file];
+        let upto = f
+            .text
+            .get(..span.start.min(f.text.len()))
+            .unwrap_or_default();
         let line = upto.matches('\n').count() + 1;
         let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         Diagnostic {
-            file: self.path.to_path_buf(),
+            file: f.path.clone(),
             line,
             col,
             message,
@@ -83,7 +130,7 @@ impl<'a> Validator<'a> {
         message: impl Into<String>,
         hint: impl Into<Option<String>>,
     ) {
-        let d = self.diag(span, message.into(), hint.into());
+        let d = self.diag_in(self.cur, span, message.into(), hint.into());
         self.errors.push(d);
     }
 
@@ -93,7 +140,7 @@ impl<'a> Validator<'a> {
         message: impl Into<String>,
         hint: impl Into<Option<String>>,
     ) {
-        let d = self.diag(span, message.into(), hint.into());
+        let d = self.diag_in(self.cur, span, message.into(), hint.into());
         self.warnings.push(d);
     }
 
@@ -114,14 +161,19 @@ impl<'a> Validator<'a> {
         }
     }
 
-    pub fn run(mut self) -> Result<Config, ConfigError> {
-        let (doc, parse_errors) = DeTable::parse_recoverable(self.text);
+    /// Parses file `idx` and takes what it holds: `[sources.*]` into
+    /// `found`, and for the main file its other top-level keys. Everything
+    /// returned is owned, so the parsed text need not outlive this call.
+    fn process_file(&mut self, idx: usize, found: &mut Vec<Found>) -> MainParts {
+        self.cur = idx;
+        let mut parts = MainParts::default();
+        let text = self.files[idx].text.clone();
+        let (doc, parse_errors) = DeTable::parse_recoverable(&text);
         if !parse_errors.is_empty() {
             for e in parse_errors {
                 let span = e.span().unwrap_or(0..0);
                 let mut msg = e.message().trim().to_string();
-                if let Some(what) = self
-                    .text
+                if let Some(what) = text
                     .get(span.clone())
                     .filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n'))
                 {
@@ -129,41 +181,18 @@ impl<'a> Validator<'a> {
                 }
                 self.err(span, msg, Some("fix the TOML syntax".to_string()));
             }
-            return Err(ConfigError::Invalid(self.errors));
+            return parts;
         }
-        let mut raw_server = RawServer::default();
-        let mut defaults = RawSource::default();
-        let mut raw_sources: Vec<(String, Range<usize>, RawSource)> = Vec::new();
         for (key, value) in doc.into_inner() {
             let key_span = key.span();
-            match key.get_ref().as_ref() {
-                "server" => raw_server = self.deserialize(value).unwrap_or_default(),
-                "defaults" => defaults = self.deserialize(value).unwrap_or_default(),
-                "sources" => {
-                    let span = value.span();
-                    match value.into_inner() {
-                        DeValue::Table(t) => {
-                            for (name, v) in t {
-                                let name_span = name.span();
-                                let name = name.into_inner().into_owned();
-                                if let Some(raw) = self.deserialize::<RawSource>(v) {
-                                    raw_sources.push((name, name_span, raw));
-                                }
-                            }
-                        }
-                        _ => self.err(
-                            span,
-                            "`sources` must be a table",
-                            Some("write sources as [sources.NAME] tables".to_string()),
-                        ),
-                    }
+            match (key.get_ref().as_ref(), idx == 0) {
+                ("sources", _) => self.collect_sources(idx, value, found),
+                ("server", true) => parts.server = self.deserialize(value),
+                ("defaults", true) => parts.defaults = self.deserialize(value),
+                ("include_dir", true) => {
+                    parts.include_dir = Some(self.deserialize::<Spanned<String>>(value).ok_or(()));
                 }
-                "include_dir" => self.err(
-                    key_span,
-                    "`include_dir` is not supported by this version",
-                    Some("remove it and put all sources in the main file".to_string()),
-                ),
-                other => {
+                (other, true) => {
                     let msg = format!("unknown key `{other}`");
                     self.err(
                         key_span,
@@ -171,11 +200,147 @@ impl<'a> Validator<'a> {
                         Some(format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))),
                     );
                 }
+                (other, false) => {
+                    let msg = format!("`{other}` is not allowed in an include file");
+                    self.err(key_span, msg, Some("include files hold only [sources.NAME] tables; put [server] and [defaults] in the main file".to_string()));
+                }
             }
         }
+        parts
+    }
+
+    /// The `[sources.*]` tables of one parsed file.
+    fn collect_sources(
+        &mut self,
+        file: usize,
+        value: Spanned<DeValue<'_>>,
+        found: &mut Vec<Found>,
+    ) {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(t) => {
+                for (name, v) in t {
+                    let name_span = name.span();
+                    let name = name.into_inner().into_owned();
+                    if let Some(raw) = self.deserialize::<RawSource>(v) {
+                        found.push(Found {
+                            file,
+                            name,
+                            span: name_span,
+                            raw,
+                        });
+                    }
+                }
+            }
+            _ => self.err(
+                span,
+                "`sources` must be a table",
+                Some("write sources as [sources.NAME] tables".to_string()),
+            ),
+        }
+    }
+
+    /// The include directory: `include_dir` (relative to the main file), else
+    /// `sources.d` beside the main file if it exists.
+    fn include_dir(&mut self, key: Option<Result<Spanned<String>, ()>>) -> Option<PathBuf> {
+        self.cur = 0;
+        let base = self.files[0]
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        match key {
+            None => {
+                let d = base.join("sources.d");
+                d.is_dir().then_some(d)
+            }
+            Some(Err(())) => None,
+            Some(Ok(v)) => {
+                let d = base.join(v.get_ref());
+                if d.is_dir() {
+                    Some(d)
+                } else {
+                    self.err(
+                        v.span(),
+                        format!("include_dir {} is not a directory", d.display()),
+                        Some("create it or remove include_dir".to_string()),
+                    );
+                    None
+                }
+            }
+        }
+    }
+
+    /// Loads every `*.toml` in `dir`, in name order, into `found`.
+    fn load_includes(&mut self, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect(),
+            Err(e) => {
+                self.cur = 0;
+                self.err(
+                    0..0,
+                    format!("cannot read include directory {}: {e}", dir.display()),
+                    None,
+                );
+                return Vec::new();
+            }
+        };
+        paths.sort();
+        for path in &paths {
+            let file = match File::read(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.errors.push(Diagnostic {
+                        file: path.clone(),
+                        line: 1,
+                        col: 1,
+                        message: format!("cannot read: {e}"),
+                        hint: Some("check the file's permissions".to_string()),
+                    });
+                    continue;
+                }
+            };
+            self.files.push(file);
+            let idx = self.files.len() - 1;
+            self.process_file(idx, found);
+        }
+        paths
+    }
+
+    pub fn run(mut self) -> Result<Config, ConfigError> {
+        let mut found = Vec::new();
+        let main = self.process_file(0, &mut found);
+        if !self.errors.is_empty()
+            && main.server.is_none()
+            && main.defaults.is_none()
+            && found.is_empty()
+        {
+            // A syntax error in the main file: nothing else is worth checking.
+            return Err(ConfigError::Invalid(self.errors));
+        }
+        let raw_server = main.server.unwrap_or_default();
+        let defaults = main.defaults.unwrap_or_default();
+        let include_key = main.include_dir;
         let server = self.server(raw_server);
+        let include_dir = self.include_dir(include_key);
+        let include_files = match &include_dir {
+            Some(d) => self.load_includes(d, &mut found),
+            None => Vec::new(),
+        };
         let mut sources = BTreeMap::new();
-        for (name, span, raw) in raw_sources {
+        let mut defined: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
+        for Found {
+            file,
+            name,
+            span,
+            raw,
+        } in found
+        {
+            self.cur = file;
             if !valid_source_name(&name) {
                 self.err(
                     span.clone(),
@@ -184,20 +349,41 @@ impl<'a> Validator<'a> {
                 );
                 continue;
             }
-            let raw = raw.with_defaults(&defaults);
+            if let Some((f, s)) = defined.get(&name) {
+                let first = self.diag_in(*f, s.clone(), String::new(), None);
+                self.err(
+                    span.clone(),
+                    format!(
+                        "source `{name}` is defined twice: here and at {}:{}:{}",
+                        first.file.display(),
+                        first.line,
+                        first.col
+                    ),
+                    Some("rename or remove one of them".to_string()),
+                );
+                continue;
+            }
+            defined.insert(name.clone(), (file, span.clone()));
+            // Keys inherited from [defaults] live in the main file; in an
+            // include file their errors point at the source's header.
+            let respan = (file != 0).then(|| span.clone());
+            let raw = raw.with_defaults(&defaults, respan);
             if let Some(s) = self.source(&name, span, raw) {
                 sources.insert(name, s);
             }
         }
         if self.errors.is_empty() {
             Ok(Config {
-                path: self.path.to_path_buf(),
+                path: self.files[0].path.clone(),
                 server,
                 sources,
+                include_dir,
+                include_files,
                 warnings: self.warnings,
             })
         } else {
-            self.errors.sort_by_key(|d| (d.line, d.col));
+            self.errors
+                .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
             Err(ConfigError::Invalid(self.errors))
         }
     }
@@ -671,7 +857,7 @@ impl<'a> Validator<'a> {
                     self.err(span, "`client_secret` is empty", Some(how));
                     return None;
                 }
-                if self.mode.is_some_and(|m| m & 0o077 != 0) {
+                if self.files[self.cur].mode.is_some_and(|m| m & 0o077 != 0) {
                     self.warn(
                         span,
                         "plain client_secret in a config file that group or others can read",
@@ -1075,6 +1261,93 @@ client_secret = { file = "/run/secret" }
         assert_eq!(c.server.request_timeout, Duration::from_secs(3));
         let p = problems(&format!("[server]\nsocket_mode = \"999\"\nsocket_group = \"no-such-group-xyz\"\nmax_connections = 0\n{GOOD}"));
         assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    #[test]
+    fn include_dir_adds_sources_and_duplicates_name_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("tokend.toml");
+        std::fs::write(&main, format!("[defaults]\nmin_ttl = \"1m\"\n{GOOD}")).unwrap();
+        std::fs::create_dir(dir.path().join("sources.d")).unwrap();
+        let inc = |name: &str| {
+            format!("[sources.{name}]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"E\" }}\n")
+        };
+        std::fs::write(dir.path().join("sources.d/b.toml"), inc("two")).unwrap();
+        std::fs::write(dir.path().join("sources.d/a.toml"), inc("one")).unwrap();
+        std::fs::write(dir.path().join("sources.d/notes.txt"), "ignored").unwrap();
+        let c = super::super::load(&main).unwrap();
+        assert_eq!(
+            c.sources.keys().collect::<Vec<_>>(),
+            vec!["api", "one", "two"]
+        );
+        assert_eq!(
+            c.sources["one"].min_ttl,
+            Duration::from_secs(60),
+            "defaults apply to includes"
+        );
+        let names: Vec<_> = c
+            .include_files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, vec!["a.toml", "b.toml"], "name order");
+
+        std::fs::write(dir.path().join("sources.d/c.toml"), inc("api")).unwrap();
+        let Err(ConfigError::Invalid(p)) = super::super::load(&main) else {
+            panic!()
+        };
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let msg = p[0].to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "{}:1:10: source `api` is defined twice",
+                dir.path().join("sources.d/c.toml").display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("{}:4:10", main.display())), "{msg}");
+    }
+
+    #[test]
+    fn include_files_hold_only_sources_and_report_their_own_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("tokend.toml");
+        std::fs::write(
+            &main,
+            format!("include_dir = \"more\"\n[defaults]\nmin_ttl = \"forever\"\n{GOOD}"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("more")).unwrap();
+        let inc = dir.path().join("more/x.toml");
+        std::fs::write(&inc, "[server]\nsocket = \"/x\"\n[sources.x]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = { env = \"E\" }\n").unwrap();
+        let Err(ConfigError::Invalid(p)) = super::super::load(&main) else {
+            panic!()
+        };
+        let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with(&format!(
+                "{}:1:2: `server` is not allowed in an include file",
+                inc.display()
+            ))),
+            "{text:#?}"
+        );
+        // The bad default shows in the main file for `api` and at the header of `x` in the include.
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with(&format!("{}:3:11: `min_ttl`", main.display()))),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with(&format!("{}:3:10: `min_ttl`", inc.display()))),
+            "{text:#?}"
+        );
+
+        std::fs::write(&main, format!("include_dir = \"missing\"\n{GOOD}")).unwrap();
+        let Err(ConfigError::Invalid(p)) = super::super::load(&main) else {
+            panic!()
+        };
+        assert!(p[0].message.contains("is not a directory"), "{p:#?}");
     }
 
     #[test]
