@@ -3,13 +3,15 @@
 //! loop; one cancellation token reaches every task.
 
 use crate::broker::Broker;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::oauth::TokenClient;
+pub use crate::reload::ConfigSource;
+use crate::reload::{Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
 use crate::server::{self, ListenError, ServerSettings};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,15 +22,6 @@ pub enum DaemonError {
     Client(#[from] reqwest::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
-}
-
-/// Where a reload reads its configuration from.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    /// A file, read again on every reload.
-    File(PathBuf),
-    /// A fixed config (`tokend dev`): SIGHUP re-applies it.
-    Fixed(Box<Config>),
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. The socket file is
@@ -45,13 +38,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         config.server.socket_group,
     )?;
     let broker = Broker::new(
-        Arc::new(TokenClient::new(env)?),
+        Arc::new(TokenClient::new(env.clone())?),
         config.server.max_concurrent_fetches,
     );
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    broker.apply(&config);
     tracing::info!(
         socket = %config.server.socket.display(),
         sources = config.sources.len(),
@@ -61,18 +53,44 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         max_connections: config.server.max_connections,
         request_timeout: config.server.request_timeout,
     };
+    let watch_files = matches!(from, ConfigSource::File(_));
+    let mut reloader = Reloader::start(from, broker.clone(), env, config);
     let server = tokio::spawn(server::serve(
         listener,
         broker.clone(),
         settings,
         shutdown.clone(),
     ));
-    let running = Arc::new(std::sync::Mutex::new(config));
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = if watch_files {
+        match Watcher::new(events_tx) {
+            Ok(mut w) => {
+                w.follow(reloader.relevant());
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
     loop {
-        tokio::select! {
+        let trigger = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&broker, &from, &running),
+            _ = hup.recv() => Trigger::Signal,
+            Some(()) = events.recv() => {
+                while events.try_recv().is_ok() {}
+                Trigger::Files
+            }
+        };
+        if reloader.reload(trigger) {
+            if let Some(w) = watcher.as_mut() {
+                w.follow(reloader.relevant());
+            }
         }
     }
     tracing::info!("shutting down");
@@ -82,29 +100,4 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     }
     broker.shutdown();
     Ok(())
-}
-
-/// Validate-then-swap: an invalid config leaves everything running as it was.
-fn reload(broker: &Broker, from: &ConfigSource, running: &std::sync::Mutex<Config>) {
-    let loaded = match from {
-        ConfigSource::File(p) => config::load(p),
-        ConfigSource::Fixed(c) => Ok((**c).clone()),
-    };
-    let mut current = running.lock().unwrap_or_else(|p| p.into_inner());
-    match loaded {
-        Ok(new) => {
-            if new.server != current.server {
-                tracing::warn!("[server] settings changed; they take effect after a restart");
-            }
-            broker.apply(&new);
-            tracing::info!(sources = new.sources.len(), "configuration reloaded");
-            *current = new;
-        }
-        Err(e) => {
-            for p in e.problems() {
-                tracing::error!("reload failed, keeping the running configuration: {p}");
-            }
-            broker.record_reload_error(e.to_string());
-        }
-    }
 }

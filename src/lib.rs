@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dev;
 pub mod jwt;
 pub mod oauth;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod timefmt;

@@ -142,6 +142,38 @@ impl SecretRef {
     }
 }
 
+impl SecretRef {
+    /// A hash of the secret's current value (or of why it cannot be read),
+    /// so a reload can tell a rotated secret from an unchanged one. Only the
+    /// hash is kept; it never leaves the process.
+    pub fn fingerprint(&self, env: &SecretEnv) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| e.kind());
+        match self {
+            SecretRef::Inline(s) => s.expose_secret().hash(&mut h),
+            SecretRef::Env(n) => env.var(n).hash(&mut h),
+            SecretRef::File(p) => read(p.clone()).hash(&mut h),
+            SecretRef::Credential(n) => env
+                .var("CREDENTIALS_DIRECTORY")
+                .map(|d| read(PathBuf::from(d).join(n)))
+                .hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// The file this secret is read from, if any (to watch it).
+    pub fn path(&self, env: &SecretEnv) -> Option<PathBuf> {
+        match self {
+            SecretRef::File(p) => Some(p.clone()),
+            SecretRef::Credential(n) => env
+                .var("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join(n)),
+            SecretRef::Env(_) | SecretRef::Inline(_) => None,
+        }
+    }
+}
+
 fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {
     if s.is_empty() {
         Err(SecretError::Empty(from.describe()))

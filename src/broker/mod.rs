@@ -52,6 +52,25 @@ pub struct ReloadStatus {
     pub at: SystemTime,
     pub ok: bool,
     pub error: Option<String>,
+    /// Reload attempts after start-up, by outcome.
+    pub successes: u64,
+    pub errors: u64,
+}
+
+/// What [`Broker::apply`] did, by source name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplySummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    pub credential_changed: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+impl ApplySummary {
+    pub fn is_empty(&self) -> bool {
+        self == &ApplySummary::default()
+    }
 }
 
 /// All running sources.
@@ -86,36 +105,85 @@ impl Broker {
                 at: now,
                 ok: true,
                 error: None,
+                successes: 0,
+                errors: 0,
             }),
         })
     }
 
-    /// Makes the running sources match `config`: equal sources keep their
-    /// token and schedule, changed ones restart, removed ones stop at once.
-    pub fn apply(&self, config: &Config) {
+    /// Makes the running sources match `config` (SPEC §8). `fingerprints`
+    /// holds each source's credential fingerprint; a missing entry counts as
+    /// unchanged.
+    ///
+    /// - equal settings and credential: untouched (token and schedule kept);
+    /// - identity changed (endpoint, client id, scopes, params, auth method):
+    ///   restarted, the old token dropped;
+    /// - credential changed: the token keeps serving while a fetch with the
+    ///   new credential starts at once;
+    /// - other settings changed: applied in place, token kept;
+    /// - removed: stopped at once; added: started.
+    pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
+        let mut summary = ApplySummary::default();
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|name, handle| {
             let keep = config
                 .sources
                 .get(name)
-                .is_some_and(|c| *c == *handle.config);
+                .is_some_and(|c| c.same_identity(&handle.config()));
             if !keep {
                 handle.stop();
+                if config.sources.contains_key(name) {
+                    summary.restarted.push(name.clone());
+                } else {
+                    summary.removed.push(name.clone());
+                }
             }
             keep
         });
         for (name, cfg) in &config.sources {
-            if !map.contains_key(name) {
-                map.insert(name.clone(), self.start(cfg.clone()));
+            let fp = fingerprints.get(name).copied();
+            match map.get(name) {
+                Some(handle) => {
+                    let old = handle.config();
+                    let fp = fp.unwrap_or_else(|| handle.fingerprint());
+                    let credential_changed =
+                        old.client_secret != cfg.client_secret || fp != handle.fingerprint();
+                    if credential_changed {
+                        summary.credential_changed.push(name.clone());
+                        handle.reconfigure(Arc::new(cfg.clone()), fp, true);
+                    } else if *old != *cfg {
+                        summary.updated.push(name.clone());
+                        handle.reconfigure(Arc::new(cfg.clone()), fp, false);
+                    }
+                }
+                None => {
+                    if !summary.restarted.contains(name) {
+                        summary.added.push(name.clone());
+                    }
+                    map.insert(
+                        name.clone(),
+                        self.start(cfg.clone(), fp.unwrap_or_default()),
+                    );
+                }
             }
         }
         let now = SystemTime::now();
-        *self.reload.lock().unwrap_or_else(|p| p.into_inner()) = ReloadStatus {
-            loaded_at: now,
-            at: now,
-            ok: true,
-            error: None,
-        };
+        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        r.loaded_at = now;
+        r.at = now;
+        r.ok = true;
+        r.error = None;
+        summary
+    }
+
+    /// Counts a reload attempt after start-up (for status and metrics).
+    pub fn count_reload(&self, ok: bool) {
+        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            r.successes += 1;
+        } else {
+            r.errors += 1;
+        }
     }
 
     /// Records a reload that failed validation; running sources are untouched.
@@ -126,9 +194,10 @@ impl Broker {
         r.error = Some(message);
     }
 
-    fn start(&self, cfg: SourceConfig) -> Arc<SourceHandle> {
+    fn start(&self, cfg: SourceConfig, fingerprint: u64) -> Arc<SourceHandle> {
         source::spawn(
             Arc::new(cfg),
+            fingerprint,
             self.client.clone(),
             self.fetch_limit.clone(),
             self.shutdown.child_token(),
@@ -162,7 +231,7 @@ impl Broker {
         let now = Instant::now();
         self.list()
             .iter()
-            .filter(|h| h.config.eager && !h.snapshot().is_servable(now))
+            .filter(|h| h.config().eager && !h.snapshot().is_servable(now))
             .map(|h| h.name().to_string())
             .collect()
     }
@@ -180,6 +249,7 @@ impl Broker {
         json!({
             "loaded_at": rfc3339(r.loaded_at),
             "last_reload": { "ok": r.ok, "at": rfc3339(r.at), "error": r.error },
+            "reloads": { "success": r.successes, "error": r.errors },
         })
     }
 }
@@ -197,7 +267,7 @@ pub fn status_json(handle: &SourceHandle) -> Value {
         "next_refresh_at": s.next_refresh_at.map(rfc3339_at),
         "consecutive_failures": s.consecutive_failures,
         "last_error": s.last_error.as_ref().map(last_error_json),
-        "credential_expires_at": handle.config.credential_expires.map(rfc3339),
+        "credential_expires_at": handle.config().credential_expires.map(rfc3339),
         "warnings": s.warnings,
     })
 }

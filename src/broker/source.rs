@@ -137,12 +137,21 @@ pub(crate) enum Command {
     /// Fetch now unless one is in flight (join it). Without `force`, a source
     /// that is backing off only re-publishes so the asker sees the backoff.
     Fetch { force: bool },
+    /// New settings with the same identity. With `refetch` (the credential
+    /// changed), fetch with it now while the current token keeps serving.
+    Reconfigure {
+        config: Arc<SourceConfig>,
+        refetch: bool,
+    },
 }
 
 /// What the server holds for one source.
 #[derive(Debug)]
 pub struct SourceHandle {
-    pub config: Arc<SourceConfig>,
+    name: String,
+    config: std::sync::RwLock<Arc<SourceConfig>>,
+    /// Fingerprint of the credential's value when last applied.
+    fingerprint: std::sync::atomic::AtomicU64,
     snapshot: watch::Receiver<Snapshot>,
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
@@ -158,7 +167,30 @@ enum Next {
 
 impl SourceHandle {
     pub fn name(&self) -> &str {
-        &self.config.name
+        &self.name
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<SourceConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Applies settings with the same identity; `refetch` when the credential changed.
+    pub(crate) fn reconfigure(&self, config: Arc<SourceConfig>, fingerprint: u64, refetch: bool) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        self.fingerprint
+            .store(fingerprint, std::sync::atomic::Ordering::Relaxed);
+        // The actor's queue only fills if it is stuck; then the next reload retries.
+        let _ = self
+            .commands
+            .try_send(Command::Reconfigure { config, refetch });
     }
 
     /// The current snapshot (a clone; never waits on a fetch).
@@ -176,6 +208,11 @@ impl SourceHandle {
         let mut rx = self.snapshot.clone();
         let mut asked = false;
         loop {
+            // A stopped source (removed, or restarted with a new identity)
+            // serves nothing, not even a request that was already waiting.
+            if self.cancel.is_cancelled() {
+                return Err(ServeError::Gone);
+            }
             let next = decide(&rx.borrow_and_update(), Instant::now(), min_ttl, asked);
             match next {
                 Next::Serve(t) => return Ok(t),
@@ -274,6 +311,7 @@ pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchErr
 /// Starts the actor for `config` and returns its handle.
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
+    fingerprint: u64,
     client: Arc<dyn Fetcher>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -291,10 +329,13 @@ pub(crate) fn spawn(
         commands: cmd_rx,
         cancel: cancel.clone(),
         warned_consent: false,
+        refetch_pending: false,
     };
     tokio::spawn(actor.run());
     Arc::new(SourceHandle {
-        config,
+        name: config.name.clone(),
+        config: std::sync::RwLock::new(config),
+        fingerprint: std::sync::atomic::AtomicU64::new(fingerprint),
         snapshot: rx,
         commands: cmd_tx,
         cancel,
@@ -310,6 +351,8 @@ struct Actor {
     commands: mpsc::Receiver<Command>,
     cancel: CancellationToken,
     warned_consent: bool,
+    /// The credential changed while a fetch with the old one was in flight.
+    refetch_pending: bool,
 }
 
 async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
@@ -332,6 +375,10 @@ impl Actor {
                 result = in_flight(&mut fetch) => {
                     fetch = None;
                     next = Some(self.finish(result));
+                    if std::mem::take(&mut self.refetch_pending) {
+                        fetch = Some(self.start());
+                        next = None;
+                    }
                 }
                 cmd = self.commands.recv() => match cmd {
                     None => break,
@@ -345,6 +392,17 @@ impl Actor {
                         } else {
                             // Wake the asker so it sees the backoff and answers 503.
                             self.tx.send_modify(|_| {});
+                        }
+                    }
+                    Some(Command::Reconfigure { config, refetch }) => {
+                        self.config = config;
+                        let idle = !self.tx.borrow().requested;
+                        let start_now = refetch || (self.config.eager && idle);
+                        if fetch.is_some() {
+                            self.refetch_pending |= refetch;
+                        } else if start_now {
+                            fetch = Some(self.start());
+                            next = None;
                         }
                     }
                 },

@@ -125,7 +125,7 @@ fn config(extra: &str) -> Config {
 
 async fn start(script: &Arc<Script>, extra: &str) -> (Arc<Broker>, Arc<SourceHandle>) {
     let broker = Broker::new(script.clone(), 8);
-    broker.apply(&config(extra));
+    broker.apply(&config(extra), &BTreeMap::new());
     let h = broker.get("s").unwrap();
     (broker, h)
 }
@@ -359,7 +359,7 @@ async fn max_concurrent_fetches_bounds_the_burst() {
         extra.push_str(&format!("[sources.s{i}]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = \"x\"\n"));
     }
     let broker = Broker::new(script.clone(), 2);
-    broker.apply(&config(&extra));
+    broker.apply(&config(&extra), &BTreeMap::new());
     tokio::time::sleep(S(10)).await;
     assert_eq!(script.calls().len(), 6);
     // The script records when a fetch is requested; the semaphore spaces out
@@ -387,9 +387,65 @@ async fn removed_source_stops_and_waiters_see_it_gone() {
         async move { h.token(None).await }
     });
     settle().await;
-    broker.apply(&config("").clone_without_sources());
+    broker.apply(&config("").clone_without_sources(), &BTreeMap::new());
     assert_eq!(waiter.await.unwrap().unwrap_err(), ServeError::Gone);
     assert!(broker.get("s").is_none());
+}
+
+fn fps(n: u64) -> BTreeMap<String, u64> {
+    BTreeMap::from([("s".to_string(), n)])
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_diff_keeps_refetches_or_restarts() {
+    let script = Script::new(vec![], ok(3600));
+    *script.delay.lock().unwrap() = S(2);
+    let broker = Broker::new(script.clone(), 8);
+    broker.apply(&config(""), &fps(1));
+    tokio::time::sleep(S(5)).await;
+    let h = broker.get("s").unwrap();
+    let first = h.token(None).await.unwrap();
+    let next_refresh = h.snapshot().next_refresh_at;
+
+    // Same config, same credential: nothing happens.
+    assert!(broker.apply(&config(""), &fps(1)).is_empty());
+    settle().await;
+    assert_eq!(script.calls().len(), 1);
+    assert_eq!(h.snapshot().next_refresh_at, next_refresh, "schedule kept");
+
+    // A setting that is not identity: applied in place, token and schedule kept.
+    let s = broker.apply(&config("fetch_timeout = \"20s\""), &fps(1));
+    assert_eq!(s.updated, vec!["s".to_string()]);
+    settle().await;
+    assert_eq!(script.calls().len(), 1);
+    assert_eq!(h.config().fetch_timeout, S(20));
+    assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
+
+    // The secret file's content changed: the old token serves while a fetch starts at once.
+    let s = broker.apply(&config("fetch_timeout = \"20s\""), &fps(2));
+    assert_eq!(s.credential_changed, vec!["s".to_string()]);
+    settle().await;
+    assert_eq!(script.calls().len(), 2);
+    assert_eq!(
+        h.snapshot().state(Instant::now()),
+        source::State::Refreshing
+    );
+    assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
+    tokio::time::sleep(S(3)).await;
+    let second = h.token(None).await.unwrap();
+    assert!(!Arc::ptr_eq(&second, &first));
+
+    // Identity (scopes) changed: restarted, the old token is gone.
+    let s = broker.apply(
+        &config("fetch_timeout = \"20s\"\nscopes = [\"other\"]"),
+        &fps(2),
+    );
+    assert_eq!(s.restarted, vec!["s".to_string()]);
+    let h2 = broker.get("s").unwrap();
+    assert!(h2.snapshot().token.is_none());
+    assert_eq!(h.token(None).await.unwrap_err(), ServeError::Gone);
+    let third = h2.token(None).await.unwrap();
+    assert!(!Arc::ptr_eq(&third, &second));
 }
 
 trait WithoutSources {
