@@ -224,9 +224,21 @@ async fn answer(
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body.to_bytes())
         .into_owned()
         .collect();
-    let (delay, failure) = {
-        let k = state.lock();
-        (k.delay, k.failure.clone())
+    let creds = basic.or_else(|| {
+        Some((
+            form.get("client_id")?.clone(),
+            form.get("client_secret")?.clone(),
+        ))
+    });
+    let scope = form.get("scope").cloned().unwrap_or_default();
+    // Recorded on arrival, so a test can see a request while it is delayed.
+    let (delay, failure, lifetime, refresh_in) = {
+        let mut k = state.lock();
+        if let Some((_, secret)) = &creds {
+            k.secrets_seen.push(secret.clone());
+        }
+        k.scopes_seen.push(scope.clone());
+        (k.delay, k.failure.clone(), k.lifetime, k.refresh_in)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -248,26 +260,10 @@ async fn answer(
             "only client_credentials is supported",
         );
     }
-    let creds = basic.or_else(|| {
-        Some((
-            form.get("client_id")?.clone(),
-            form.get("client_secret")?.clone(),
-        ))
-    });
     let Some((id, secret)) = creds else {
         return oauth_error(401, "invalid_client", "no client authentication");
     };
-    let scope = form.get("scope").cloned().unwrap_or_default();
-    let (lifetime, refresh_in, known) = {
-        let mut k = state.lock();
-        k.secrets_seen.push(secret.clone());
-        k.scopes_seen.push(scope.clone());
-        (
-            k.lifetime,
-            k.refresh_in,
-            k.clients.get(&id).is_some_and(|s| *s == secret),
-        )
-    };
+    let known = state.lock().clients.get(&id).is_some_and(|s| *s == secret);
     if !known {
         return oauth_error(401, "invalid_client", "client authentication failed");
     }

@@ -36,7 +36,11 @@ pub struct Builder {
     rust_log: String,
     socket: Option<PathBuf>,
     dir: Option<TempDir>,
+    layout: Option<Layout>,
 }
+
+/// Writes the config text into the temp dir and returns the path for `-c`.
+type Layout = Box<dyn FnOnce(&Path, &str) -> PathBuf>;
 
 /// A daemon whose config has `[server]` pointing at a temp socket plus `body`.
 pub fn daemon(body: &str) -> Builder {
@@ -47,6 +51,7 @@ pub fn daemon(body: &str) -> Builder {
         rust_log: "info".into(),
         socket: None,
         dir: None,
+        layout: None,
     }
 }
 
@@ -83,13 +88,19 @@ impl Builder {
         self
     }
 
+    /// Lays the config out with `f` (given the temp dir and the text; it
+    /// returns the path to pass to `-c`) instead of a plain `tokend.toml`.
+    pub fn layout(mut self, f: impl FnOnce(&Path, &str) -> PathBuf + 'static) -> Self {
+        self.layout = Some(Box::new(f));
+        self
+    }
+
     /// Writes the config and starts the process without waiting for it.
     pub fn spawn(self) -> Daemon {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let socket = self
             .socket
             .unwrap_or_else(|| dir.path().join("tokend.sock"));
-        let config = dir.path().join("tokend.toml");
         let mode = if self.server.contains("socket_mode") {
             ""
         } else {
@@ -101,9 +112,14 @@ impl Builder {
             self.server,
             self.body
         );
-        std::fs::write(&config, text).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = match self.layout {
+            Some(f) => f(dir.path(), &text),
+            None => {
+                let config = dir.path().join("tokend.toml");
+                write_private(&config, &text);
+                config
+            }
+        };
         let log = std::fs::File::create(dir.path().join("tokend.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
         cmd.arg("run")
@@ -299,4 +315,18 @@ pub async fn wait_until_within(
         pred(&doc).then_some(doc)
     })
     .await
+}
+
+/// Writes `text` to `path` in place (same inode if it exists), mode 0600.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Daemon {
+    /// The config text as the harness wrote it (for edits).
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap()
+    }
 }

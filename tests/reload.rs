@@ -1,0 +1,297 @@
+//! Hot reload with real files: the daemon follows in-place edits, editor
+//! renames, ConfigMap symlink swaps, include files and rotated secrets, and a
+//! bad edit never costs a request.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+/// Waits (up to 5 s) until `/v1/sources` lists exactly `names`.
+async fn wait_sources(d: &Daemon, names: &[&str]) -> serde_json::Value {
+    wait_until(d, |doc| {
+        let have: Vec<&str> = doc["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        have == names
+    })
+    .await
+}
+
+#[tokio::test]
+async fn in_place_write_is_applied() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let text = d.config_text();
+    // std::fs::write truncates and rewrites the same inode.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d.config).unwrap());
+    write_private(&d.config, &format!("{text}{}", source("b", &idp, "")));
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d.config).unwrap()),
+        inode
+    );
+    wait_sources(&d, &["a", "b"]).await;
+    wait_for_status(&d, "/v1/tokens/b", 200).await;
+}
+
+#[tokio::test]
+async fn editor_tmp_file_and_rename_is_applied() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let tmp = d.dir.path().join(".tokend.toml.swp");
+    write_private(
+        &tmp,
+        &format!("{}{}", d.config_text(), source("b", &idp, "")),
+    );
+    std::fs::rename(&tmp, &d.config).unwrap();
+    wait_sources(&d, &["a", "b"]).await;
+}
+
+/// The layout Kubernetes gives a mounted ConfigMap.
+fn configmap(dir: &Path, version: &str, text: &str) {
+    let data = dir.join(format!("..{version}"));
+    std::fs::create_dir(&data).unwrap();
+    write_private(&data.join("tokend.toml"), text);
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[tokio::test]
+async fn configmap_data_symlink_swap_is_applied() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, ""))
+        .layout(|dir, text| {
+            let cm = dir.join("cm");
+            std::fs::create_dir(&cm).unwrap();
+            configmap(&cm, "2026_11_29_v1", text);
+            let main = cm.join("tokend.toml");
+            std::os::unix::fs::symlink("..data/tokend.toml", &main).unwrap();
+            main
+        })
+        .start()
+        .await;
+    let cm = d.dir.path().join("cm");
+    let new = format!("{}{}", d.config_text(), source("b", &idp, ""));
+    configmap(&cm, "2026_11_29_v2", &new);
+    std::fs::remove_dir_all(cm.join("..2026_11_29_v1")).unwrap();
+    wait_sources(&d, &["a", "b"]).await;
+    wait_for_status(&d, "/v1/tokens/b", 200).await;
+}
+
+#[tokio::test]
+async fn invalid_edit_keeps_serving_and_shows_the_error_then_a_fix_applies() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    let good = d.config_text();
+    write_private(
+        &d.config,
+        &format!("{good}\n[sources.b]\nclient_id = \"b\"\nmin_ttl = \"soon\"\n"),
+    );
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    let err = doc["config"]["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("{}:", d.config.display())) && err.contains("min_ttl"),
+        "{err}"
+    );
+    assert_eq!(
+        d.get("/v1/tokens/a?format=raw").await.text(),
+        token,
+        "the running config still serves"
+    );
+    let ready = d.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert!(ready.json()["config_error"]
+        .as_str()
+        .unwrap()
+        .contains("min_ttl"));
+    assert!(d
+        .log()
+        .contains("reload failed, keeping the running configuration"));
+
+    write_private(&d.config, &format!("{good}{}", source("b", &idp, "")));
+    let doc = wait_sources(&d, &["a", "b"]).await;
+    assert_eq!(doc["config"]["last_reload"]["ok"], true);
+    assert_eq!(doc["config"]["reloads"]["error"], 1);
+    assert_eq!(
+        d.get("/readyz").await.json()["config_error"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        d.get("/v1/tokens/a?format=raw").await.text(),
+        token,
+        "unchanged source kept its token"
+    );
+}
+
+#[tokio::test]
+async fn sources_are_added_and_removed() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let base = d.config_text();
+    write_private(&d.config, &format!("{base}{}", source("b", &idp, "")));
+    wait_sources(&d, &["a", "b"]).await;
+    wait_for_status(&d, "/v1/tokens/b", 200).await;
+    let without_a = base.replace(&source("a", &idp, ""), "");
+    write_private(&d.config, &format!("{without_a}{}", source("b", &idp, "")));
+    wait_sources(&d, &["b"]).await;
+    let r = d.get("/v1/tokens/a").await;
+    assert_eq!(
+        (r.status(), r.json()["error"].as_str().unwrap()),
+        (404, "unknown_source")
+    );
+}
+
+#[tokio::test]
+async fn rotated_secret_file_keeps_the_token_and_the_next_fetch_uses_the_new_secret() {
+    let idp = idp(S(3600), &["rot"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let file = secrets.join("rot");
+    write_private(&file, &format!("{SECRET}\n"));
+    let body = format!(
+        "[sources.rot]\ntoken_url = \"{}\"\nclient_id = \"rot\"\nclient_secret = {{ file = \"{}\" }}\n",
+        idp.token_url(),
+        file.display()
+    );
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    let old = wait_for_status(&d, "/v1/tokens/rot?format=raw", 200)
+        .await
+        .text();
+
+    // The IdP now takes only the new secret, and answers slowly.
+    idp.add_client("rot", "rotated-secret");
+    idp.set_delay(S(2));
+    write_private(&file, "rotated-secret\n");
+    eventually("a fetch with the new secret", async || {
+        (idp.secrets_seen().last().map(String::as_str) == Some("rotated-secret")).then_some(())
+    })
+    .await;
+    // While that fetch is in flight, the old token is still served.
+    assert_eq!(d.get("/v1/tokens/rot?format=raw").await.text(), old);
+    let new = eventually("the new token", async || {
+        let t = d.get("/v1/tokens/rot?format=raw").await.text();
+        (t != old).then_some(t)
+    })
+    .await;
+    assert!(!new.is_empty());
+    assert_eq!(
+        d.get("/v1/sources/rot").await.json()["consecutive_failures"],
+        0
+    );
+}
+
+#[tokio::test]
+async fn scope_change_fetches_a_new_token() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, "scopes = [\"read\"]"))
+        .start()
+        .await;
+    let old = wait_for_status(&d, "/v1/tokens/a", 200).await.json();
+    assert_eq!(old["scope"], "read");
+    write_private(
+        &d.config,
+        &d.config_text()
+            .replace("scopes = [\"read\"]", "scopes = [\"read\", \"write\"]"),
+    );
+    let new = eventually("a token with the new scope", async || {
+        let j = d.get("/v1/tokens/a").await.json();
+        (j["scope"] == "read write").then_some(j)
+    })
+    .await;
+    assert_ne!(new["access_token"], old["access_token"]);
+    assert_eq!(idp.scopes_seen().last().unwrap(), "read write");
+}
+
+#[tokio::test]
+async fn sighup_reloads_an_unchanged_file_and_counts_it() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    d.signal(libc::SIGHUP);
+    wait_until(&d, |doc| doc["config"]["reloads"]["success"] == 1).await;
+    assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
+    assert_eq!(idp.issued(), 1, "an unchanged source is not refetched");
+}
+
+#[tokio::test]
+async fn same_source_name_in_main_file_and_sources_d_is_an_error_naming_both() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let inc = d.dir.path().join("sources.d");
+    std::fs::create_dir(&inc).unwrap();
+    write_private(&inc.join("dup.toml"), &source("a", &idp, ""));
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    let err = doc["config"]["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&inc.join("dup.toml").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains(&d.config.display().to_string()), "{err}");
+    assert!(err.contains("defined twice"), "{err}");
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+
+    // Renamed in the include file: both run.
+    write_private(
+        &inc.join("dup.toml"),
+        &source("a2", &idp, "client_id = \"a\"").replacen("client_id = \"a2\"\n", "", 1),
+    );
+    wait_sources(&d, &["a", "a2"]).await;
+}
+
+#[tokio::test]
+async fn a_hundred_rapid_writes_cause_a_few_reloads_and_end_in_the_final_content() {
+    let idp = idp(S(3600), &["a", "last"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let base = d.config_text();
+    for i in 0..99 {
+        write_private(&d.config, &format!("{base}# write {i}\n"));
+    }
+    write_private(
+        &d.config,
+        &format!("{base}# write 99\n{}", source("last", &idp, "")),
+    );
+    let doc = wait_sources(&d, &["a", "last"]).await;
+    // Let any trailing debounce settle before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let doc2 = d.get("/v1/sources").await.json();
+    let reloads = doc2["config"]["reloads"]["success"].as_u64().unwrap();
+    assert!(
+        (1..=5).contains(&reloads),
+        "{reloads} reloads for 100 writes: {doc}"
+    );
+    assert_eq!(doc2["config"]["reloads"]["error"], 0);
+}
+
+#[tokio::test]
+async fn deleted_main_file_keeps_the_running_config() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    let text = d.config_text();
+    std::fs::remove_file(&d.config).unwrap();
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    assert!(doc["config"]["last_reload"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read config file"));
+    assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
+    write_private(&d.config, &text);
+    wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == true).await;
+    assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
+}
