@@ -32,6 +32,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
+    raise_fd_limit();
     let listener = server::bind(
         &config.server.socket,
         config.server.socket_mode,
@@ -52,6 +53,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let settings = ServerSettings {
         max_connections: config.server.max_connections,
         request_timeout: config.server.request_timeout,
+        own_uid: crate::acl::own_uid(),
     };
     let watch_files = matches!(from, ConfigSource::File(_));
     let mut reloader = Reloader::start(from, broker.clone(), env, config);
@@ -100,4 +102,20 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     }
     broker.shutdown();
     Ok(())
+}
+
+/// Each connection needs a descriptor: raise the soft limit to the hard one
+/// so `max_connections` (default 1024) fits.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

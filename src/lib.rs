@@ -11,6 +11,7 @@
 //! - no type that holds a token or a secret has a revealing `Debug`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod acl;
 pub mod broker;
 pub mod check;
 pub mod client;

@@ -72,8 +72,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Release builds of the daemon are not dumpable: no core dumps, and no
+/// same-uid reads of /proc/PID/mem, so secrets and tokens stay in the process.
+fn harden() {
+    #[cfg(not(debug_assertions))]
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. } | Command::Dev) {
+        harden();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -115,6 +115,8 @@ pub struct SourceConfig {
     pub eager: bool,
     pub credential_expires: Option<SystemTime>,
     pub probe_url: Option<Url>,
+    /// Who may read it; `None`: anyone who can open the socket.
+    pub allow: Option<crate::acl::Allow>,
 }
 
 impl SourceConfig {

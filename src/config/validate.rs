@@ -5,6 +5,7 @@ use super::{
     AuthMethod, Config, ConfigError, Diagnostic, LogFormat, Provider, ServerConfig, SourceConfig,
     AZURE_AUTHORITY, AZURE_DEFAULT_SCOPE,
 };
+use crate::acl::Allow;
 use crate::secret::SecretRef;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -514,7 +515,7 @@ impl Validator {
                 if let Ok(gid) = s.parse::<u32>() {
                     return Some(gid);
                 }
-                let gid = group_gid(&s);
+                let gid = crate::acl::group_gid(&s);
                 if gid.is_none() {
                     self.err(
                         span,
@@ -569,7 +570,6 @@ impl Validator {
                 raw.client_assertion.as_ref().map(Spanned::span),
                 "client_assertion",
             ),
-            (raw.allow.as_ref().map(Spanned::span), "allow"),
             (raw.ca_file.as_ref().map(Spanned::span), "ca_file"),
         ] {
             if let Some(s) = present {
@@ -735,6 +735,7 @@ impl Validator {
             .probe_url
             .as_ref()
             .and_then(|u| self.url(u, "probe_url"));
+        let allow = raw.allow.and_then(|a| self.allow(a));
 
         if self.errors.len() > before {
             return None;
@@ -754,7 +755,64 @@ impl Validator {
             eager,
             credential_expires,
             probe_url,
+            allow,
         })
+    }
+
+    /// `allow = { users, groups, uids, gids }`, names resolved now.
+    fn allow(&mut self, v: Spanned<toml::Value>) -> Option<Allow> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawAllow {
+            #[serde(default)]
+            users: Vec<String>,
+            #[serde(default)]
+            groups: Vec<String>,
+            #[serde(default)]
+            uids: Vec<u32>,
+            #[serde(default)]
+            gids: Vec<u32>,
+        }
+        let span = v.span();
+        let raw = match RawAllow::deserialize(v.into_inner()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.err(span, format!("`allow` is malformed: {}", e.to_string().trim()), Some("write allow = { users = [\"name\"], groups = [\"name\"], uids = [1000], gids = [1000] } (any of the four)".to_string()));
+                return None;
+            }
+        };
+        let mut allow = Allow {
+            uids: raw.uids.into_iter().collect(),
+            gids: raw.gids.into_iter().collect(),
+        };
+        for u in &raw.users {
+            match crate::acl::user_uid(u) {
+                Some(uid) => {
+                    allow.uids.insert(uid);
+                }
+                None => self.err(
+                    span.clone(),
+                    format!("unknown user `{u}` in allow"),
+                    Some(
+                        "create the user (useradd, or systemd-sysusers) or use uids = [N]"
+                            .to_string(),
+                    ),
+                ),
+            }
+        }
+        for g in &raw.groups {
+            match crate::acl::group_gid(g) {
+                Some(gid) => {
+                    allow.gids.insert(gid);
+                }
+                None => self.err(
+                    span.clone(),
+                    format!("unknown group `{g}` in allow"),
+                    Some("create the group (groupadd) or use gids = [N]".to_string()),
+                ),
+            }
+        }
+        Some(allow)
     }
 
     fn azure_url(
@@ -1012,26 +1070,6 @@ fn is_loopback(u: &Url) -> bool {
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
-}
-
-/// Looks a group name up in the group database.
-fn group_gid(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; getgrnam_r writes only into
-    // `grp` and `buf` (whose length it is given) and sets `result`.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
 
 #[cfg(test)]
@@ -1348,6 +1386,21 @@ client_secret = { file = "/run/secret" }
             panic!()
         };
         assert!(p[0].message.contains("is not a directory"), "{p:#?}");
+    }
+
+    #[test]
+    fn allow_resolves_names_and_rejects_unknown_ones() {
+        let c = load_str(&format!("{GOOD}allow = {{ users = [\"root\"], groups = [\"root\"], uids = [1000], gids = [2000] }}\n"), Path::new("t"), None).unwrap();
+        let a = c.sources["api"].allow.clone().unwrap();
+        assert_eq!(a.uids, [0, 1000].into());
+        assert_eq!(a.gids, [0, 2000].into());
+        let p = problems(&format!("{GOOD}allow = {{ users = [\"no-such-user-xyz\"], groups = [\"no-such-group-xyz\"] }}\n"));
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert_eq!((p[0].line, p[0].col), (6, 9));
+        assert!(p[0].message.contains("unknown user `no-such-user-xyz`"));
+        assert!(p[1].message.contains("unknown group `no-such-group-xyz`"));
+        let d = one(&format!("{GOOD}allow = {{ user = [\"root\"] }}\n"));
+        assert!(d.message.contains("`allow` is malformed"), "{d}");
     }
 
     #[test]

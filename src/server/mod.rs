@@ -10,6 +10,7 @@
 pub mod listener;
 pub mod routes;
 
+use crate::acl::Peer;
 use crate::broker::Broker;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,14 +33,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ServerSettings {
     pub max_connections: usize,
     pub request_timeout: Duration,
-}
-
-/// Who is on the other end of a connection (SO_PEERCRED), taken once at accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
+    /// The daemon's own uid, which may read every source.
+    pub own_uid: u32,
 }
 
 /// Serves until `shutdown` fires, then stops accepting and drains in-flight
@@ -71,19 +66,17 @@ pub async fn serve(
                 }
             },
         };
-        let peer = stream.peer_cred().ok().map(|c| Peer {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid(),
-        });
+        // Taken once per connection, at accept (SPEC §4).
+        let peer = Peer::of(&stream).map(Arc::new);
         let broker = broker.clone();
         let settings = settings.clone();
         let service = hyper::service::service_fn(move |req| {
             let broker = broker.clone();
             let settings = settings.clone();
+            let peer = peer.clone();
             async move {
                 Ok::<_, std::convert::Infallible>(
-                    routes::handle(req, &broker, peer, &settings).await,
+                    routes::handle(req, &broker, peer.as_deref(), &settings).await,
                 )
             }
         });

@@ -1,7 +1,8 @@
 //! Routes of the HTTP API (SPEC §3): path and query parsing, status codes,
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
-use super::{Peer, ServerSettings};
+use super::ServerSettings;
+use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
 use crate::broker::{self, Broker, ServeError};
 use crate::config::valid_source_name;
@@ -87,7 +88,7 @@ fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
 pub async fn handle(
     req: Request<Incoming>,
     broker: &Broker,
-    peer: Option<Peer>,
+    peer: Option<&Peer>,
     settings: &ServerSettings,
 ) -> Resp {
     let path = req.uri().path().to_string();
@@ -122,9 +123,11 @@ pub async fn handle(
         Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         Route::Ready => ready(broker),
         Route::Sources => {
+            // Only the sources this caller may read are listed.
             let list: Vec<Value> = broker
                 .list()
                 .iter()
+                .filter(|h| acl::permits(h.config().allow.as_ref(), peer, settings.own_uid))
                 .map(|h| broker::status_json(h))
                 .collect();
             json_response(
@@ -132,12 +135,18 @@ pub async fn handle(
                 &json!({ "sources": list, "config": broker.config_json() }),
             )
         }
-        Route::Source(name) => match lookup(broker, name) {
-            Some(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
-            None => unknown_source(name),
+        Route::Source(name) => match readable(broker, name, peer, settings) {
+            Ok(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
+            Err(r) => *r,
         },
-        Route::Refresh(name) => refresh(req, broker, name, settings).await,
-        Route::Token(name) => token(broker, name, &query, settings).await,
+        Route::Refresh(name) => match readable(broker, name, peer, settings) {
+            Ok(h) => refresh(req, &h, settings).await,
+            Err(r) => *r,
+        },
+        Route::Token(name) => match readable(broker, name, peer, settings) {
+            Ok(h) => token(&h, &query, settings).await,
+            Err(r) => *r,
+        },
     };
     tracing::debug!(
         method = %method,
@@ -155,13 +164,38 @@ pub fn printable(path: &str) -> String {
     crate::oauth::response::clip(path, 200)
 }
 
-/// The source called `name`; names outside the pattern are never looked up.
-fn lookup(broker: &Broker, name: &str) -> Option<Arc<SourceHandle>> {
-    if valid_source_name(name) {
+/// The source called `name`, if it exists (404) and `peer` may read it
+/// (403, logged at WARN). Names outside the pattern are never looked up.
+fn readable(
+    broker: &Broker,
+    name: &str,
+    peer: Option<&Peer>,
+    settings: &ServerSettings,
+) -> Result<Arc<SourceHandle>, Box<Resp>> {
+    let found = if valid_source_name(name) {
         broker.get(name)
     } else {
         None
+    };
+    let Some(h) = found else {
+        return Err(Box::new(unknown_source(name)));
+    };
+    if acl::permits(h.config().allow.as_ref(), peer, settings.own_uid) {
+        return Ok(h);
     }
+    tracing::warn!(
+        source = %name,
+        uid = peer.map(|p| p.uid),
+        gid = peer.map(|p| p.gid),
+        pid = peer.and_then(|p| p.pid),
+        "access denied"
+    );
+    Err(Box::new(error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this caller may not read source {name}"),
+        Some("ask the administrator to add your user or one of your groups to the source's allow list".into()),
+    )))
 }
 
 fn unknown_source(name: &str) -> Resp {
@@ -229,10 +263,8 @@ fn parse_token_query(query: &str) -> Result<TokenQuery, String> {
     Ok(q)
 }
 
-async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettings) -> Resp {
-    let Some(handle) = lookup(broker, name) else {
-        return unknown_source(name);
-    };
+async fn token(handle: &SourceHandle, query: &str, settings: &ServerSettings) -> Resp {
+    let name = handle.name();
     let q = match parse_token_query(query) {
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
@@ -288,15 +320,8 @@ async fn token(broker: &Broker, name: &str, query: &str, settings: &ServerSettin
     no_store(resp)
 }
 
-async fn refresh(
-    req: Request<Incoming>,
-    broker: &Broker,
-    name: &str,
-    settings: &ServerSettings,
-) -> Resp {
-    let Some(handle) = lookup(broker, name) else {
-        return unknown_source(name);
-    };
+async fn refresh(req: Request<Incoming>, handle: &SourceHandle, settings: &ServerSettings) -> Resp {
+    let name = handle.name();
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -341,13 +366,13 @@ async fn refresh(
             ),
             None,
         ),
-        Ok(Ok(_)) => json_response(StatusCode::OK, &broker::status_json(&handle)),
+        Ok(Ok(_)) => json_response(StatusCode::OK, &broker::status_json(handle)),
         Ok(Err(failed)) => {
             let (message, hint) = failed
                 .0
                 .map(|e| (e.message, e.hint))
                 .unwrap_or_else(|| (format!("the refresh of {name} failed"), None));
-            let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(&handle) });
+            let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(handle) });
             if let Some(h) = hint {
                 body["hint"] = Value::String(h);
             }

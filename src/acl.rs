@@ -1,0 +1,190 @@
+//! Who may read which source (SPEC §4).
+//!
+//! Each connection's peer credentials are taken once, at accept: uid, gid and
+//! pid from SO_PEERCRED, and the supplementary groups from SO_PEERGROUPS
+//! (tokio's `peer_cred` gives only the primary gid). A caller may read a
+//! source if it is root, the daemon's own uid, or matches the source's
+//! `allow` by uid or by primary or supplementary gid; a source without
+//! `allow` is open to anyone who can open the socket.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+
+/// A source's `allow`, with user and group names resolved to ids at load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    pub uids: BTreeSet<u32>,
+    pub gids: BTreeSet<u32>,
+}
+
+/// The process on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    /// Primary group.
+    pub gid: u32,
+    pub pid: Option<i32>,
+    /// Supplementary groups (SO_PEERGROUPS), empty if the kernel gave none.
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Reads the credentials of a connected Unix stream.
+    pub fn of(stream: &tokio::net::UnixStream) -> Option<Peer> {
+        let cred = stream.peer_cred().ok()?;
+        Some(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            groups: peer_groups(stream.as_raw_fd()).unwrap_or_default(),
+        })
+    }
+}
+
+/// The daemon's own uid: it may read everything, like root.
+pub fn own_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+/// True if `peer` may read (and force-refresh) a source with `allow`.
+pub fn permits(allow: Option<&Allow>, peer: Option<&Peer>, own_uid: u32) -> bool {
+    let Some(allow) = allow else { return true };
+    let Some(p) = peer else { return false };
+    p.uid == 0
+        || p.uid == own_uid
+        || allow.uids.contains(&p.uid)
+        || allow.gids.contains(&p.gid)
+        || p.groups.iter().any(|g| allow.gids.contains(g))
+}
+
+/// SO_PEERGROUPS: the peer's supplementary groups at connect time.
+fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    for _ in 0..4 {
+        let mut len =
+            libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>()).ok()?;
+        // SAFETY: `groups` is valid for `len` bytes; the kernel writes at most
+        // `len` bytes and sets `len` to what it wrote (or needs, with ERANGE).
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = usize::try_from(len).ok()? / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Some(groups);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
+        {
+            return None;
+        }
+        groups.resize(n, 0);
+    }
+    None
+}
+
+/// Looks a user name up in the password database.
+pub fn user_uid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: passwd is plain data; zeroed is a valid "empty" value.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the call; getpwnam_r writes only
+    // into `pwd` and `buf` (whose length it is given) and sets `result`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+}
+
+/// Looks a group name up in the group database.
+pub fn group_gid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: group is plain data; zeroed is a valid "empty" value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as for getpwnam_r above.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: Some(1),
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let allow = Allow {
+            uids: [1000].into(),
+            gids: [50].into(),
+        };
+        let a = Some(&allow);
+        assert!(permits(None, None, 999), "no allow: open");
+        assert!(permits(a, Some(&peer(0, 0, &[])), 999), "root");
+        assert!(
+            permits(a, Some(&peer(999, 999, &[])), 999),
+            "the daemon's own uid"
+        );
+        assert!(permits(a, Some(&peer(1000, 1000, &[])), 999), "uid");
+        assert!(permits(a, Some(&peer(1001, 50, &[])), 999), "primary gid");
+        assert!(
+            permits(a, Some(&peer(1001, 1001, &[7, 50])), 999),
+            "supplementary gid"
+        );
+        assert!(!permits(a, Some(&peer(1001, 1001, &[7])), 999));
+        assert!(!permits(a, None, 999), "unknown peer");
+        assert!(
+            !permits(Some(&Allow::default()), Some(&peer(1000, 50, &[])), 999),
+            "empty allow: root and daemon only"
+        );
+    }
+
+    #[test]
+    fn name_lookup() {
+        assert_eq!(user_uid("root"), Some(0));
+        assert_eq!(group_gid("root"), Some(0));
+        assert_eq!(user_uid("no-such-user-xyz"), None);
+        assert_eq!(group_gid("no-such-group-xyz"), None);
+    }
+
+    #[tokio::test]
+    async fn peer_credentials_of_a_real_socket() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let p = Peer::of(&a).unwrap();
+        assert_eq!(p.uid, own_uid());
+        assert_eq!(p.pid, Some(i32::try_from(std::process::id()).unwrap()));
+        // SAFETY: getgid has no preconditions.
+        assert_eq!(p.gid, unsafe { libc::getgid() });
+    }
+}
