@@ -325,6 +325,13 @@ pub fn write_private(path: &Path, text: &str) {
 }
 
 impl Daemon {
+    /// Kills the daemon (SIGKILL: nothing cleaned up) and keeps its directory.
+    pub fn kill_keep_dir(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// The config text as the harness wrote it (for edits).
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.config).unwrap()

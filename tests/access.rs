@@ -1,0 +1,288 @@
+//! Access control with real other users: clients exec'd as uid/gid 65534
+//! (nobody/nogroup) and as a uid with a supplementary group, against the
+//! daemon's socket. Runs as root (as CI does), since it drops privileges.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const NOBODY: u32 = 65534;
+const OTHER: u32 = 4242;
+/// Debian's `users` group.
+const USERS_GID: u32 = 100;
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the access-control tests drop to other uids and must run as root (CI does)"
+    );
+}
+
+/// `curl` over the socket as `uid`/`gid` with supplementary `groups`:
+/// returns the HTTP status and body.
+fn curl_as(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    socket: &Path,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", method, "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://localhost{path}"));
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A daemon whose socket other users can reach (0666 in a 0711 directory).
+async fn open_daemon(body: &str, server: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = dir.path().join("tokend.sock");
+    daemon(body)
+        .server(server)
+        .rust_log("trace")
+        .at(dir, socket)
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn allow_lists_by_uid_user_group_and_supplementary_group() {
+    require_root();
+    let idp = idp(
+        Duration::from_secs(3600),
+        &["open", "by-uid", "by-user", "by-group", "root-only"],
+    )
+    .await;
+    let body = [
+        source("open", &idp, ""),
+        source("by-uid", &idp, "allow = { uids = [65534] }"),
+        source("by-user", &idp, "allow = { users = [\"nobody\"] }"),
+        source("by-group", &idp, "allow = { groups = [\"users\"] }"),
+        source("root-only", &idp, "allow = {}"),
+        source_as(
+            "failing",
+            "unknown-client",
+            &idp,
+            "allow = { uids = [65534] }",
+        ),
+    ]
+    .concat();
+    let mut d = open_daemon(&body, "socket_mode = \"0666\"").await;
+    let sock = d.socket.clone();
+    let get = move |uid, gid, groups: &'static [u32], path: &str| {
+        let sock = sock.clone();
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || curl_as(uid, gid, groups, &sock, "GET", &path))
+    };
+    let mut tokens = Vec::new();
+
+    // nobody:nogroup, no supplementary groups.
+    for (name, want) in [
+        ("open", 200),
+        ("by-uid", 200),
+        ("by-user", 200),
+        ("by-group", 403),
+        ("root-only", 403),
+    ] {
+        let (code, body) = get(
+            NOBODY,
+            NOBODY,
+            &[],
+            &format!("/v1/tokens/{name}?format=raw"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, want, "nobody reading {name}: {body}");
+        if code == 200 {
+            tokens.push(body);
+        } else {
+            assert!(body.contains("\"forbidden\""), "{body}");
+        }
+    }
+    // uid 4242 with `users` as a supplementary group.
+    for (name, want) in [
+        ("open", 200),
+        ("by-uid", 403),
+        ("by-group", 200),
+        ("root-only", 403),
+    ] {
+        let (code, body) = get(
+            OTHER,
+            OTHER,
+            &[USERS_GID],
+            &format!("/v1/tokens/{name}?format=raw"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, want, "uid 4242 (+users) reading {name}: {body}");
+    }
+    // The same uid without the group is denied; with it as primary group, allowed.
+    assert_eq!(
+        get(OTHER, OTHER, &[], "/v1/tokens/by-group")
+            .await
+            .unwrap()
+            .0,
+        403
+    );
+    assert_eq!(
+        get(OTHER, USERS_GID, &[], "/v1/tokens/by-group")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+
+    // /v1/sources lists only what the caller may read.
+    let (_, body) = get(NOBODY, NOBODY, &[], "/v1/sources").await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = doc["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["by-uid", "by-user", "failing", "open"]);
+    assert_eq!(
+        get(NOBODY, NOBODY, &[], "/v1/sources/by-group")
+            .await
+            .unwrap()
+            .0,
+        403
+    );
+
+    // Forced refresh follows the same rule.
+    let sock = d.socket.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        curl_as(
+            OTHER,
+            OTHER,
+            &[],
+            &sock,
+            "POST",
+            "/v1/sources/by-uid/refresh",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 403);
+    let sock = d.socket.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        curl_as(
+            NOBODY,
+            NOBODY,
+            &[],
+            &sock,
+            "POST",
+            "/v1/sources/by-uid/refresh",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+
+    // Root (this process) reads everything.
+    for name in ["open", "by-uid", "by-user", "by-group", "root-only"] {
+        let r = d.get(&format!("/v1/tokens/{name}?format=raw")).await;
+        assert_eq!(r.status(), 200, "root reading {name}");
+        tokens.push(r.text());
+    }
+    wait_for_status(&d, "/v1/tokens/failing", 503).await;
+
+    d.signal(libc::SIGTERM);
+    d.wait_exit().await;
+    let log = d.log();
+    let denial = log
+        .lines()
+        .find(|l| {
+            l.contains("WARN")
+                && l.contains("access denied")
+                && l.contains("source=root-only")
+                && l.contains("uid=65534")
+        })
+        .unwrap_or_else(|| panic!("no denial WARN for nobody on root-only:\n{log}"));
+    assert!(
+        denial.contains("gid=65534") && denial.contains("pid="),
+        "{denial}"
+    );
+    assert!(
+        log.contains("source=by-group") && log.contains("uid=4242"),
+        "{log}"
+    );
+    // A trace-level log of fetches, a refresh, denials and a failed fetch: no token, no secret.
+    assert!(log.contains("TRACE") && log.contains("token fetch failed"));
+    assert!(!log.contains(SECRET));
+    for t in tokens {
+        assert!(!t.is_empty() && !log.contains(&t), "token in log");
+    }
+}
+
+#[tokio::test]
+async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
+    require_root();
+    let idp = idp(Duration::from_secs(3600), &["a"]).await;
+    let server = "socket_mode = \"0660\"\nsocket_group = \"users\"";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&source("a", &idp, ""))
+        .server(server)
+        .at(dir, socket.clone())
+        .start()
+        .await;
+    let m = std::fs::metadata(&socket).unwrap();
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, USERS_GID));
+    // Group members may connect; others may not even connect.
+    let s = socket.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        curl_as(OTHER, OTHER, &[USERS_GID], &s, "GET", "/v1/tokens/a")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let s = socket.clone();
+    let (code, _) = tokio::task::spawn_blocking(move || {
+        curl_as(NOBODY, NOBODY, &[], &s, "GET", "/v1/tokens/a")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "connection refused by the socket's mode");
+
+    // Killed hard, the daemon leaves a stale socket; a new one replaces it with the same mode and group.
+    let dir = d.kill_keep_dir();
+    assert!(exists(&socket));
+    let d2 = daemon(&source("a", &idp, ""))
+        .server(server)
+        .at(dir, socket.clone())
+        .start()
+        .await;
+    let m = std::fs::metadata(&socket).unwrap();
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, USERS_GID));
+    assert_eq!(d2.get("/v1/tokens/a").await.status(), 200);
+}
