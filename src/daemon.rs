@@ -4,12 +4,16 @@
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::expiry::ExpiryWarner;
+use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 pub use crate::reload::ConfigSource;
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
-use crate::server::{self, ListenError, ServerSettings};
+use crate::server::{self, ListenError, Listener, ServerSettings};
+use crate::systemd;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +26,8 @@ pub enum DaemonError {
     Client(#[from] reqwest::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot use the socket systemd passed: {0}")]
+    Activation(#[source] std::io::Error),
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. The socket file is
@@ -33,14 +39,22 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
     raise_fd_limit();
-    let listener = server::bind(
-        &config.server.socket,
-        config.server.socket_mode,
-        config.server.socket_group,
-    )?;
+    let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
+        Some(l) => {
+            tracing::info!("serving the socket systemd passed; [server] socket is not used");
+            Listener::borrowed(l)
+        }
+        None => server::bind(
+            &config.server.socket,
+            config.server.socket_mode,
+            config.server.socket_group,
+        )?,
+    };
+    let metrics = Arc::new(Metrics::new());
     let broker = Broker::new(
         Arc::new(TokenClient::new(env.clone())?),
         config.server.max_concurrent_fetches,
+        metrics,
     );
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -79,6 +93,11 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     } else {
         None
     };
+    systemd::ready(&broker.summary());
+    systemd::spawn_watchdog(shutdown.clone());
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
+    let mut last_status = String::new();
+    let mut expiry = ExpiryWarner::default();
     loop {
         let trigger = tokio::select! {
             _ = term.recv() => break,
@@ -88,14 +107,33 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
                 while events.try_recv().is_ok() {}
                 Trigger::Files
             }
+            _ = housekeeping.tick() => {
+                let status = broker.summary();
+                if status != last_status {
+                    systemd::status(&status);
+                    last_status = status;
+                }
+                let config = reloader.running();
+                let creds = config.sources.values().filter_map(|s| Some((s.name.as_str(), s.credential_expires?)));
+                for w in expiry.due(creds, SystemTime::now()) {
+                    tracing::warn!("{w}");
+                }
+                continue;
+            }
         };
-        if reloader.reload(trigger) {
+        if !reloader.wanted(trigger) {
+            continue;
+        }
+        systemd::reloading();
+        if reloader.reload() {
             if let Some(w) = watcher.as_mut() {
                 w.follow(reloader.relevant());
             }
         }
+        systemd::ready(&broker.summary());
     }
     tracing::info!("shutting down");
+    systemd::stopping();
     shutdown.cancel();
     if let Err(e) = server.await {
         tracing::error!(error = %e, "server task failed");

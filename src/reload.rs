@@ -83,19 +83,24 @@ impl Reloader {
         &self.running
     }
 
-    /// Reloads. Returns true if a new config was applied.
-    pub fn reload(&mut self, trigger: Trigger) -> bool {
+    /// Whether a trigger calls for a reload: always for a signal; for file
+    /// events only if what a reload would read has changed.
+    pub fn wanted(&mut self, trigger: Trigger) -> bool {
+        if trigger == Trigger::Signal || !matches!(self.from, ConfigSource::File(_)) {
+            return true;
+        }
+        let h = state_hash(&self.running, &self.env);
+        if h == self.last_hash {
+            return false;
+        }
+        self.last_hash = h;
+        true
+    }
+
+    /// Reloads now. Returns true if a new config was applied.
+    pub fn reload(&mut self) -> bool {
         let loaded = match &self.from {
-            ConfigSource::File(p) => {
-                if trigger == Trigger::Files {
-                    let h = state_hash(&self.running, &self.env);
-                    if h == self.last_hash {
-                        return false;
-                    }
-                    self.last_hash = h;
-                }
-                config::load(p)
-            }
+            ConfigSource::File(p) => config::load(p),
             ConfigSource::Fixed(c) => Ok((**c).clone()),
         };
         match loaded {

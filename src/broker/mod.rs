@@ -10,6 +10,7 @@ pub mod source;
 mod tests;
 
 use crate::config::{Config, SourceConfig};
+use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, Token, TokenClient};
 use crate::timefmt::{rfc3339, rfc3339_at};
 use serde_json::{json, Value};
@@ -80,6 +81,7 @@ pub struct Broker {
     fetch_limit: Arc<Semaphore>,
     shutdown: CancellationToken,
     reload: Mutex<ReloadStatus>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -93,7 +95,11 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// A broker with no sources; `max_concurrent_fetches` bounds token
     /// requests in flight across all sources.
-    pub fn new(client: Arc<dyn Fetcher>, max_concurrent_fetches: usize) -> Arc<Self> {
+    pub fn new(
+        client: Arc<dyn Fetcher>,
+        max_concurrent_fetches: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let now = SystemTime::now();
         Arc::new(Broker {
             sources: RwLock::new(BTreeMap::new()),
@@ -108,6 +114,7 @@ impl Broker {
                 successes: 0,
                 errors: 0,
             }),
+            metrics,
         })
     }
 
@@ -136,6 +143,7 @@ impl Broker {
                     summary.restarted.push(name.clone());
                 } else {
                     summary.removed.push(name.clone());
+                    self.metrics.forget_source(name);
                 }
             }
             keep
@@ -167,7 +175,27 @@ impl Broker {
                 }
             }
         }
+        self.metrics
+            .sources
+            .set(i64::try_from(map.len()).unwrap_or(i64::MAX));
+        for (name, cfg) in &config.sources {
+            let l = SourceLabel {
+                source: name.clone(),
+            };
+            match cfg.credential_expires {
+                Some(t) => {
+                    self.metrics
+                        .credential_expiry
+                        .get_or_create(&l)
+                        .set(epoch_seconds(t));
+                }
+                None => {
+                    self.metrics.credential_expiry.remove(&l);
+                }
+            }
+        }
         let now = SystemTime::now();
+        self.metrics.last_reload_success.set(epoch_seconds(now));
         let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
         r.loaded_at = now;
         r.at = now;
@@ -178,6 +206,11 @@ impl Broker {
 
     /// Counts a reload attempt after start-up (for status and metrics).
     pub fn count_reload(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "error" };
+        self.metrics
+            .reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
         let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
             r.successes += 1;
@@ -198,10 +231,40 @@ impl Broker {
         source::spawn(
             Arc::new(cfg),
             fingerprint,
+            self.metrics.clone(),
             self.client.clone(),
             self.fetch_limit.clone(),
             self.shutdown.child_token(),
         )
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A one-line summary for systemd's STATUS=: "3 sources: 2 ready, 1 failing: graph".
+    pub fn summary(&self) -> String {
+        let now = Instant::now();
+        let list = self.list();
+        let mut ready = 0;
+        let mut pending = 0;
+        let mut failing = Vec::new();
+        for h in &list {
+            match h.snapshot().state(now) {
+                State::Ready | State::Refreshing => ready += 1,
+                State::Idle | State::Fetching => pending += 1,
+                State::Degraded | State::Failed => failing.push(h.name().to_string()),
+            }
+        }
+        let mut parts = vec![format!("{ready} ready")];
+        if pending > 0 {
+            parts.push(format!("{pending} pending"));
+        }
+        if !failing.is_empty() {
+            parts.push(format!("{} failing: {}", failing.len(), failing.join(", ")));
+        }
+        let noun = if list.len() == 1 { "source" } else { "sources" };
+        format!("{} {noun}: {}", list.len(), parts.join(", "))
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<SourceHandle>> {

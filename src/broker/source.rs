@@ -13,6 +13,7 @@
 use super::policy;
 use super::Fetcher;
 use crate::config::SourceConfig;
+use crate::metrics::{epoch_seconds, Metrics, SourceLabel, SourceOutcome};
 use crate::oauth::{FetchError, Token};
 use crate::secret::ExposeSecret;
 use std::future::Future;
@@ -312,6 +313,7 @@ pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchErr
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
     fingerprint: u64,
+    metrics: Arc<Metrics>,
     client: Arc<dyn Fetcher>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
@@ -330,6 +332,7 @@ pub(crate) fn spawn(
         cancel: cancel.clone(),
         warned_consent: false,
         refetch_pending: false,
+        metrics,
     };
     tokio::spawn(actor.run());
     Arc::new(SourceHandle {
@@ -353,6 +356,7 @@ struct Actor {
     warned_consent: bool,
     /// The credential changed while a fetch with the old one was in flight.
     refetch_pending: bool,
+    metrics: Arc<Metrics>,
 }
 
 async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
@@ -425,10 +429,20 @@ impl Actor {
         tracing::debug!(source = %self.config.name, "fetching token");
         let fetch = self.client.fetch(self.config.clone());
         let limit = self.limit.clone();
+        let metrics = self.metrics.clone();
+        let label = SourceLabel {
+            source: self.config.name.clone(),
+        };
         Box::pin(async move {
             // The semaphore is never closed; if it were, fetching anyway is the safe fallback.
             let _permit = limit.acquire_owned().await.ok();
-            fetch.await
+            let started = Instant::now();
+            let result = fetch.await;
+            metrics
+                .fetch_duration
+                .get_or_create(&label)
+                .observe(started.elapsed().as_secs_f64());
+            result
         })
     }
 
@@ -436,6 +450,22 @@ impl Actor {
     fn finish(&mut self, result: Result<Token, FetchError>) -> Instant {
         let now = Instant::now();
         let name = &self.config.name;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.metrics
+            .fetches
+            .get_or_create(&SourceOutcome {
+                source: name.clone(),
+                outcome,
+            })
+            .inc();
+        if let Ok(t) = &result {
+            self.metrics
+                .token_expiry
+                .get_or_create(&SourceLabel {
+                    source: name.clone(),
+                })
+                .set(epoch_seconds(crate::timefmt::wall(t.expires_at)));
+        }
         match result {
             Ok(token) => {
                 let delay = policy::refresh_delay(

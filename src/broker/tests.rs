@@ -124,7 +124,7 @@ fn config(extra: &str) -> Config {
 }
 
 async fn start(script: &Arc<Script>, extra: &str) -> (Arc<Broker>, Arc<SourceHandle>) {
-    let broker = Broker::new(script.clone(), 8);
+    let broker = Broker::new(script.clone(), 8, Arc::new(crate::metrics::Metrics::new()));
     broker.apply(&config(extra), &BTreeMap::new());
     let h = broker.get("s").unwrap();
     (broker, h)
@@ -358,7 +358,7 @@ async fn max_concurrent_fetches_bounds_the_burst() {
     for i in 0..5 {
         extra.push_str(&format!("[sources.s{i}]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = \"x\"\n"));
     }
-    let broker = Broker::new(script.clone(), 2);
+    let broker = Broker::new(script.clone(), 2, Arc::new(crate::metrics::Metrics::new()));
     broker.apply(&config(&extra), &BTreeMap::new());
     tokio::time::sleep(S(10)).await;
     assert_eq!(script.calls().len(), 6);
@@ -400,7 +400,7 @@ fn fps(n: u64) -> BTreeMap<String, u64> {
 async fn reload_diff_keeps_refetches_or_restarts() {
     let script = Script::new(vec![], ok(3600));
     *script.delay.lock().unwrap() = S(2);
-    let broker = Broker::new(script.clone(), 8);
+    let broker = Broker::new(script.clone(), 8, Arc::new(crate::metrics::Metrics::new()));
     broker.apply(&config(""), &fps(1));
     tokio::time::sleep(S(5)).await;
     let h = broker.get("s").unwrap();

@@ -54,6 +54,7 @@ fn no_store(mut r: Resp) -> Resp {
 }
 
 enum Route<'a> {
+    Metrics,
     Health,
     Ready,
     Sources,
@@ -69,6 +70,7 @@ fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
         "/healthz" => (Route::Health, GET),
         "/readyz" => (Route::Ready, GET),
         "/v1/sources" => (Route::Sources, GET),
+        "/metrics" => (Route::Metrics, GET),
         _ => {
             if let Some(rest) = path.strip_prefix("/v1/tokens/") {
                 (Route::Token(rest), GET)
@@ -143,10 +145,25 @@ pub async fn handle(
             Ok(h) => refresh(req, &h, settings).await,
             Err(r) => *r,
         },
-        Route::Token(name) => match readable(broker, name, peer, settings) {
-            Ok(h) => token(&h, &query, settings).await,
-            Err(r) => *r,
-        },
+        Route::Token(name) => {
+            let r = match readable(broker, name, peer, settings) {
+                Ok(h) => token(&h, &query, settings).await,
+                Err(r) => *r,
+            };
+            // Unknown names are not counted: callers must not mint label values.
+            if let Some(outcome) = request_outcome(r.status()) {
+                broker.metrics().count_request(name, outcome);
+            }
+            r
+        }
+        Route::Metrics => {
+            let mut r = Response::new(Full::new(Bytes::from(broker.metrics().encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }
     };
     tracing::debug!(
         method = %method,
@@ -157,6 +174,19 @@ pub async fn handle(
         "request"
     );
     resp
+}
+
+/// The `outcome` label of `tokend_token_requests_total` for a token answer.
+fn request_outcome(status: StatusCode) -> Option<&'static str> {
+    Some(match status.as_u16() {
+        200 => "ok",
+        400 => "bad_request",
+        403 => "forbidden",
+        422 => "min_ttl_unsatisfiable",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => return None,
+    })
 }
 
 /// A path made safe for a log line or message.

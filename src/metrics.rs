@@ -1,0 +1,159 @@
+//! Prometheus metrics (SPEC §7), served at `GET /metrics` on the same socket.
+//!
+//! Label values are only ever configured source names and fixed outcome
+//! words, never anything a caller sends, so a client cannot grow the series
+//! count. Series for a removed source are dropped with it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+/// Content type of [`Metrics::encode`]'s output (OpenMetrics text, which
+/// Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceOutcome {
+    pub source: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric family tokend exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub token_requests: Family<SourceOutcome, Counter>,
+    pub fetches: Family<SourceOutcome, Counter>,
+    pub fetch_duration: Family<SourceLabel, Histogram, fn() -> Histogram>,
+    pub token_expiry: Family<SourceLabel, FloatGauge>,
+    pub credential_expiry: Family<SourceLabel, FloatGauge>,
+    pub reloads: Family<OutcomeLabel, Counter>,
+    pub last_reload_success: FloatGauge,
+    pub sources: Gauge,
+}
+
+fn fetch_buckets() -> Histogram {
+    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+}
+
+/// Seconds since the epoch, as a gauge value.
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            token_requests: Family::default(),
+            fetches: Family::default(),
+            fetch_duration: Family::new_with_constructor(fetch_buckets),
+            token_expiry: Family::default(),
+            credential_expiry: Family::default(),
+            reloads: Family::default(),
+            last_reload_success: FloatGauge::default(),
+            sources: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "tokend_token_requests",
+            "Token requests served on the socket, by source and outcome",
+            m.token_requests.clone(),
+        );
+        registry.register(
+            "tokend_fetches",
+            "Token requests to the identity provider, by source and outcome",
+            m.fetches.clone(),
+        );
+        registry.register(
+            "tokend_fetch_duration_seconds",
+            "Time taken by token requests to the identity provider",
+            m.fetch_duration.clone(),
+        );
+        registry.register(
+            "tokend_token_expiry_timestamp_seconds",
+            "When the cached token expires (Unix time)",
+            m.token_expiry.clone(),
+        );
+        registry.register(
+            "tokend_credential_expiry_timestamp_seconds",
+            "When the source's client credential expires (Unix time), from credential_expires",
+            m.credential_expiry.clone(),
+        );
+        registry.register(
+            "tokend_config_reloads",
+            "Configuration reload attempts after start-up, by outcome",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "tokend_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time)",
+            m.last_reload_success.clone(),
+        );
+        registry.register("tokend_sources", "Configured sources", m.sources.clone());
+        let build: Family<VersionLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("tokend_build_info", "tokend's version", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_request(&self, source: &str, outcome: &'static str) {
+        self.token_requests
+            .get_or_create(&SourceOutcome {
+                source: source.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Drops the per-source gauges of a source that is gone.
+    pub fn forget_source(&self, source: &str) {
+        let l = SourceLabel {
+            source: source.to_string(),
+        };
+        self.token_expiry.remove(&l);
+        self.credential_expiry.remove(&l);
+        self.fetch_duration.remove(&l);
+    }
+}
