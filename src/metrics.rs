@@ -109,6 +109,10 @@ impl Metrics {
             "When the source's client credential expires (Unix time), from credential_expires",
             m.credential_expiry.clone(),
         );
+        // Both outcomes exist from the start, so rate() works from the first error.
+        for outcome in ["success", "error"] {
+            drop(m.reloads.get_or_create(&OutcomeLabel { outcome }));
+        }
         registry.register(
             "tokend_config_reloads",
             "Configuration reload attempts after start-up, by outcome",
