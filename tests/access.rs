@@ -27,7 +27,7 @@ fn require_root() {
 
 /// `curl` over the socket as `uid`/`gid` with supplementary `groups`:
 /// returns the HTTP status and body.
-fn curl_as(
+fn curl_blocking(
     uid: u32,
     gid: u32,
     groups: &[u32],
@@ -57,6 +57,21 @@ fn curl_as(
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// [`curl_blocking`] off the async runtime.
+async fn curl_as(
+    uid: u32,
+    gid: u32,
+    groups: &'static [u32],
+    socket: &Path,
+    method: &'static str,
+    path: &str,
+) -> (u16, String) {
+    let (socket, path) = (socket.to_path_buf(), path.to_string());
+    tokio::task::spawn_blocking(move || curl_blocking(uid, gid, groups, &socket, method, &path))
+        .await
+        .unwrap()
 }
 
 /// A daemon whose socket other users can reach (0666 in a 0711 directory).
@@ -95,11 +110,8 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
     ]
     .concat();
     let mut d = open_daemon(&body, "socket_mode = \"0666\"").await;
-    let sock = d.socket.clone();
-    let get = move |uid, gid, groups: &'static [u32], path: &str| {
-        let sock = sock.clone();
-        let path = path.to_string();
-        tokio::task::spawn_blocking(move || curl_as(uid, gid, groups, &sock, "GET", &path))
+    let get = async |uid, gid, groups: &'static [u32], path: &str| {
+        curl_as(uid, gid, groups, &d.socket, "GET", path).await
     };
     let mut tokens = Vec::new();
 
@@ -117,8 +129,7 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
             &[],
             &format!("/v1/tokens/{name}?format=raw"),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(code, want, "nobody reading {name}: {body}");
         if code == 200 {
             tokens.push(body);
@@ -139,28 +150,18 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
             &[USERS_GID],
             &format!("/v1/tokens/{name}?format=raw"),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(code, want, "uid 4242 (+users) reading {name}: {body}");
     }
     // The same uid without the group is denied; with it as primary group, allowed.
+    assert_eq!(get(OTHER, OTHER, &[], "/v1/tokens/by-group").await.0, 403);
     assert_eq!(
-        get(OTHER, OTHER, &[], "/v1/tokens/by-group")
-            .await
-            .unwrap()
-            .0,
-        403
-    );
-    assert_eq!(
-        get(OTHER, USERS_GID, &[], "/v1/tokens/by-group")
-            .await
-            .unwrap()
-            .0,
+        get(OTHER, USERS_GID, &[], "/v1/tokens/by-group").await.0,
         200
     );
 
     // /v1/sources lists only what the caller may read.
-    let (_, body) = get(NOBODY, NOBODY, &[], "/v1/sources").await.unwrap();
+    let (_, body) = get(NOBODY, NOBODY, &[], "/v1/sources").await;
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     let names: Vec<&str> = doc["sources"]
         .as_array()
@@ -170,41 +171,30 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
         .collect();
     assert_eq!(names, ["by-uid", "by-user", "failing", "open"]);
     assert_eq!(
-        get(NOBODY, NOBODY, &[], "/v1/sources/by-group")
-            .await
-            .unwrap()
-            .0,
+        get(NOBODY, NOBODY, &[], "/v1/sources/by-group").await.0,
         403
     );
 
     // Forced refresh follows the same rule.
-    let sock = d.socket.clone();
-    let (code, _) = tokio::task::spawn_blocking(move || {
-        curl_as(
-            OTHER,
-            OTHER,
-            &[],
-            &sock,
-            "POST",
-            "/v1/sources/by-uid/refresh",
-        )
-    })
-    .await
-    .unwrap();
+    let (code, _) = curl_as(
+        OTHER,
+        OTHER,
+        &[],
+        &d.socket,
+        "POST",
+        "/v1/sources/by-uid/refresh",
+    )
+    .await;
     assert_eq!(code, 403);
-    let sock = d.socket.clone();
-    let (code, _) = tokio::task::spawn_blocking(move || {
-        curl_as(
-            NOBODY,
-            NOBODY,
-            &[],
-            &sock,
-            "POST",
-            "/v1/sources/by-uid/refresh",
-        )
-    })
-    .await
-    .unwrap();
+    let (code, _) = curl_as(
+        NOBODY,
+        NOBODY,
+        &[],
+        &d.socket,
+        "POST",
+        "/v1/sources/by-uid/refresh",
+    )
+    .await;
     assert_eq!(code, 200);
 
     // Root (this process) reads everything.
@@ -259,19 +249,9 @@ async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
     let m = std::fs::metadata(&socket).unwrap();
     assert_eq!((m.mode() & 0o777, m.gid()), (0o660, USERS_GID));
     // Group members may connect; others may not even connect.
-    let s = socket.clone();
-    let (code, _) = tokio::task::spawn_blocking(move || {
-        curl_as(OTHER, OTHER, &[USERS_GID], &s, "GET", "/v1/tokens/a")
-    })
-    .await
-    .unwrap();
+    let (code, _) = curl_as(OTHER, OTHER, &[USERS_GID], &socket, "GET", "/v1/tokens/a").await;
     assert_eq!(code, 200);
-    let s = socket.clone();
-    let (code, _) = tokio::task::spawn_blocking(move || {
-        curl_as(NOBODY, NOBODY, &[], &s, "GET", "/v1/tokens/a")
-    })
-    .await
-    .unwrap();
+    let (code, _) = curl_as(NOBODY, NOBODY, &[], &socket, "GET", "/v1/tokens/a").await;
     assert_eq!(code, 0, "connection refused by the socket's mode");
 
     // Killed hard, the daemon leaves a stale socket; a new one replaces it with the same mode and group.
