@@ -266,3 +266,46 @@ async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
     assert_eq!((m.mode() & 0o777, m.gid()), (0o660, USERS_GID));
     assert_eq!(d2.get("/v1/tokens/a").await.status(), 200);
 }
+
+#[tokio::test]
+async fn allow_changes_apply_to_the_next_request_without_a_new_token() {
+    require_root();
+    let idp = idp(Duration::from_secs(3600), &["a"]).await;
+    let d = open_daemon(
+        &source("a", &idp, "allow = { uids = [1] }"),
+        "socket_mode = \"0666\"",
+    )
+    .await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    assert_eq!(
+        curl_as(NOBODY, NOBODY, &[], &d.socket, "GET", "/v1/tokens/a")
+            .await
+            .0,
+        403
+    );
+    write_private(
+        &d.config,
+        &d.config_text()
+            .replace("allow = { uids = [1] }", "allow = { users = [\"nobody\"] }"),
+    );
+    let (_, body) = eventually("nobody to be allowed", async || {
+        let r = curl_as(
+            NOBODY,
+            NOBODY,
+            &[],
+            &d.socket,
+            "GET",
+            "/v1/tokens/a?format=raw",
+        )
+        .await;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        body, token,
+        "the same token: an allow change does not refetch"
+    );
+    assert_eq!(idp.issued(), 1);
+}
