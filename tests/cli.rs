@@ -112,67 +112,39 @@ async fn token_and_status_commands() {
     .start()
     .await;
     let sock = d.socket.to_str().unwrap().to_string();
-    let run = |args: Vec<String>| {
+    // Runs `tokend ARGS… --socket SOCK` off the runtime.
+    let run = |args: &[&str], sock: &str| {
+        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        args.extend(["--socket".to_string(), sock.to_string()]);
         tokio::task::spawn_blocking(move || {
             tokend(&args.iter().map(String::as_str).collect::<Vec<_>>())
         })
     };
 
-    let (code, out, err) = run(vec![
-        "token".into(),
-        "api".into(),
-        "--socket".into(),
-        sock.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, err) = run(&["token", "api"], &sock).await.unwrap();
     assert_eq!(code, 0, "{err}");
     let direct = d.get("/v1/tokens/api?format=raw").await.text();
     assert_eq!(out.trim_end(), direct);
 
-    let (code, out, _) = run(vec![
-        "token".into(),
-        "api".into(),
-        "--json".into(),
-        "--socket".into(),
-        sock.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, out, _) = run(&["token", "api", "--json"], &sock).await.unwrap();
     assert_eq!(code, 0);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["source"],
         "api"
     );
 
-    let (code, _, err) = run(vec![
-        "token".into(),
-        "nope".into(),
-        "--socket".into(),
-        sock.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, _, err) = run(&["token", "nope"], &sock).await.unwrap();
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no source named"), "{err}");
 
-    let (code, _, err) = run(vec![
-        "token".into(),
-        "down".into(),
-        "--socket".into(),
-        sock.clone(),
-    ])
-    .await
-    .unwrap();
+    let (code, _, err) = run(&["token", "down"], &sock).await.unwrap();
     assert_eq!(code, 4, "{err}");
     assert!(
         err.contains("invalid_client") && err.contains("hint:"),
         "{err}"
     );
 
-    let (code, out, _) = run(vec!["status".into(), "--socket".into(), sock.clone()])
-        .await
-        .unwrap();
+    let (code, out, _) = run(&["status"], &sock).await.unwrap();
     assert_eq!(code, 0);
     assert!(
         out.lines()
@@ -186,14 +158,7 @@ async fn token_and_status_commands() {
     );
     assert!(out.contains("down: hint:"), "{out}");
 
-    let (code, out, _) = run(vec![
-        "status".into(),
-        "--json".into(),
-        "--socket".into(),
-        sock,
-    ])
-    .await
-    .unwrap();
+    let (code, out, _) = run(&["status", "--json"], &sock).await.unwrap();
     assert_eq!(code, 0);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["sources"]
@@ -203,13 +168,7 @@ async fn token_and_status_commands() {
         2
     );
 
-    let (code, _, err) = run(vec![
-        "status".into(),
-        "--socket".into(),
-        "/nonexistent.sock".into(),
-    ])
-    .await
-    .unwrap();
+    let (code, _, err) = run(&["status"], "/nonexistent.sock").await.unwrap();
     assert_eq!(code, 1);
     assert!(err.contains("is tokend running?"), "{err}");
 }
