@@ -7,15 +7,11 @@ use crate::oauth::TokenClient;
 use crate::secret::{ExposeSecret, SecretEnv};
 use std::path::Path;
 
-/// Validates `path`; prints every problem. Returns the config if valid.
+/// Validates `path`; prints every problem to stderr. Returns the config if
+/// valid; its warnings are left to the caller (the daemon logs them).
 pub fn validate(path: &Path) -> Option<Config> {
     match config::load(path) {
-        Ok(c) => {
-            for w in &c.warnings {
-                eprintln!("warning: {w}");
-            }
-            Some(c)
-        }
+        Ok(c) => Some(c),
         Err(e) => {
             for p in e.problems() {
                 eprintln!("{p}");
@@ -30,6 +26,9 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     let Some(config) = validate(path) else {
         return 1;
     };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
     println!(
         "{}: OK, {} source(s): {}",
