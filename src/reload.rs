@@ -68,8 +68,9 @@ impl Reloader {
         env: SecretEnv,
         running: Config,
     ) -> Reloader {
-        broker.apply(&running, &fingerprints(&running, &env));
-        let last_hash = state_hash(&running, &env);
+        let fps = fingerprints(&running, &env);
+        broker.apply(&running, &fps);
+        let last_hash = state_hash(&running, &fps);
         Reloader {
             from,
             broker,
@@ -89,7 +90,7 @@ impl Reloader {
         if trigger == Trigger::Signal || !matches!(self.from, ConfigSource::File(_)) {
             return true;
         }
-        let h = state_hash(&self.running, &self.env);
+        let h = state_hash(&self.running, &fingerprints(&self.running, &self.env));
         if h == self.last_hash {
             return false;
         }
@@ -115,7 +116,8 @@ impl Reloader {
                 {
                     tracing::warn!("{w}");
                 }
-                let summary = self.broker.apply(&new, &fingerprints(&new, &self.env));
+                let fps = fingerprints(&new, &self.env);
+                let summary = self.broker.apply(&new, &fps);
                 self.broker.count_reload(true);
                 tracing::info!(
                     sources = new.sources.len(),
@@ -126,7 +128,7 @@ impl Reloader {
                     updated = ?summary.updated,
                     "configuration reloaded"
                 );
-                self.last_hash = state_hash(&new, &self.env);
+                self.last_hash = state_hash(&new, &fps);
                 self.running = new;
                 true
             }
@@ -177,8 +179,8 @@ fn include_dir(main: &Path, config: &Config) -> PathBuf {
 }
 
 /// Hash of everything a reload would read: the main file, the include
-/// directory's `*.toml` files, and the secrets' fingerprints.
-fn state_hash(config: &Config, env: &SecretEnv) -> u64 {
+/// directory's `*.toml` files, and the secrets' fingerprints `fps`.
+fn state_hash(config: &Config, fps: &BTreeMap<String, u64>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::fs::read(&config.path)
         .map_err(|e| e.kind())
@@ -196,7 +198,7 @@ fn state_hash(config: &Config, env: &SecretEnv) -> u64 {
             std::fs::read(&f).map_err(|e| e.kind()).hash(&mut h);
         }
     }
-    fingerprints(config, env).hash(&mut h);
+    fps.hash(&mut h);
     h.finish()
 }
 
