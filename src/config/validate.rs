@@ -785,34 +785,41 @@ impl Validator {
             uids: raw.uids.into_iter().collect(),
             gids: raw.gids.into_iter().collect(),
         };
-        for u in &raw.users {
-            match crate::acl::user_uid(u) {
-                Some(uid) => {
-                    allow.uids.insert(uid);
-                }
-                None => self.err(
-                    span.clone(),
-                    format!("unknown user `{u}` in allow"),
-                    Some(
-                        "create the user (useradd, or systemd-sysusers) or use uids = [N]"
-                            .to_string(),
-                    ),
-                ),
-            }
-        }
-        for g in &raw.groups {
-            match crate::acl::group_gid(g) {
-                Some(gid) => {
-                    allow.gids.insert(gid);
-                }
-                None => self.err(
-                    span.clone(),
-                    format!("unknown group `{g}` in allow"),
-                    Some("create the group (groupadd) or use gids = [N]".to_string()),
-                ),
-            }
-        }
+        let users = self.resolve(&raw.users, "user", crate::acl::user_uid, &span);
+        let groups = self.resolve(&raw.groups, "group", crate::acl::group_gid, &span);
+        allow.uids.extend(users);
+        allow.gids.extend(groups);
         Some(allow)
+    }
+
+    /// Resolves user or group names to ids; an unknown name is an error at `span`.
+    fn resolve(
+        &mut self,
+        names: &[String],
+        kind: &str,
+        lookup: fn(&str) -> Option<u32>,
+        span: &Range<usize>,
+    ) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for name in names {
+            match lookup(name) {
+                Some(id) => ids.push(id),
+                None => {
+                    let tool = if kind == "user" {
+                        "useradd, or systemd-sysusers"
+                    } else {
+                        "groupadd"
+                    };
+                    let fix = format!("create the {kind} ({tool}) or use {}ids = [N]", &kind[..1]);
+                    self.err(
+                        span.clone(),
+                        format!("unknown {kind} `{name}` in allow"),
+                        Some(fix),
+                    );
+                }
+            }
+        }
+        ids
     }
 
     fn azure_url(
