@@ -60,7 +60,7 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                 println!(
                     "{}: ok, lifetime {}{}",
                     src.name,
-                    humantime::format_duration(token.lifetime()),
+                    humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
                     token
                         .scope
                         .as_ref()
@@ -85,11 +85,11 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                             if let Some(v) = c.get(key) {
                                 let mut shown = jwt::show(v);
                                 if key == "exp" {
-                                    if let Some(n) = v.as_u64() {
-                                        shown = crate::timefmt::rfc3339(
-                                            std::time::UNIX_EPOCH
-                                                + std::time::Duration::from_secs(n),
-                                        );
+                                    if let Some(t) = v.as_u64().and_then(|n| {
+                                        std::time::UNIX_EPOCH
+                                            .checked_add(std::time::Duration::from_secs(n))
+                                    }) {
+                                        shown = crate::timefmt::rfc3339(t);
                                     }
                                 }
                                 println!("  {key}: {shown}");
@@ -105,6 +105,7 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                         .http()
                         .get(probe.clone())
                         .bearer_auth(secret)
+                        .timeout(src.fetch_timeout)
                         .send()
                         .await
                     {
@@ -118,6 +119,13 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                             if s == 401 || s == 403 {
                                 println!("  hint: the API refused the token: the app likely lacks the application permission for this call, or admin consent was not granted");
                             }
+                        }
+                        Err(e) if e.is_timeout() => {
+                            failed = true;
+                            println!(
+                                "  probe {probe}: FAILED: no answer within {} (the source's fetch_timeout)",
+                                humantime::format_duration(src.fetch_timeout)
+                            );
                         }
                         Err(e) => {
                             failed = true;

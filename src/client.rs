@@ -136,7 +136,7 @@ pub async fn status(socket: &Path, json: bool) -> u8 {
 }
 
 fn relative(v: &Value, now: SystemTime) -> String {
-    let Some(t) = v.as_str().and_then(|s| humantime::parse_rfc3339(s).ok()) else {
+    let Some(t) = v.as_str().and_then(crate::timefmt::parse_rfc3339) else {
         return "-".to_string();
     };
     let round =
@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn table_shows_state_error_and_hint() {
-        let now = humantime::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        let now = crate::timefmt::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
         let doc = serde_json::json!({
             "sources": [{
                 "name": "graph", "state": "degraded",

@@ -262,7 +262,7 @@ async fn socket_has_the_configured_mode() {
 
 #[tokio::test]
 async fn trace_log_contains_no_token_and_no_secret() {
-    let idp = idp(S(3600), &["basic", "post"]).await;
+    let idp = idp(S(20), &["basic", "post"]).await;
     idp.set_refresh_in(Some(S(2)));
     let body = format!(
         "{}{}{}",

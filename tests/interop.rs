@@ -85,9 +85,11 @@ async fn short_ttl_is_refreshed_before_expiry_without_a_storm() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let issued = server.issued().await;
-    // 10 s tokens refreshed at 7.5 s ± 5 %: 4 or 5 in 25 s, never a storm.
+    // 10 s tokens are served until 5 s before expiry, so each is refreshed
+    // a tenth of its life before that, 3.5–4 s after issue: 7 or 8 in 25 s
+    // (and the first), never a storm.
     assert!(
-        (3..=6).contains(&issued),
+        (6..=10).contains(&issued),
         "issued {issued} tokens in {window:?}"
     );
     assert!(seen.len() >= 3, "saw {} distinct tokens", seen.len());

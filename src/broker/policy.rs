@@ -14,6 +14,9 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 pub const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
 /// Longest `Retry-After` honoured; a larger one is treated as this.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// A refresh starts this long (at most a tenth of the token's lifetime)
+/// before its token stops being served, so the fetch has time to land.
+pub const REFRESH_HEADROOM: Duration = Duration::from_secs(5);
 /// No refresh is ever scheduled sooner than this after a fetch.
 pub const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
 
@@ -24,7 +27,16 @@ pub const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
 /// `lifetime − min_ttl` and no earlier than half the lifetime (so a token
 /// shorter than `min_ttl` refreshes at half-life rather than in a loop). With
 /// the IdP's `refresh_in`: that, jittered and capped at `lifetime − min_ttl`,
-/// but the cap never pulls it before half-life either.
+/// but the cap never pulls it before half-life either; a `refresh_in` under
+/// a tenth of the lifetime (0 included) is raised to that tenth, so no IdP
+/// can drive a fetch loop.
+///
+/// Whatever the above gives is then capped at [`REFRESH_HEADROOM`] (or a
+/// tenth of the lifetime, if less) before the token stops being served,
+/// `lifetime − 5 s − 5 s` for tokens of a minute or more, but never below
+/// 1 s: the refresh starts early enough that a fetch of a few seconds lands
+/// before the old token stops being servable. (A `min_ttl` longer than half
+/// the lifetime keeps the half-life floor above, so it cannot cause a loop.)
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,12 +52,21 @@ pub fn refresh_delay(
     min_ttl: Duration,
     jitter: f64,
 ) -> Duration {
-    let jitter = jitter.clamp(-REFRESH_JITTER, REFRESH_JITTER);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(-REFRESH_JITTER, REFRESH_JITTER)
+    } else {
+        0.0
+    };
+    let ratio = if ratio.is_finite() {
+        ratio.clamp(0.0, 1.0)
+    } else {
+        0.75
+    };
     let half = lifetime / 2;
     let latest = lifetime.saturating_sub(min_ttl);
     let delay = match refresh_in {
         Some(r) => {
-            let base = r.mul_f64(1.0 + jitter);
+            let base = r.max(lifetime / 10).mul_f64(1.0 + jitter);
             base.min(latest).max(base.min(half))
         }
         None => lifetime
@@ -53,7 +74,9 @@ pub fn refresh_delay(
             .min(latest)
             .max(half),
     };
-    delay.max(MIN_REFRESH_DELAY)
+    let headroom = REFRESH_HEADROOM.min(lifetime / 10);
+    let latest_start = lifetime.saturating_sub(crate::oauth::SERVE_MARGIN + headroom);
+    delay.min(latest_start).max(MIN_REFRESH_DELAY)
 }
 
 /// The backoff ceiling after `failures` consecutive failures: 1 s doubling to 5 min.
@@ -126,6 +149,34 @@ mod tests {
         assert_eq!(
             refresh_delay(S(3600), Some(S(3590)), 0.75, S(120), 0.0),
             S(3480)
+        );
+    }
+
+    #[test]
+    fn always_before_the_token_stops_being_served() {
+        // min_ttl 0 and ratio 0.95 on a 60 s token: 57 s would be after the
+        // token stopped being served (at 55 s): capped 5 s before that.
+        assert_eq!(refresh_delay(S(60), None, 0.95, S(0), 0.05), S(50));
+        assert_eq!(refresh_delay(S(60), Some(S(59)), 0.75, S(0), 0.0), S(50));
+        // A long min_ttl still wins over the 5 s margin.
+        assert_eq!(refresh_delay(S(600), None, 0.95, S(120), 0.0), S(480));
+        // Tokens of a few seconds: never below 1 s.
+        assert_eq!(refresh_delay(S(20), None, 0.95, S(0), 0.0), S(13));
+        assert_eq!(refresh_delay(S(10), None, 0.75, S(0), 0.0), S(4));
+        assert_eq!(refresh_delay(S(6), None, 0.75, S(0), 0.0), S(1));
+        assert_eq!(refresh_delay(S(4), None, 0.75, S(0), 0.0), S(1));
+    }
+
+    #[test]
+    fn a_tiny_refresh_in_does_not_loop() {
+        // refresh_in 0 on a 1 h token: raised to a tenth of the lifetime.
+        assert_eq!(
+            refresh_delay(S(3600), Some(S(0)), 0.75, S(120), 0.0),
+            S(360)
+        );
+        assert_eq!(
+            refresh_delay(S(3600), Some(S(1)), 0.75, S(120), 0.0),
+            S(360)
         );
     }
 

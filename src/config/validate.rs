@@ -990,21 +990,32 @@ impl Validator {
         };
         let when = dt.and_then(|d| {
             let date = d.date?;
-            let days = crate::timefmt::days_from_civil(
-                i64::from(date.year),
-                u32::from(date.month),
-                u32::from(date.day),
-            );
-            let mut secs = days * 86_400;
-            if let Some(t) = d.time {
-                secs += i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
-            }
-            if let Some(toml::value::Offset::Custom { minutes }) = d.offset {
-                secs -= i64::from(minutes) * 60;
-            }
-            u64::try_from(secs)
-                .ok()
-                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+            let date = jiff::civil::Date::new(
+                i16::try_from(date.year).ok()?,
+                i8::try_from(date.month).ok()?,
+                i8::try_from(date.day).ok()?,
+            )
+            .ok()?;
+            let time = match d.time {
+                Some(t) => jiff::civil::Time::new(
+                    i8::try_from(t.hour).ok()?,
+                    i8::try_from(t.minute).ok()?,
+                    i8::try_from(t.second.min(59)).ok()?,
+                    0,
+                )
+                .ok()?,
+                None => jiff::civil::Time::midnight(),
+            };
+            let offset = match d.offset {
+                Some(toml::value::Offset::Custom { minutes }) => {
+                    jiff::tz::Offset::from_seconds(i32::from(minutes) * 60).ok()?
+                }
+                _ => jiff::tz::Offset::UTC,
+            };
+            let ts = offset.to_timestamp(date.to_datetime(time)).ok()?;
+            (ts >= jiff::Timestamp::UNIX_EPOCH)
+                .then(|| SystemTime::try_from(ts).ok())
+                .flatten()
         });
         if when.is_none() {
             self.err(

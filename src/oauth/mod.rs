@@ -57,7 +57,8 @@ impl Token {
 
     /// A token is servable while `now < expires_at − 5 s`.
     pub fn servable_at(&self, now: Instant) -> bool {
-        now + SERVE_MARGIN < self.expires_at
+        now.checked_add(SERVE_MARGIN)
+            .is_some_and(|t| t < self.expires_at)
     }
 
     pub fn remaining_at(&self, now: Instant) -> Duration {
@@ -79,6 +80,8 @@ pub enum FetchError {
     Endpoint(EndpointError, Option<Duration>),
     #[error("token endpoint {url} sent an unusable response: {detail}")]
     BadResponse { url: String, detail: String },
+    #[error("token endpoint {url} sent a token that cannot be served: {detail}")]
+    Expired { url: String, detail: String },
 }
 
 impl FetchError {
@@ -90,6 +93,7 @@ impl FetchError {
             FetchError::Connect { .. } => "connect_failed".into(),
             FetchError::Endpoint(e, _) => e.code(),
             FetchError::BadResponse { .. } => "bad_response".into(),
+            FetchError::Expired { .. } => "token_expired".into(),
         }
     }
 
@@ -102,6 +106,7 @@ impl FetchError {
             FetchError::Connect { .. } => Some("check token_url, DNS, the network path and proxy settings (HTTPS_PROXY/NO_PROXY); for TLS errors, the CA store".into()),
             FetchError::Endpoint(e, _) => e.hint(),
             FetchError::BadResponse { .. } => Some("check that token_url is the OAuth token endpoint".into()),
+            FetchError::Expired { .. } => Some("the identity provider issues tokens that are already expired or nearly so: check that this host's clock is right (timedatectl) and the token lifetime configured on the server".into()),
         }
     }
 
@@ -206,19 +211,86 @@ impl TokenClient {
             url: url.clone(),
             detail: format!("HTTP {status}: {detail}"),
         })?;
-        let lifetime = parsed
-            .expires_in
-            .or_else(|| jwt_lifetime(&parsed.access_token))
-            .unwrap_or(DEFAULT_LIFETIME);
-        Ok(Token {
-            scope: parsed.scope.or(scope),
-            token_type: parsed.token_type,
+        token_from_response(
+            parsed,
+            scope,
             issued_at,
-            expires_at: issued_at + lifetime,
-            refresh_in: parsed.refresh_in,
-            access_token: SecretString::from(parsed.access_token),
+            Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|detail| FetchError::Expired {
+            url: url.clone(),
+            detail,
         })
     }
+}
+
+/// Longest token lifetime tokend believes; anything longer is cut to this.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(366 * 86_400);
+
+/// Turns a parsed token response into a [`Token`] by the lifetime rules:
+/// `expires_in`, else the JWT's `exp` minus now (the shorter of the two when
+/// both are given), else [`DEFAULT_LIFETIME`], capped at [`MAX_LIFETIME`]. A token that could never be served (an `exp`
+/// already past, or less than [`SERVE_MARGIN`] left when it arrives) is an
+/// error whose text gives the numbers.
+///
+/// `issued_at` is when the request was sent (the lifetime counts from
+/// there, a safe lower bound), `received_at` when the answer arrived, and
+/// `wall_now` the wall clock then, for the JWT's `exp`. No input can make
+/// this panic: every time is checked or clamped.
+pub fn token_from_response(
+    parsed: response::TokenResponse,
+    requested_scope: Option<String>,
+    issued_at: Instant,
+    received_at: Instant,
+    wall_now: std::time::SystemTime,
+) -> Result<Token, String> {
+    let now_secs = wall_now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let exp = jwt_exp(&parsed.access_token);
+    if let Some(exp) = exp.filter(|e| *e <= now_secs) {
+        return Err(format!(
+            "the token's exp ({exp}) is already past (this host's clock reads {now}): check the clocks of this host and of the identity provider",
+            now = now_secs.floor()
+        ));
+    }
+    let exp_left = exp.and_then(|e| {
+        Duration::try_from_secs_f64((e - now_secs).min(MAX_LIFETIME.as_secs_f64())).ok()
+    });
+    // Both given: the shorter, so a JWT is never served past its own exp.
+    let lifetime = match (parsed.expires_in, exp_left) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(DEFAULT_LIFETIME),
+    }
+    .min(MAX_LIFETIME);
+    let expires_at = crate::timefmt::later(issued_at, lifetime);
+    let left = expires_at.saturating_duration_since(received_at);
+    if left <= SERVE_MARGIN {
+        return Err(format!(
+            "the token lives {}s, {}s of it left on arrival: too short to serve (tokend serves a token until {}s before it expires)",
+            lifetime.as_secs(),
+            left.as_secs(),
+            SERVE_MARGIN.as_secs()
+        ));
+    }
+    Ok(Token {
+        scope: parsed.scope.or(requested_scope),
+        token_type: parsed.token_type,
+        issued_at,
+        expires_at,
+        refresh_in: parsed.refresh_in,
+        access_token: SecretString::from(parsed.access_token),
+    })
+}
+
+/// The JWT `exp` claim in seconds since the epoch, if the token is a JWT
+/// with a finite numeric `exp`.
+fn jwt_exp(token: &str) -> Option<f64> {
+    crate::jwt::claims(token)?
+        .get("exp")?
+        .as_f64()
+        .filter(|e| e.is_finite())
 }
 
 /// `Authorization: Basic` per RFC 6749 §2.3.1: id and secret are
@@ -234,15 +306,6 @@ pub fn basic_auth(client_id: &str, secret: &SecretString) -> reqwest::header::He
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
     h.set_sensitive(true);
     h
-}
-
-fn jwt_lifetime(token: &str) -> Option<Duration> {
-    let exp = crate::jwt::claims(token)?.get("exp")?.as_u64()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    exp.checked_sub(now).map(Duration::from_secs)
 }
 
 fn scrub(text: &str, secret: &SecretString) -> String {
@@ -335,6 +398,110 @@ mod tests {
             refresh_in: None,
         };
         assert!(!format!("{t:?}").contains("eyJsecret"));
+    }
+
+    fn jwt_with_exp(exp: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode(r#"{"alg":"RS256"}"#),
+            e.encode(format!(r#"{{"exp":{exp}}}"#))
+        )
+    }
+
+    /// The token's lifetime as [`token_from_response`] computes it for
+    /// `body`, received at once, at wall time 2026-11-29T00:00:00Z.
+    fn lifetime_of(body: &str) -> Result<Duration, String> {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
+        let parsed = response::parse_token(body.as_bytes())?;
+        let t = Instant::now();
+        token_from_response(parsed, None, t, t, now).map(|tok| tok.lifetime())
+    }
+
+    #[test]
+    fn lifetime_rules() {
+        let h = Duration::from_secs(3600);
+        // expires_in, else exp − now, else one hour.
+        assert_eq!(
+            lifetime_of(r#"{"access_token":"t","expires_in":600}"#),
+            Ok(Duration::from_secs(600))
+        );
+        let in_ten_minutes = jwt_with_exp("1796083800");
+        assert_eq!(
+            lifetime_of(&format!(r#"{{"access_token":"{in_ten_minutes}"}}"#)),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(lifetime_of(r#"{"access_token":"opaque"}"#), Ok(h));
+        // Both: the shorter, so a JWT is never served past its exp.
+        assert_eq!(
+            lifetime_of(&format!(
+                r#"{{"access_token":"{in_ten_minutes}","expires_in":"300"}}"#
+            )),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            lifetime_of(&format!(
+                r#"{{"access_token":"{in_ten_minutes}","expires_in":3600}}"#
+            )),
+            Ok(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_capped_at_366_days() {
+        for exp in [
+            "18446744073709551000",
+            "253402300900",
+            "1e300",
+            "1796083800.5e9",
+        ] {
+            let body = format!(r#"{{"access_token":"{}"}}"#, jwt_with_exp(exp));
+            assert_eq!(lifetime_of(&body), Ok(MAX_LIFETIME), "exp {exp}");
+        }
+        assert_eq!(
+            lifetime_of(r#"{"access_token":"t","expires_in":9999999999}"#),
+            Ok(MAX_LIFETIME)
+        );
+    }
+
+    #[test]
+    fn tokens_that_could_never_be_served_are_errors_with_the_numbers() {
+        for exp in ["1000", "-5", "1796083200", "0"] {
+            let body = format!(
+                r#"{{"access_token":"{}","expires_in":3600}}"#,
+                jwt_with_exp(exp)
+            );
+            let e = lifetime_of(&body).unwrap_err();
+            assert!(
+                e.contains(&format!("exp ({})", exp.parse::<f64>().unwrap()))
+                    && e.contains("already past"),
+                "{e}"
+            );
+        }
+        for short in ["0", "5", "\"3\""] {
+            let e = lifetime_of(&format!(r#"{{"access_token":"t","expires_in":{short}}}"#))
+                .unwrap_err();
+            assert!(e.contains("too short to serve"), "{e}");
+        }
+        assert_eq!(
+            lifetime_of(r#"{"access_token":"t","expires_in":6}"#),
+            Ok(Duration::from_secs(6))
+        );
+    }
+
+    #[test]
+    fn a_token_that_arrives_too_late_is_an_error() {
+        let parsed = response::parse_token(br#"{"access_token":"t","expires_in":30}"#).unwrap();
+        let sent = Instant::now();
+        let e = token_from_response(
+            parsed,
+            None,
+            sent,
+            sent + Duration::from_secs(26),
+            std::time::SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(e.contains("4s of it left"), "{e}");
     }
 
     #[test]
