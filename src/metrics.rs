@@ -50,6 +50,7 @@ pub struct Metrics {
     pub token_expiry: Family<SourceLabel, FloatGauge>,
     pub credential_expiry: Family<SourceLabel, FloatGauge>,
     pub reloads: Family<OutcomeLabel, Counter>,
+    pub source_restarts: Family<SourceLabel, Counter>,
     pub last_reload_success: FloatGauge,
     pub sources: Gauge,
 }
@@ -80,6 +81,7 @@ impl Metrics {
             token_expiry: Family::default(),
             credential_expiry: Family::default(),
             reloads: Family::default(),
+            source_restarts: Family::default(),
             last_reload_success: FloatGauge::default(),
             sources: Gauge::default(),
             registry: Registry::default(),
@@ -122,6 +124,11 @@ impl Metrics {
             "tokend_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully (Unix time)",
             m.last_reload_success.clone(),
+        );
+        registry.register(
+            "tokend_source_restarts",
+            "Restarts of a source's task after it failed unexpectedly (a bug; the cached token is kept)",
+            m.source_restarts.clone(),
         );
         registry.register("tokend_sources", "Configured sources", m.sources.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use source::{LastError, ServeError, Snapshot};
+pub use source::{LastError, RefreshError, ServeError, Snapshot};
 
 /// Something that gets a token for a source: the real [`TokenClient`], or
 /// a scripted stand-in in the refresh-policy tests.
@@ -231,9 +231,11 @@ impl Broker {
         source::spawn(
             Arc::new(cfg),
             fingerprint,
-            self.metrics.clone(),
-            self.client.clone(),
-            self.fetch_limit.clone(),
+            source::Deps {
+                metrics: self.metrics.clone(),
+                client: self.client.clone(),
+                limit: self.fetch_limit.clone(),
+            },
             self.shutdown.child_token(),
         )
     }
@@ -306,16 +308,28 @@ impl Broker {
             .clone()
     }
 
-    /// The `config` object of `/v1/sources`.
-    pub fn config_json(&self) -> Value {
+    /// The `config` object of `/v1/sources`. Without `reveal`, a failed
+    /// reload's error says only that it failed: its text names files and
+    /// settings a caller who may not read every source must not learn.
+    pub fn config_json(&self, reveal: bool) -> Value {
         let r = self.reload_status();
+        let error = r.error.map(|e| {
+            if reveal {
+                e
+            } else {
+                RELOAD_ERROR_REDACTED.to_string()
+            }
+        });
         json!({
             "loaded_at": rfc3339(r.loaded_at),
-            "last_reload": { "ok": r.ok, "at": rfc3339(r.at), "error": r.error },
+            "last_reload": { "ok": r.ok, "at": rfc3339(r.at), "error": error },
             "reloads": { "success": r.successes, "error": r.errors },
         })
     }
 }
+
+/// What callers other than root and the daemon's uid see of a reload error.
+pub const RELOAD_ERROR_REDACTED: &str = "the last reload failed; details in the log";
 
 /// One element of `/v1/sources`: never a token or a secret.
 pub fn status_json(handle: &SourceHandle) -> Value {

@@ -18,9 +18,10 @@ use crate::oauth::{FetchError, Token};
 use crate::secret::ExposeSecret;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -129,33 +130,49 @@ pub enum ServeError {
     Gone,
 }
 
-/// Result of a forced refresh that ran and failed.
+/// Why a forced refresh did not succeed.
 #[derive(Debug, Clone)]
-pub struct RefreshFailed(pub Option<LastError>);
+pub enum RefreshError {
+    /// The fetch ran and failed.
+    Failed(Option<LastError>),
+    /// The source was stopped (removed, or replaced by a reload) meanwhile.
+    Gone,
+}
 
+/// What a source should run with. The actor watches it, so a reload's
+/// settings can never be dropped: the latest value is always there to read.
+#[derive(Debug, Clone)]
+struct Desired {
+    config: Arc<SourceConfig>,
+    /// Bumped when the credential changes: the actor fetches with it at once.
+    credential_epoch: u64,
+}
+
+/// Levels of [`Shared::wanted`]: the highest request since the actor last looked.
+const WANT_NONE: u8 = 0;
+const WANT_FETCH: u8 = 1;
+const WANT_FORCE: u8 = 2;
+
+/// What the handle, the actor and its supervisor share. Outlives any one
+/// actor task, so a restarted actor picks up the cached token and every
+/// waiter keeps waiting.
 #[derive(Debug)]
-pub(crate) enum Command {
-    /// Fetch now unless one is in flight (join it). Without `force`, a source
-    /// that is backing off only re-publishes so the asker sees the backoff.
-    Fetch { force: bool },
-    /// New settings with the same identity. With `refetch` (the credential
-    /// changed), fetch with it now while the current token keeps serving.
-    Reconfigure {
-        config: Arc<SourceConfig>,
-        refetch: bool,
-    },
+struct Shared {
+    name: String,
+    desired: watch::Sender<Desired>,
+    snapshot: watch::Sender<Snapshot>,
+    /// A fetch request (`WANT_*`); requests coalesce, nothing is queued.
+    wanted: AtomicU8,
+    wake: Notify,
+    cancel: CancellationToken,
+    /// Fingerprint of the credential's value when last applied.
+    fingerprint: AtomicU64,
 }
 
 /// What the server holds for one source.
 #[derive(Debug)]
 pub struct SourceHandle {
-    name: String,
-    config: std::sync::RwLock<Arc<SourceConfig>>,
-    /// Fingerprint of the credential's value when last applied.
-    fingerprint: std::sync::atomic::AtomicU64,
-    snapshot: watch::Receiver<Snapshot>,
-    commands: mpsc::Sender<Command>,
-    cancel: CancellationToken,
+    shared: Arc<Shared>,
     last_forced: Mutex<Option<Instant>>,
 }
 
@@ -168,50 +185,57 @@ enum Next {
 
 impl SourceHandle {
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// The settings in force.
     pub fn config(&self) -> Arc<SourceConfig> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.desired.borrow().config.clone()
     }
 
     pub(crate) fn fingerprint(&self) -> u64 {
-        self.fingerprint.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.fingerprint.load(Ordering::Relaxed)
     }
 
-    /// Applies settings with the same identity; `refetch` when the credential changed.
+    /// Applies settings with the same identity; `refetch` when the credential
+    /// changed. Never lost: the actor reads the latest settings when it wakes.
     pub(crate) fn reconfigure(&self, config: Arc<SourceConfig>, fingerprint: u64, refetch: bool) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
-        self.fingerprint
-            .store(fingerprint, std::sync::atomic::Ordering::Relaxed);
-        // The actor's queue only fills if it is stuck; then the next reload retries.
-        let _ = self
-            .commands
-            .try_send(Command::Reconfigure { config, refetch });
+        self.shared
+            .fingerprint
+            .store(fingerprint, Ordering::Relaxed);
+        self.shared.desired.send_modify(|d| {
+            d.config = config;
+            if refetch {
+                d.credential_epoch += 1;
+            }
+        });
     }
 
     /// The current snapshot (a clone; never waits on a fetch).
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshot.borrow().clone()
+        self.shared.snapshot.borrow().clone()
     }
 
     pub(crate) fn stop(&self) {
-        self.cancel.cancel();
+        self.shared.cancel.cancel();
+    }
+
+    /// Asks the actor for a fetch; requests made before it looks coalesce.
+    fn request_fetch(&self, force: bool) {
+        let level = if force { WANT_FORCE } else { WANT_FETCH };
+        self.shared.wanted.fetch_max(level, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 
     /// A token valid for at least `min_ttl` (and always more than 5 s),
     /// fetching one if needed. Concurrent callers share one fetch.
     pub async fn token(&self, min_ttl: Option<Duration>) -> Result<Arc<Token>, ServeError> {
-        let mut rx = self.snapshot.clone();
+        let mut rx = self.shared.snapshot.subscribe();
         let mut asked = false;
         loop {
             // A stopped source (removed, or restarted with a new identity)
             // serves nothing, not even a request that was already waiting.
-            if self.cancel.is_cancelled() {
+            if self.shared.cancel.is_cancelled() {
                 return Err(ServeError::Gone);
             }
             let next = decide(&rx.borrow_and_update(), Instant::now(), min_ttl, asked);
@@ -221,15 +245,13 @@ impl SourceHandle {
                 Next::Wait => {}
                 Next::Ask { force } => {
                     asked = true;
-                    // A full queue already holds a fetch request: waiting is enough.
-                    if let Err(mpsc::error::TrySendError::Closed(_)) =
-                        self.commands.try_send(Command::Fetch { force })
-                    {
-                        return Err(ServeError::Gone);
-                    }
+                    self.request_fetch(force);
                 }
             }
-            rx.changed().await.map_err(|_| ServeError::Gone)?;
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| ServeError::Gone)?,
+                () = self.shared.cancel.cancelled() => return Err(ServeError::Gone),
+            }
         }
     }
 
@@ -249,25 +271,21 @@ impl SourceHandle {
 
     /// Fetches a new token now (joining one in flight, skipping any backoff)
     /// and waits for that fetch to end.
-    pub async fn force_refresh(&self) -> Result<Snapshot, RefreshFailed> {
-        let mut rx = self.snapshot.clone();
+    pub async fn force_refresh(&self) -> Result<Snapshot, RefreshError> {
+        let mut rx = self.shared.snapshot.subscribe();
         let before = rx.borrow_and_update().fetches_done;
-        if self
-            .commands
-            .try_send(Command::Fetch { force: true })
-            .is_err()
-            && self.commands.is_closed()
-        {
-            return Err(RefreshFailed(None));
-        }
+        self.request_fetch(true);
         loop {
-            rx.changed().await.map_err(|_| RefreshFailed(None))?;
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| RefreshError::Gone)?,
+                () = self.shared.cancel.cancelled() => return Err(RefreshError::Gone),
+            }
             let s = rx.borrow_and_update();
             if s.fetches_done > before && !s.fetching {
                 return if s.last_fetch_ok {
                     Ok(s.clone())
                 } else {
-                    Err(RefreshFailed(s.last_error.clone()))
+                    Err(RefreshError::Failed(s.last_error.clone()))
                 };
             }
         }
@@ -309,54 +327,113 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
 
 pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 
-/// Starts the actor for `config` and returns its handle.
+/// What an actor needs besides the shared state.
+#[derive(Clone)]
+pub(crate) struct Deps {
+    pub metrics: Arc<Metrics>,
+    pub client: Arc<dyn Fetcher>,
+    pub limit: Arc<Semaphore>,
+}
+
+/// Starts the actor for `config`, under a supervisor, and returns its handle.
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
     fingerprint: u64,
-    metrics: Arc<Metrics>,
-    client: Arc<dyn Fetcher>,
-    limit: Arc<Semaphore>,
+    deps: Deps,
     cancel: CancellationToken,
 ) -> Arc<SourceHandle> {
-    let (tx, rx) = watch::channel(Snapshot {
+    let (snapshot, _) = watch::channel(Snapshot {
         requested: config.eager,
         ..Snapshot::default()
     });
-    let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let actor = Actor {
+    let eager = config.eager;
+    let (desired, _) = watch::channel(Desired {
         config: config.clone(),
-        client,
-        limit,
-        tx,
-        commands: cmd_rx,
-        cancel: cancel.clone(),
-        warned_consent: false,
-        refetch_pending: false,
-        metrics,
-    };
-    tokio::spawn(actor.run());
-    Arc::new(SourceHandle {
+        credential_epoch: 0,
+    });
+    let shared = Arc::new(Shared {
         name: config.name.clone(),
-        config: std::sync::RwLock::new(config),
-        fingerprint: std::sync::atomic::AtomicU64::new(fingerprint),
-        snapshot: rx,
-        commands: cmd_tx,
+        desired,
+        snapshot,
+        wanted: AtomicU8::new(WANT_NONE),
+        wake: Notify::new(),
         cancel,
+        fingerprint: AtomicU64::new(fingerprint),
+    });
+    tokio::spawn(supervise(shared.clone(), deps, eager.then(Instant::now)));
+    Arc::new(SourceHandle {
+        shared,
         last_forced: Mutex::new(None),
     })
 }
 
+/// Runs the source's actor and, should it ever panic, restarts it with its
+/// cached token kept: the panic counts as a failed fetch (so restarts follow
+/// the backoff and cannot spin), is logged at ERROR and counted in
+/// `tokend_source_restarts_total`. Defence in depth: no source may turn
+/// into a zombie that is listed but never serves again.
+async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option<Instant>) {
+    let label = SourceLabel {
+        source: shared.name.clone(),
+    };
+    loop {
+        let actor = Actor {
+            config: shared.desired.borrow().config.clone(),
+            epoch_seen: shared.desired.borrow().credential_epoch,
+            desired: shared.desired.subscribe(),
+            shared: shared.clone(),
+            deps: deps.clone(),
+            warned_consent: false,
+        };
+        match tokio::spawn(actor.run(first)).await {
+            Err(e) if e.is_panic() && !shared.cancel.is_cancelled() => {
+                deps.metrics.source_restarts.get_or_create(&label).inc();
+                let now = Instant::now();
+                let failures = shared
+                    .snapshot
+                    .borrow()
+                    .consecutive_failures
+                    .saturating_add(1);
+                let delay = policy::backoff_delay(failures, false, None, rand::random::<f64>());
+                let retry_at = crate::timefmt::later(now, delay);
+                tracing::error!(
+                    source = %shared.name,
+                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
+                    "the source's task panicked (a bug in tokend; please report it); restarted with its cached token"
+                );
+                shared.snapshot.send_modify(|s| {
+                    s.fetching = false;
+                    s.retry_at = Some(retry_at);
+                    s.next_refresh_at = Some(retry_at);
+                    s.consecutive_failures = failures;
+                    s.last_error = Some(LastError {
+                        error: "internal_error".into(),
+                        message: "tokend's task for this source failed and was restarted".into(),
+                        hint: Some(
+                            "this is a bug in tokend: the log has the details; please report it"
+                                .into(),
+                        ),
+                        at: SystemTime::now(),
+                    });
+                    s.fetches_done += 1;
+                    s.last_fetch_ok = false;
+                });
+                first = Some(retry_at);
+            }
+            // Stopped, or the runtime is shutting down.
+            _ => break,
+        }
+    }
+}
+
 struct Actor {
     config: Arc<SourceConfig>,
-    client: Arc<dyn Fetcher>,
-    limit: Arc<Semaphore>,
-    tx: watch::Sender<Snapshot>,
-    commands: mpsc::Receiver<Command>,
-    cancel: CancellationToken,
+    /// The credential epoch the actor last fetched with (see [`Desired`]).
+    epoch_seen: u64,
+    desired: watch::Receiver<Desired>,
+    shared: Arc<Shared>,
+    deps: Deps,
     warned_consent: bool,
-    /// The credential changed while a fetch with the old one was in flight.
-    refetch_pending: bool,
-    metrics: Arc<Metrics>,
 }
 
 async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
@@ -367,69 +444,79 @@ async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
 }
 
 impl Actor {
-    async fn run(mut self) {
-        let name = self.config.name.clone();
-        let mut next: Option<Instant> = self.config.eager.then(Instant::now);
+    async fn run(mut self, first: Option<Instant>) {
+        let mut next: Option<Instant> = first;
         let mut fetch: Option<FetchFuture> = None;
+        // The credential changed while a fetch with the old one was in flight.
+        let mut refetch_pending = false;
+        let cancel = self.shared.cancel.clone();
+        let shared = self.shared.clone();
         loop {
             let wake = next;
             tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => break,
+                () = cancel.cancelled() => break,
                 result = in_flight(&mut fetch) => {
                     fetch = None;
                     next = Some(self.finish(result));
-                    if std::mem::take(&mut self.refetch_pending) {
+                    if std::mem::take(&mut refetch_pending) {
                         fetch = Some(self.start());
                         next = None;
                     }
                 }
-                cmd = self.commands.recv() => match cmd {
-                    None => break,
-                    Some(Command::Fetch { force }) => {
-                        let backing_off = self.tx.borrow().backing_off(Instant::now()).is_some();
-                        if fetch.is_some() {
-                            // joined: the fetch in flight answers this request too
-                        } else if force || !backing_off {
-                            fetch = Some(self.start());
-                            next = None;
-                        } else {
-                            // Wake the asker so it sees the backoff and answers 503.
-                            self.tx.send_modify(|_| {});
-                        }
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        break;
                     }
-                    Some(Command::Reconfigure { config, refetch }) => {
-                        self.config = config;
-                        let idle = !self.tx.borrow().requested;
-                        let start_now = refetch || (self.config.eager && idle);
-                        if fetch.is_some() {
-                            self.refetch_pending |= refetch;
-                        } else if start_now {
-                            fetch = Some(self.start());
-                            next = None;
-                        }
+                    let desired = self.desired.borrow_and_update().clone();
+                    let refetch = desired.credential_epoch != self.epoch_seen;
+                    self.epoch_seen = desired.credential_epoch;
+                    self.config = desired.config;
+                    let idle = !self.shared.snapshot.borrow().requested;
+                    let start_now = refetch || (self.config.eager && idle);
+                    if fetch.is_some() {
+                        refetch_pending |= refetch;
+                    } else if start_now {
+                        fetch = Some(self.start());
+                        next = None;
                     }
-                },
+                }
+                () = shared.wake.notified() => {
+                    let force = match self.shared.wanted.swap(WANT_NONE, Ordering::SeqCst) {
+                        WANT_NONE => continue,
+                        level => level == WANT_FORCE,
+                    };
+                    let backing_off = self.shared.snapshot.borrow().backing_off(Instant::now()).is_some();
+                    if fetch.is_some() {
+                        // joined: the fetch in flight answers this request too
+                    } else if force || !backing_off {
+                        fetch = Some(self.start());
+                        next = None;
+                    } else {
+                        // Wake the asker so it sees the backoff and answers 503.
+                        self.shared.snapshot.send_modify(|_| {});
+                    }
+                }
                 () = sleep_until_opt(wake), if fetch.is_none() && wake.is_some() => {
                     fetch = Some(self.start());
                     next = None;
                 }
             }
         }
-        tracing::debug!(source = %name, "source stopped");
+        tracing::debug!(source = %self.config.name, "source stopped");
     }
 
     fn start(&self) -> FetchFuture {
-        self.tx.send_modify(|s| {
+        self.shared.snapshot.send_modify(|s| {
             s.fetching = true;
             s.requested = true;
             s.retry_at = None;
             s.next_refresh_at = None;
         });
         tracing::debug!(source = %self.config.name, "fetching token");
-        let fetch = self.client.fetch(self.config.clone());
-        let limit = self.limit.clone();
-        let metrics = self.metrics.clone();
+        let fetch = self.deps.client.fetch(self.config.clone());
+        let limit = self.deps.limit.clone();
+        let metrics = self.deps.metrics.clone();
         let label = SourceLabel {
             source: self.config.name.clone(),
         };
@@ -451,7 +538,8 @@ impl Actor {
         let now = Instant::now();
         let name = &self.config.name;
         let outcome = if result.is_ok() { "success" } else { "error" };
-        self.metrics
+        self.deps
+            .metrics
             .fetches
             .get_or_create(&SourceOutcome {
                 source: name.clone(),
@@ -459,7 +547,8 @@ impl Actor {
             })
             .inc();
         if let Ok(t) = &result {
-            self.metrics
+            self.deps
+                .metrics
                 .token_expiry
                 .get_or_create(&SourceLabel {
                     source: name.clone(),
@@ -475,7 +564,7 @@ impl Actor {
                     self.config.min_ttl,
                     rand::random_range(-policy::REFRESH_JITTER..=policy::REFRESH_JITTER),
                 );
-                let at = token.issued_at + delay;
+                let at = crate::timefmt::later(token.issued_at, delay);
                 let warnings: Vec<String> = crate::jwt::claims(token.access_token.expose_secret())
                     .and_then(|c| crate::jwt::consent_warning(&c))
                     .into_iter()
@@ -488,11 +577,11 @@ impl Actor {
                 }
                 tracing::info!(
                     source = %name,
-                    lifetime = %humantime::format_duration(token.lifetime()),
+                    lifetime = %humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
                     next_refresh_in = %humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs())),
                     "token fetched"
                 );
-                self.tx.send_modify(|s| {
+                self.shared.snapshot.send_modify(|s| {
                     s.token = Some(Arc::new(token));
                     s.fetching = false;
                     s.retry_at = None;
@@ -507,15 +596,20 @@ impl Actor {
                 at
             }
             Err(e) => {
-                let failures = self.tx.borrow().consecutive_failures.saturating_add(1);
+                let failures = self
+                    .shared
+                    .snapshot
+                    .borrow()
+                    .consecutive_failures
+                    .saturating_add(1);
                 let delay = policy::backoff_delay(
                     failures,
                     e.is_permanent(),
                     e.retry_after(),
                     rand::random::<f64>(),
                 );
-                let at = now + delay;
-                let serving = self.tx.borrow().is_servable(now);
+                let at = crate::timefmt::later(now, delay);
+                let serving = self.shared.snapshot.borrow().is_servable(now);
                 tracing::warn!(
                     source = %name,
                     error = %e,
@@ -526,7 +620,7 @@ impl Actor {
                     "token fetch failed"
                 );
                 let last = LastError::from(&e);
-                self.tx.send_modify(|s| {
+                self.shared.snapshot.send_modify(|s| {
                     s.fetching = false;
                     s.retry_at = Some(at);
                     s.next_refresh_at = Some(at);

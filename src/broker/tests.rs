@@ -10,9 +10,17 @@ use std::time::Duration;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
+/// A token endpoint's 200 body, built per fetch from the fetch's serial
+/// number and the (simulated) wall clock.
+type BodyFn = Arc<dyn Fn(u64, SystemTime) -> String + Send + Sync>;
+
 /// What the scripted IdP answers.
 #[derive(Clone)]
 enum Answer {
+    /// A raw body, run through the real response parser and lifetime rules.
+    Body(BodyFn),
+    /// The fetch panics (a bug somewhere below the actor).
+    Panic,
     Token {
         lifetime: Duration,
         refresh_in: Option<Duration>,
@@ -46,7 +54,17 @@ struct Script {
     then: Mutex<Option<Answer>>,
     delay: Mutex<Duration>,
     calls: Mutex<Vec<Instant>>,
+    /// The settings each fetch was given.
+    seen: Mutex<Vec<Arc<SourceConfig>>>,
     serial: std::sync::atomic::AtomicU64,
+    /// When the first fetch started: time zero of [`sim_wall`].
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+/// The wall clock the scripted IdP and the lifetime rules see: it starts at
+/// 2026-11-29T00:00:00Z and follows tokio's (paused) clock.
+fn sim_wall(epoch: Instant) -> SystemTime {
+    SystemTime::UNIX_EPOCH + S(1_796_083_200) + (Instant::now() - epoch)
 }
 
 impl Script {
@@ -68,10 +86,12 @@ impl Script {
 impl Fetcher for Script {
     fn fetch(
         &self,
-        _source: Arc<SourceConfig>,
+        source: Arc<SourceConfig>,
     ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
         let start = Instant::now();
         self.calls.lock().unwrap().push(start);
+        self.seen.lock().unwrap().push(source);
+        let epoch = *self.epoch.get_or_init(Instant::now);
         let answer = self
             .answers
             .lock()
@@ -88,6 +108,28 @@ impl Fetcher for Script {
             let start = Instant::now();
             tokio::time::sleep(delay).await;
             match answer {
+                Answer::Body(body) => {
+                    let body = body(n, sim_wall(epoch));
+                    let parsed =
+                        crate::oauth::response::parse_token(body.as_bytes()).map_err(|detail| {
+                            FetchError::BadResponse {
+                                url: "scripted".into(),
+                                detail,
+                            }
+                        })?;
+                    crate::oauth::token_from_response(
+                        parsed,
+                        None,
+                        start,
+                        Instant::now(),
+                        sim_wall(epoch),
+                    )
+                    .map_err(|detail| FetchError::Expired {
+                        url: "scripted".into(),
+                        detail,
+                    })
+                }
+                Answer::Panic => panic!("scripted panic inside a fetch"),
                 Answer::Token {
                     lifetime,
                     refresh_in,
@@ -457,5 +499,408 @@ impl WithoutSources for Config {
         let mut c = self.clone();
         c.sources.clear();
         c
+    }
+}
+
+fn jwt_with_exp(exp: &str, serial: u64) -> String {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}.sig",
+        e.encode(r#"{"alg":"RS256"}"#),
+        e.encode(format!(r#"{{"exp":{exp},"jti":"{serial}"}}"#))
+    )
+}
+
+/// A body whose token is a JWT with `exp` and no `expires_in`.
+fn body_with_exp(exp: &'static str) -> Answer {
+    Answer::Body(Arc::new(move |n, _| {
+        format!(r#"{{"access_token":"{}"}}"#, jwt_with_exp(exp, n))
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_source_task_is_restarted_with_its_cached_token() {
+    let script = Script::new(vec![ok(100)], Answer::Panic);
+    let (broker, h) = start(&script, "min_ttl = \"0s\"").await;
+    settle().await;
+    let first = h.token(None).await.unwrap();
+    // The refresh at ~75 s panics inside the fetch, and so do the retries.
+    tokio::time::sleep_until(first.issued_at + S(85)).await;
+    let calls = script.calls().len();
+    assert!(calls >= 2, "{calls}");
+    let restarts = broker
+        .metrics()
+        .source_restarts
+        .get_or_create(&crate::metrics::SourceLabel { source: "s".into() })
+        .get();
+    assert_eq!(restarts, calls as u64 - 1, "every panic is counted");
+    // Still listed, still serving the cached token, and it says what happened.
+    assert!(Arc::ptr_eq(&broker.get("s").unwrap(), &h));
+    assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
+    let snap = h.snapshot();
+    assert_eq!(snap.state(Instant::now()), source::State::Degraded);
+    assert_eq!(snap.last_error.unwrap().error, "internal_error");
+    // The restarted actor keeps retrying at the backoff's pace and heals.
+    script.set_then(ok(100));
+    tokio::time::sleep(S(120)).await;
+    assert_eq!(h.snapshot().state(Instant::now()), source::State::Ready);
+    assert!(!Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
+    assert!(broker.metrics().encode().contains(&format!(
+        "tokend_source_restarts_total{{source=\"s\"}} {restarts}"
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_on_every_fetch_restarts_at_the_backoffs_pace() {
+    let script = Script::new(vec![], Answer::Panic);
+    let (_b, h) = start(&script, "").await;
+    tokio::time::sleep(S(600)).await;
+    let g = gaps(&script.calls());
+    assert!(g.len() >= 5, "the source keeps trying: {g:?}");
+    assert!(g.len() < 40, "restarts follow the backoff, no spin: {g:?}");
+    assert!(matches!(
+        h.token(None).await,
+        Err(ServeError::Unavailable { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconfigure_is_never_lost_behind_pending_fetch_requests() {
+    let script = Script::new(vec![], ok(3600));
+    *script.delay.lock().unwrap() = S(1);
+    let (broker, h) = start(&script, "eager = false").await;
+    // Hundreds of callers ask for a token before the actor gets to run…
+    let waiters: Vec<_> = (0..300)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.token(None).await })
+        })
+        .collect();
+    settle().await;
+    // …and a reload rotates the secret while they wait.
+    let s = broker.apply(
+        &config("eager = false").with_secret("rotated"),
+        &BTreeMap::new(),
+    );
+    assert_eq!(s.credential_changed, vec!["s".to_string()]);
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    tokio::time::sleep(S(5)).await;
+    let seen = script.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        2,
+        "one fetch for the waiters, one with the new secret"
+    );
+    assert_eq!(
+        seen[1].client_secret,
+        config("").with_secret("rotated").sources["s"].client_secret
+    );
+    // A settings-only change reaches the actor too.
+    broker.apply(
+        &config("eager = false\nfetch_timeout = \"42s\"").with_secret("rotated"),
+        &BTreeMap::new(),
+    );
+    settle().await;
+    h.claim_forced_refresh().unwrap();
+    h.force_refresh().await.unwrap();
+    assert_eq!(script.seen.lock().unwrap()[2].fetch_timeout, S(42));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refreshes_land_before_the_token_stops_being_served() {
+    // A 60 s token with min_ttl 0 and ratio 0.95 would refresh at 57 s,
+    // after it stopped being served (55 s): the schedule is capped there.
+    let script = Script::new(vec![], ok(60));
+    let (broker, h) = start(&script, "min_ttl = \"0s\"\nrefresh_ratio = 0.95").await;
+    settle().await;
+    for _ in 0..6000 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        assert!(h.snapshot().is_servable(now), "not servable at {now:?}");
+        assert!(broker.not_ready().is_empty());
+    }
+    let n = script.calls().len();
+    assert!(
+        (11..=13).contains(&n),
+        "{n} fetches in 10 minutes of 60 s tokens"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_that_are_already_dead_are_fetch_errors_retried_with_backoff() {
+    let script = Script::new(vec![], body_with_exp("1000"));
+    let (_b, h) = start(&script, "").await;
+    settle().await;
+    match h.token(None).await {
+        Err(ServeError::Unavailable {
+            last_error: Some(e),
+            retry_after: Some(_),
+        }) => {
+            assert_eq!(e.error, "token_expired");
+            assert!(
+                e.message.contains("exp (1000) is already past"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(S(120)).await;
+    let g = gaps(&script.calls());
+    assert!(g.len() >= 3 && g.len() < 30, "retried with backoff: {g:?}");
+    assert!(h.snapshot().token.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn far_future_expiry_is_capped_and_status_still_renders() {
+    for exp in ["18446744073709551000", "253402300900"] {
+        let script = Script::new(vec![], body_with_exp(exp));
+        let (_b, h) = start(&script, "").await;
+        settle().await;
+        let t = h.token(None).await.unwrap();
+        assert_eq!(t.lifetime(), crate::oauth::MAX_LIFETIME, "exp {exp}");
+        let status = status_json(&h);
+        assert_eq!(status["state"], "ready");
+        assert!(
+            status["expires_at"].as_str().unwrap().ends_with('Z'),
+            "{status}"
+        );
+        // The refresh comes at 75 % of the capped lifetime, not never.
+        let next = h.snapshot().next_refresh_at.unwrap();
+        assert!(next - t.issued_at <= crate::oauth::MAX_LIFETIME.mul_f64(0.79));
+    }
+}
+
+trait WithSecret {
+    fn with_secret(self, secret: &str) -> Config;
+}
+
+impl WithSecret for Config {
+    fn with_secret(mut self, secret: &str) -> Config {
+        for s in self.sources.values_mut() {
+            s.client_secret =
+                crate::secret::SecretRef::Inline(SecretString::from(secret.to_string()));
+        }
+        self
+    }
+}
+
+/// Property: whatever the token endpoint answers (`expires_in`, `exp` and
+/// `refresh_in` in any form, absent, huge, zero, negative, past) and
+/// whenever callers ask, nothing panics and no token is ever served at or
+/// after its real expiry minus 5 s. The real response parser and lifetime
+/// rules run behind the scripted endpoint; the expected expiry is modelled
+/// here independently from the generated answer.
+mod served_tokens_are_never_dead {
+    use super::*;
+    use crate::secret::ExposeSecret;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// A numeric field as an IdP might send it.
+    #[derive(Debug, Clone)]
+    enum Field {
+        Absent,
+        Null,
+        Int(i64),
+        Huge,
+        Float(f64),
+        Text(String),
+    }
+
+    impl Field {
+        fn json(&self) -> Option<String> {
+            Some(match self {
+                Field::Absent => return None,
+                Field::Null => "null".into(),
+                Field::Int(n) => n.to_string(),
+                Field::Huge => "18446744073709551000".into(),
+                Field::Float(f) => format!("{f:?}"),
+                Field::Text(t) => format!("{t:?}"),
+            })
+        }
+    }
+
+    fn field() -> impl Strategy<Value = Field> {
+        prop_oneof![
+            Just(Field::Absent),
+            Just(Field::Null),
+            Just(Field::Huge),
+            (-10i64..10).prop_map(Field::Int),
+            (0i64..100_000).prop_map(Field::Int),
+            any::<i64>().prop_map(Field::Int),
+            (-1e12f64..1e12).prop_map(Field::Float),
+            "[0-9]{1,12}".prop_map(Field::Text),
+            "[a-z -]{0,6}".prop_map(Field::Text),
+        ]
+    }
+
+    /// `exp` relative to the wall clock at the answer, or absolute.
+    #[derive(Debug, Clone)]
+    enum Exp {
+        None,
+        In(i64),
+        At(Field),
+    }
+
+    fn exp() -> impl Strategy<Value = Exp> {
+        prop_oneof![
+            Just(Exp::None),
+            (-100_000i64..100_000).prop_map(Exp::In),
+            (-1_000i64..40_000_000).prop_map(Exp::In),
+            field().prop_map(Exp::At),
+            Just(Exp::At(Field::Int(1000))),
+            Just(Exp::At(Field::Int(253_402_300_900))),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct Reply {
+        fail: bool,
+        expires_in: Field,
+        refresh_in: Field,
+        exp: Exp,
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        (prop::bool::weighted(0.15), field(), field(), exp()).prop_map(
+            |(fail, expires_in, refresh_in, exp)| Reply {
+                fail,
+                expires_in,
+                refresh_in,
+                exp,
+            },
+        )
+    }
+
+    /// A caller: waits `after`, then asks with `min_ttl`.
+    fn ask() -> impl Strategy<Value = (Duration, Option<Duration>)> {
+        let after = prop_oneof![
+            (0u64..2_000).prop_map(Duration::from_millis),
+            (0u64..600).prop_map(S),
+            (0u64..7_200).prop_map(S),
+        ];
+        let min_ttl = prop_oneof![Just(None), (0u64..7_200).prop_map(|s| Some(S(s))),];
+        (after, min_ttl)
+    }
+
+    /// The latest instant the model allows the token of `reply` to be
+    /// valid, for an answer at `at` with wall clock `wall`; `None` if it
+    /// must never be served.
+    fn deadline(reply: &Reply, at: Instant, wall: SystemTime) -> Option<Instant> {
+        let wall_secs = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let number = |f: &Field| -> Option<f64> {
+            match f {
+                Field::Int(n) => Some(*n as f64),
+                Field::Huge => Some(18_446_744_073_709_551_000.0),
+                Field::Float(x) => Some(*x),
+                Field::Text(t) => t.trim().parse().ok(),
+                Field::Absent | Field::Null => None,
+            }
+        };
+        let mut limit = at + crate::oauth::MAX_LIFETIME;
+        let mut known = false;
+        if let Some(e) = number(&reply.expires_in) {
+            known = true;
+            limit = limit.min(at + Duration::from_secs_f64(e.clamp(0.0, 4e7)));
+        }
+        let exp = match &reply.exp {
+            Exp::None => None,
+            Exp::In(d) => Some(wall_secs.floor() + *d as f64),
+            // Only a JSON number is an exp; a string is ignored.
+            Exp::At(f @ (Field::Int(_) | Field::Huge | Field::Float(_))) => number(f),
+            Exp::At(_) => None,
+        };
+        if let Some(e) = exp {
+            if e <= wall_secs {
+                return None;
+            }
+            known = true;
+            limit = limit.min(at + Duration::from_secs_f64((e - wall_secs).min(4e7)));
+        }
+        if !known {
+            limit = limit.min(at + crate::oauth::DEFAULT_LIFETIME);
+        }
+        Some(limit)
+    }
+
+    fn body(reply: &Reply, n: u64, wall: SystemTime) -> String {
+        let wall_secs = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = match &reply.exp {
+            Exp::None => format!("opaque-{n}"),
+            Exp::In(d) => jwt_with_exp(&(wall_secs as i64 + d).to_string(), n),
+            Exp::At(f) => jwt_with_exp(&f.json().unwrap_or_else(|| "\"x\"".into()), n),
+        };
+        let mut fields = vec![format!(r#""access_token":"{token}""#)];
+        for (k, v) in [
+            ("expires_in", &reply.expires_in),
+            ("refresh_in", &reply.refresh_in),
+        ] {
+            if let Some(j) = v.json() {
+                fields.push(format!(r#""{k}":{j}"#));
+            }
+        }
+        format!("{{{}}}", fields.join(","))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn holds(replies in prop::collection::vec(reply(), 1..6), asks in prop::collection::vec(ask(), 1..25), lazy in any::<bool>()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // token text → the instant it must be dead by (None: never servable)
+                let expiry: Arc<Mutex<HashMap<String, Option<Instant>>>> = Arc::default();
+                let served = expiry.clone();
+                // The replies repeat, in order, for as long as the source fetches;
+                // a failing one is a 200 without a token.
+                let answer = Answer::Body(Arc::new(move |n, wall| {
+                    let r = &replies[usize::try_from(n).unwrap() % replies.len()];
+                    if r.fail {
+                        return "{}".into();
+                    }
+                    let b = body(r, n, wall);
+                    let token: serde_json::Value = serde_json::from_str(&b).unwrap();
+                    let token = token["access_token"].as_str().unwrap().to_string();
+                    expiry.lock().unwrap().insert(token, deadline(r, Instant::now(), wall));
+                    b
+                }));
+                let script = Script::new(vec![], answer);
+                let extra = if lazy { "eager = false\nmin_ttl = \"0s\"" } else { "min_ttl = \"0s\"" };
+                let (broker, h) = start(&script, extra).await;
+                for (after, min_ttl) in &asks {
+                    tokio::time::sleep(*after).await;
+                    if let Ok(Ok(t)) = tokio::time::timeout(S(30), h.token(*min_ttl)).await {
+                        let now = Instant::now();
+                        let text = t.access_token.expose_secret().to_string();
+                        let dead_by = served.lock().unwrap().get(&text).cloned();
+                        let dead_by = dead_by.unwrap_or_else(|| panic!("served a token the IdP never issued: {t:?}"));
+                        let dead_by = dead_by.unwrap_or_else(|| panic!("served a token that was dead on arrival: {t:?}"));
+                        assert!(now + crate::oauth::SERVE_MARGIN < dead_by, "served {t:?} at {now:?}, dead by {dead_by:?}");
+                    }
+                    let _ = status_json(&h);
+                }
+                let restarts = broker
+                    .metrics()
+                    .source_restarts
+                    .get_or_create(&crate::metrics::SourceLabel { source: "s".into() })
+                    .get();
+                assert_eq!(restarts, 0, "the source's task panicked");
+            });
+        }
     }
 }

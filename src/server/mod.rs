@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use listener::{bind, ListenError, Listener};
@@ -27,6 +28,15 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `request_timeout`, how long a route has to send its own 504 before
+/// the connection is closed instead.
+const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// A request outlived `request_timeout` (a body that never arrived, say);
+/// hyper closes its connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the request took longer than request_timeout")]
+struct RequestTimedOut;
 
 /// Settings the server takes from `[server]`.
 #[derive(Debug, Clone)]
@@ -75,9 +85,14 @@ pub async fn serve(
             let settings = settings.clone();
             let peer = peer.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(
-                    routes::handle(req, &broker, peer.as_deref(), &settings).await,
-                )
+                // request_timeout bounds the whole request, body included: a
+                // request still unanswered then loses its connection (waits
+                // on a fetch answer 504 at the deadline itself, just before).
+                let deadline = crate::timefmt::later(Instant::now(), settings.request_timeout);
+                let answer = routes::handle(req, &broker, peer.as_deref(), &settings, deadline);
+                tokio::time::timeout_at(crate::timefmt::later(deadline, DEADLINE_GRACE), answer)
+                    .await
+                    .map_err(|_| RequestTimedOut)
             }
         });
         let mut builder = http1::Builder::new();

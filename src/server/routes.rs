@@ -4,7 +4,7 @@
 use super::ServerSettings;
 use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
-use crate::broker::{self, Broker, ServeError};
+use crate::broker::{self, Broker, RefreshError, ServeError};
 use crate::config::valid_source_name;
 use crate::secret::ExposeSecret;
 use crate::timefmt::{ceil_secs, rfc3339_at};
@@ -87,11 +87,14 @@ fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
 }
 
 /// Answers one request. Never panics on input; every outcome is a response.
+/// A wait for a token or a forced refresh ends at `deadline` (the end of
+/// `request_timeout`) with 504.
 pub async fn handle(
     req: Request<Incoming>,
     broker: &Broker,
     peer: Option<&Peer>,
     settings: &ServerSettings,
+    deadline: Instant,
 ) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -100,7 +103,7 @@ pub async fn handle(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no such path: {}", printable(&path)),
-            Some("see SPEC §3 for the API".into()),
+            Some("the API is under /v1/ (tokens, sources), plus /healthz, /readyz and /metrics; see README".into()),
         );
     };
     if !methods.contains(req.method()) {
@@ -123,7 +126,7 @@ pub async fn handle(
     let query = req.uri().query().unwrap_or_default().to_string();
     let resp = match route {
         Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
-        Route::Ready => ready(broker),
+        Route::Ready => ready(broker, peer, settings),
         Route::Sources => {
             // Only the sources this caller may read are listed.
             let list: Vec<Value> = broker
@@ -134,7 +137,7 @@ pub async fn handle(
                 .collect();
             json_response(
                 StatusCode::OK,
-                &json!({ "sources": list, "config": broker.config_json() }),
+                &json!({ "sources": list, "config": broker.config_json(privileged(peer, settings)) }),
             )
         }
         Route::Source(name) => match readable(broker, name, peer, settings) {
@@ -142,12 +145,12 @@ pub async fn handle(
             Err(r) => *r,
         },
         Route::Refresh(name) => match readable(broker, name, peer, settings) {
-            Ok(h) => refresh(req, &h, settings).await,
+            Ok(h) => refresh(req, h, broker, peer, settings, deadline).await,
             Err(r) => *r,
         },
         Route::Token(name) => {
             let r = match readable(broker, name, peer, settings) {
-                Ok(h) => token(&h, &query, settings).await,
+                Ok(h) => token(h, &query, broker, peer, settings, deadline).await,
                 Err(r) => *r,
             };
             // Unknown names are not counted: callers must not mint label values.
@@ -237,10 +240,32 @@ fn unknown_source(name: &str) -> Resp {
     )
 }
 
-fn ready(broker: &Broker) -> Resp {
+/// Root and the daemon's own uid see everything; other callers see only
+/// what they may read.
+fn privileged(peer: Option<&Peer>, settings: &ServerSettings) -> bool {
+    peer.is_some_and(|p| p.uid == 0 || p.uid == settings.own_uid)
+}
+
+fn ready(broker: &Broker, peer: Option<&Peer>, settings: &ServerSettings) -> Resp {
+    // Readiness counts every source; the names listed are only those this caller may read.
     let not_ready = broker.not_ready();
-    let reload = broker.reload_status();
     let ok = not_ready.is_empty();
+    let shown: Vec<String> = not_ready
+        .into_iter()
+        .filter(|name| {
+            broker
+                .get(name)
+                .is_some_and(|h| acl::permits(h.config().allow.as_ref(), peer, settings.own_uid))
+        })
+        .collect();
+    let reload = broker.reload_status();
+    let config_error = (!reload.ok).then(|| {
+        if privileged(peer, settings) {
+            reload.error.unwrap_or_default()
+        } else {
+            broker::RELOAD_ERROR_REDACTED.to_string()
+        }
+    });
     let status = if ok {
         StatusCode::OK
     } else {
@@ -248,7 +273,7 @@ fn ready(broker: &Broker) -> Resp {
     };
     json_response(
         status,
-        &json!({ "ready": ok, "not_ready": not_ready, "config_error": if reload.ok { None } else { reload.error } }),
+        &json!({ "ready": ok, "not_ready": shown, "config_error": config_error }),
     )
 }
 
@@ -293,40 +318,80 @@ fn parse_token_query(query: &str) -> Result<TokenQuery, String> {
     Ok(q)
 }
 
-async fn token(handle: &SourceHandle, query: &str, settings: &ServerSettings) -> Resp {
-    let name = handle.name();
+/// The source called `name` once the one in `gone` was stopped by a reload
+/// that changed its identity: a source that still exists by that name is
+/// waited for, never answered 404. `Err` is the answer when there is none.
+fn successor(
+    gone: &Arc<SourceHandle>,
+    broker: &Broker,
+    peer: Option<&Peer>,
+    settings: &ServerSettings,
+) -> Result<Arc<SourceHandle>, Box<Resp>> {
+    let name = gone.name();
+    let next = readable(broker, name, peer, settings)?;
+    if Arc::ptr_eq(&next, gone) {
+        // Stopped but still listed: the daemon is shutting down.
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "token_unavailable",
+            format!("source {name} is stopping"),
+            None,
+        )));
+    }
+    Ok(next)
+}
+
+fn fetch_timeout(name: &str, settings: &ServerSettings) -> Resp {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "fetch_timeout",
+        format!(
+            "no token for {name} within {}",
+            humantime::format_duration(settings.request_timeout)
+        ),
+        Some("the identity provider is slow; tokend keeps trying, retry shortly".into()),
+    )
+}
+
+async fn token(
+    mut handle: Arc<SourceHandle>,
+    query: &str,
+    broker: &Broker,
+    peer: Option<&Peer>,
+    settings: &ServerSettings,
+    deadline: Instant,
+) -> Resp {
     let q = match parse_token_query(query) {
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
     };
-    let result = tokio::time::timeout(settings.request_timeout, handle.token(q.min_ttl)).await;
-    let tok = match result {
-        Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "fetch_timeout",
-                format!("no token for {name} within {}", humantime::format_duration(settings.request_timeout)),
-                Some("the identity provider is slow; tokend keeps trying, retry shortly".into()),
-            )
+    let tok = loop {
+        let name = handle.name();
+        match tokio::time::timeout_at(deadline, handle.token(q.min_ttl)).await {
+            Err(_) => return fetch_timeout(name, settings),
+            Ok(Err(ServeError::Unavailable { retry_after, last_error })) => {
+                let (message, hint) = match last_error {
+                    Some(e) => (format!("no valid token for {name}: {}", e.message), e.hint),
+                    None => (format!("no valid token for {name} yet"), None),
+                };
+                return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", message, hint), retry_after);
+            }
+            Ok(Err(ServeError::MinTtlUnsatisfiable { lifetime })) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "min_ttl_unsatisfiable",
+                    format!("the identity provider issues {name} tokens for {}, shorter than the requested min_ttl", humantime::format_duration(crate::timefmt::whole_secs(lifetime))),
+                    Some("ask for a smaller min_ttl".into()),
+                )
+            }
+            Ok(Err(ServeError::Gone)) => match successor(&handle, broker, peer, settings) {
+                Ok(next) => handle = next,
+                Err(r) => return *r,
+            },
+            Ok(Ok(t)) => break t,
         }
-        Ok(Err(ServeError::Unavailable { retry_after, last_error })) => {
-            let (message, hint) = match last_error {
-                Some(e) => (format!("no valid token for {name}: {}", e.message), e.hint),
-                None => (format!("no valid token for {name} yet"), None),
-            };
-            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", message, hint), retry_after);
-        }
-        Ok(Err(ServeError::MinTtlUnsatisfiable { lifetime })) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "min_ttl_unsatisfiable",
-                format!("the identity provider issues {name} tokens for {}, shorter than the requested min_ttl", humantime::format_duration(lifetime)),
-                Some("ask for a smaller min_ttl".into()),
-            )
-        }
-        Ok(Err(ServeError::Gone)) => return error(StatusCode::NOT_FOUND, "unknown_source", format!("source {name} was removed"), None),
-        Ok(Ok(t)) => t,
     };
+    let name = handle.name();
     let secret = tok.access_token.expose_secret();
     let resp = if q.raw {
         let mut r = Response::new(Full::new(Bytes::copy_from_slice(secret.as_bytes())));
@@ -350,8 +415,15 @@ async fn token(handle: &SourceHandle, query: &str, settings: &ServerSettings) ->
     no_store(resp)
 }
 
-async fn refresh(req: Request<Incoming>, handle: &SourceHandle, settings: &ServerSettings) -> Resp {
-    let name = handle.name();
+async fn refresh(
+    req: Request<Incoming>,
+    mut handle: Arc<SourceHandle>,
+    broker: &Broker,
+    peer: Option<&Peer>,
+    settings: &ServerSettings,
+    deadline: Instant,
+) -> Resp {
+    let name = handle.name().to_string();
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -368,6 +440,8 @@ async fn refresh(req: Request<Incoming>, handle: &SourceHandle, settings: &Serve
     if declared.is_some_and(|n| n > MAX_POST_BODY as u64) {
         return too_large();
     }
+    // Reading the body counts against request_timeout like everything else
+    // (the server closes a connection whose request outlives it).
     if Limited::new(req.into_body(), MAX_POST_BODY)
         .collect()
         .await
@@ -386,27 +460,35 @@ async fn refresh(req: Request<Incoming>, handle: &SourceHandle, settings: &Serve
             Some(wait),
         );
     }
-    match tokio::time::timeout(settings.request_timeout, handle.force_refresh()).await {
-        Err(_) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "fetch_timeout",
-            format!(
-                "the refresh of {name} did not finish within {}",
-                humantime::format_duration(settings.request_timeout)
-            ),
-            None,
-        ),
-        Ok(Ok(_)) => json_response(StatusCode::OK, &broker::status_json(handle)),
-        Ok(Err(failed)) => {
-            let (message, hint) = failed
-                .0
-                .map(|e| (e.message, e.hint))
-                .unwrap_or_else(|| (format!("the refresh of {name} failed"), None));
-            let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(handle) });
-            if let Some(h) = hint {
-                body["hint"] = Value::String(h);
+    loop {
+        match tokio::time::timeout_at(deadline, handle.force_refresh()).await {
+            Err(_) => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "fetch_timeout",
+                    format!(
+                        "the refresh of {name} did not finish within {}",
+                        humantime::format_duration(settings.request_timeout)
+                    ),
+                    None,
+                )
             }
-            json_response(StatusCode::BAD_GATEWAY, &body)
+            Ok(Ok(_)) => return json_response(StatusCode::OK, &broker::status_json(&handle)),
+            // A reload replaced the source meanwhile: the new one's fetch answers.
+            Ok(Err(RefreshError::Gone)) => match successor(&handle, broker, peer, settings) {
+                Ok(next) => handle = next,
+                Err(r) => return *r,
+            },
+            Ok(Err(RefreshError::Failed(last))) => {
+                let (message, hint) = last
+                    .map(|e| (e.message, e.hint))
+                    .unwrap_or_else(|| (format!("the refresh of {name} failed"), None));
+                let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(&handle) });
+                if let Some(h) = hint {
+                    body["hint"] = Value::String(h);
+                }
+                return json_response(StatusCode::BAD_GATEWAY, &body);
+            }
         }
     }
 }
