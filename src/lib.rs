@@ -19,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod dev;
 pub mod expiry;
+pub mod files;
 pub mod jwt;
 pub mod metrics;
 pub mod oauth;

@@ -57,8 +57,10 @@ pub enum SecretError {
     File {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
+    #[error("secret file {0} is not UTF-8 text")]
+    NotText(PathBuf),
     #[error("environment variable {0} is not set")]
     Env(String),
     #[error("credential {0} requested but $CREDENTIALS_DIRECTORY is not set (is the daemon running under systemd with LoadCredential=?)")]
@@ -149,7 +151,8 @@ impl SecretRef {
     pub fn fingerprint(&self, env: &SecretEnv) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| e.kind());
+        let read =
+            |p: PathBuf| crate::files::read_regular(&p, MAX_SECRET_FILE).map_err(|e| e.kind());
         match self {
             SecretRef::Inline(s) => s.expose_secret().hash(&mut h),
             SecretRef::Env(n) => env.var(n).hash(&mut h),
@@ -182,10 +185,26 @@ fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {
     }
 }
 
+/// Largest secret file read: a client secret or key is a few KiB at most.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file off the async runtime. It must be a regular file of
+/// at most [`MAX_SECRET_FILE`] bytes: a FIFO, a device or a huge file is an
+/// error at once, never a read that blocks.
 async fn read_file(path: PathBuf) -> Result<String, SecretError> {
-    tokio::fs::read_to_string(&path)
-        .await
-        .map_err(|source| SecretError::File { path, source })
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::files::read_regular(&path, MAX_SECRET_FILE))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(crate::files::ReadError::from)
+            .and_then(|r| r)
+    };
+    let bytes = read.map_err(|source| SecretError::File {
+        path: path.clone(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|_| SecretError::NotText(path))
 }
 
 #[cfg(test)]
@@ -216,6 +235,36 @@ mod tests {
         let none = SecretEnv::with_lookup(|_| None);
         let err = r.resolve(&none).await.unwrap_err().to_string();
         assert!(err.contains("CREDENTIALS_DIRECTORY"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_fifo_or_a_device_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let env = SecretEnv::with_lookup(|_| None);
+        let e = SecretRef::File(fifo)
+            .resolve(&env)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FIFO, not a regular file"), "{e}");
+        let e = SecretRef::File("/dev/zero".into())
+            .resolve(&env)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/dev/zero: it is a device"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; 65 * 1024]).unwrap();
+        let e = SecretRef::File(big)
+            .resolve(&env)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 65536 bytes"), "{e}");
     }
 
     #[test]
