@@ -8,7 +8,7 @@ use crate::expiry::ExpiryWarner;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
 pub use crate::reload::ConfigSource;
-use crate::reload::{Reloader, Trigger, Watcher};
+use crate::reload::{Change, Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
 use crate::server::{self, ListenError, Listener, ServerSettings};
 use crate::systemd;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,25 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+
+    // The watcher exists before anything else, and the first pass of the
+    // loop below compares the files with the bytes `config` was parsed
+    // from: an edit made since that read (before any watch existed) is
+    // applied, and every later one raises an event.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut watcher = match &from {
+        ConfigSource::File(main) => match Watcher::new(events_tx) {
+            Ok(mut w) => {
+                w.follow(crate::reload::relevant(main, &config, &env));
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP");
+                None
+            }
+        },
+        ConfigSource::Fixed(_) => None,
+    };
 
     raise_fd_limit();
     let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
@@ -69,66 +89,74 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         request_timeout: config.server.request_timeout,
         own_uid: crate::acl::own_uid(),
     };
-    let watch_files = matches!(from, ConfigSource::File(_));
-    let mut reloader = Reloader::start(from, broker.clone(), env, config);
+    let mut reloader = Reloader::start(from, broker.clone(), env, config).await;
     let server = tokio::spawn(server::serve(
         listener,
         broker.clone(),
         settings,
         shutdown.clone(),
     ));
-
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = if watch_files {
-        match Watcher::new(events_tx) {
-            Ok(mut w) => {
-                w.follow(reloader.relevant());
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the configuration; reload with SIGHUP");
-                None
-            }
-        }
-    } else {
-        None
-    };
     systemd::ready(&broker.summary());
     systemd::spawn_watchdog(shutdown.clone());
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut last_status = String::new();
     let mut expiry = ExpiryWarner::default();
+    let mut catch_up = watcher.is_some();
+    // A settled file change is pending, to be read at `quiet_at`.
+    let mut settled = false;
+    let mut quiet_at: Option<Instant> = None;
     loop {
-        let trigger = tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => Trigger::Signal,
-            Some(()) = events.recv() => {
-                while events.try_recv().is_ok() {}
-                Trigger::Files
-            }
-            _ = housekeeping.tick() => {
-                let status = broker.summary();
-                if status != last_status {
-                    systemd::status(&status);
-                    last_status = status;
+        let trigger = if std::mem::take(&mut catch_up) {
+            Trigger::Files
+        } else {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => Trigger::Signal,
+                Some(change) = events.recv() => {
+                    // Read only once the files have been quiet for a moment
+                    // after a settled change (a close after writing, a
+                    // rename): never a file a writer is still filling.
+                    settled |= change == Change::Settled;
+                    quiet_at = Some(Instant::now() + crate::reload::QUIET);
+                    continue;
                 }
-                let config = reloader.running();
-                let creds = config.sources.values().filter_map(|s| Some((s.name.as_str(), s.credential_expires?)));
-                for w in expiry.due(creds, SystemTime::now()) {
-                    tracing::warn!("{w}");
+                () = sleep_until_opt(quiet_at) => {
+                    quiet_at = None;
+                    if !std::mem::take(&mut settled) {
+                        continue;
+                    }
+                    Trigger::Files
                 }
-                continue;
+                _ = housekeeping.tick() => {
+                    let status = broker.summary();
+                    if status != last_status {
+                        systemd::status(&status);
+                        last_status = status;
+                    }
+                    let config = reloader.running();
+                    let creds = config.sources.values().filter_map(|s| Some((s.name.as_str(), s.credential_expires?)));
+                    for w in expiry.due(creds, SystemTime::now()) {
+                        tracing::warn!("{w}");
+                    }
+                    continue;
+                }
             }
         };
-        if !reloader.wanted(trigger) {
-            continue;
+        // Watch first, then read: a directory created since the last look
+        // (sources.d, say) is watched before its files are read, so no
+        // write into it can fall between the two.
+        if let Some(w) = watcher.as_mut() {
+            w.follow(reloader.relevant());
         }
+        let Some(reading) = reloader.read(trigger).await else {
+            continue;
+        };
         systemd::reloading();
-        if reloader.reload() {
-            if let Some(w) = watcher.as_mut() {
-                w.follow(reloader.relevant());
-            }
+        if reloader.finish(reading) {
+            expiry.retain(reloader.running().sources.keys());
+            // The new config may name new files: watch them, then look once more.
+            catch_up = watcher.is_some();
         }
         systemd::ready(&broker.summary());
     }
@@ -140,6 +168,13 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     }
     broker.shutdown();
     Ok(())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Each connection needs a descriptor: raise the soft limit to the hard one

@@ -33,6 +33,13 @@ pub struct ExpiryWarner {
 }
 
 impl ExpiryWarner {
+    /// Forgets sources that are gone, so the state does not grow with
+    /// every source ever configured.
+    pub fn retain<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        let keep: std::collections::BTreeSet<&String> = names.into_iter().collect();
+        self.last.retain(|(name, _), _| keep.contains(name));
+    }
+
     /// The warnings due now for `(source, expiry)` pairs.
     pub fn due<'a>(
         &mut self,
@@ -93,5 +100,8 @@ mod tests {
         assert_eq!(w.due([("a", soon)], now).len(), 1);
         // A renewed credential (new expiry) is a new story.
         assert!(w.due([("a", soon + 20 * DAY)], now).len() == 1);
+        // A removed source is forgotten.
+        w.retain([&"b".to_string()]);
+        assert!(w.last.is_empty());
     }
 }

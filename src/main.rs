@@ -59,9 +59,23 @@ enum Command {
     },
 }
 
+/// Crates that log every file-system event they see. The config's
+/// directory is watched, so with their lines on and the log written into
+/// that directory, every line would be an event that logs another line.
+/// They stay at `warn` unless `RUST_LOG` names them itself.
+const WATCHER_CRATES: &[&str] = &["notify", "notify_debouncer_full", "inotify"];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for krate in WATCHER_CRATES {
+        if !spec.contains(krate) {
+            if let Ok(d) = format!("{krate}=warn").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -97,7 +111,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    ExitCode::from(runtime.block_on(dispatch(cli.command)))
+    let code = runtime.block_on(dispatch(cli.command));
+    // A read stuck in the blocking pool (it should not happen: files are
+    // checked before they are read) must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(code)
 }
 
 async fn dispatch(command: Command) -> u8 {
@@ -118,7 +136,10 @@ async fn dispatch(command: Command) -> u8 {
 }
 
 async fn run(path: &Path) -> u8 {
-    let Some(cfg) = tokend::check::validate(path) else {
+    let p = path.to_path_buf();
+    // Reading files and looking up names may block: off the runtime.
+    let Ok(Some(cfg)) = tokio::task::spawn_blocking(move || tokend::check::validate(&p)).await
+    else {
         return 1;
     };
     init_logging(cfg.server.log_format);

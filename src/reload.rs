@@ -10,8 +10,9 @@
 //! Invariant: a failed reload changes nothing that is running.
 
 use crate::broker::Broker;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError};
 use crate::secret::SecretEnv;
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,9 @@ use tokio::sync::mpsc;
 
 /// How long the file system must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// After a settled change, how long no further change may arrive before
+/// the files are read: a writer that is still at it is waited for.
+pub const QUIET: Duration = Duration::from_millis(50);
 
 /// Where a reload reads its configuration from.
 #[derive(Debug, Clone)]
@@ -48,10 +52,13 @@ pub struct Reloader {
     broker: Arc<Broker>,
     env: SecretEnv,
     running: Config,
-    last_hash: u64,
+    /// The on-disk state (files and secrets) last acted on: file events that
+    /// find it unchanged are free.
+    seen: u64,
 }
 
 /// Each source's credential fingerprint (see [`crate::secret::SecretRef::fingerprint`]).
+/// Reads secret files: call it off the async runtime.
 pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
     config
         .sources
@@ -60,23 +67,37 @@ pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// What a reload read, off the async runtime: the new config and its
+/// secrets' fingerprints, or why it is invalid.
+pub struct Reading {
+    loaded: Result<(Config, BTreeMap<String, u64>), ConfigError>,
+}
+
 impl Reloader {
-    /// Applies `running` to the broker (start-up) and remembers its content hash.
-    pub fn start(
+    /// Applies `running` to the broker (start-up). `seen` starts from the
+    /// bytes `running` was parsed from, so a change that landed after that
+    /// read (before the watcher existed) is found by the first
+    /// [`Trigger::Files`] check.
+    pub async fn start(
         from: ConfigSource,
         broker: Arc<Broker>,
         env: SecretEnv,
         running: Config,
     ) -> Reloader {
-        let fps = fingerprints(&running, &env);
+        let fps = {
+            let (config, env) = (running.clone(), env.clone());
+            tokio::task::spawn_blocking(move || fingerprints(&config, &env))
+                .await
+                .unwrap_or_default()
+        };
         broker.apply(&running, &fps);
-        let last_hash = state_hash(&running, &fps);
+        let seen = state_of(running.digest, &fps);
         Reloader {
             from,
             broker,
             env,
             running,
-            last_hash,
+            seen,
         }
     }
 
@@ -84,54 +105,58 @@ impl Reloader {
         &self.running
     }
 
-    /// Whether a trigger calls for a reload: always for a signal; for file
-    /// events only if what a reload would read has changed.
-    pub fn wanted(&mut self, trigger: Trigger) -> bool {
-        if trigger == Trigger::Signal || !matches!(self.from, ConfigSource::File(_)) {
-            return true;
+    /// Reads what a reload needs for `trigger`, off the async runtime (file
+    /// reads and name-service look-ups). `None` when there is nothing to do:
+    /// a file event that finds files and secrets as last seen. A signal
+    /// always reloads (and counts). Pass the result to [`Reloader::finish`].
+    pub async fn read(&mut self, trigger: Trigger) -> Option<Reading> {
+        let path = match &self.from {
+            ConfigSource::File(p) => p.clone(),
+            ConfigSource::Fixed(c) => {
+                if trigger == Trigger::Files {
+                    return None;
+                }
+                let new = (**c).clone();
+                let fps = fingerprints(&new, &self.env);
+                return Some(Reading {
+                    loaded: Ok((new, fps)),
+                });
+            }
+        };
+        let (running, env, seen) = (self.running.clone(), self.env.clone(), self.seen);
+        let reading = tokio::task::spawn_blocking(move || {
+            let state = state_of(
+                config::disk_digest(&path, &include_dir(&path, &running)),
+                &fingerprints(&running, &env),
+            );
+            if trigger == Trigger::Files && state == seen {
+                return (state, None);
+            }
+            let loaded = config::load(&path).map(|new| {
+                let fps = fingerprints(&new, &env);
+                (new, fps)
+            });
+            (state, Some(loaded))
+        })
+        .await;
+        match reading {
+            Ok((state, loaded)) => {
+                self.seen = state;
+                loaded.map(|loaded| Reading { loaded })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the configuration failed");
+                None
+            }
         }
-        let h = state_hash(&self.running, &fingerprints(&self.running, &self.env));
-        if h == self.last_hash {
-            return false;
-        }
-        self.last_hash = h;
-        true
     }
 
-    /// Reloads now. Returns true if a new config was applied.
-    pub fn reload(&mut self) -> bool {
-        let loaded = match &self.from {
-            ConfigSource::File(p) => config::load(p),
-            ConfigSource::Fixed(c) => Ok((**c).clone()),
-        };
-        match loaded {
-            Ok(new) => {
-                if new.server != self.running.server {
-                    tracing::warn!("[server] settings changed; they take effect after a restart");
-                }
-                for w in new
-                    .warnings
-                    .iter()
-                    .filter(|w| !self.running.warnings.contains(w))
-                {
-                    tracing::warn!("{w}");
-                }
-                let fps = fingerprints(&new, &self.env);
-                let summary = self.broker.apply(&new, &fps);
-                self.broker.count_reload(true);
-                tracing::info!(
-                    sources = new.sources.len(),
-                    added = ?summary.added,
-                    removed = ?summary.removed,
-                    restarted = ?summary.restarted,
-                    credential_changed = ?summary.credential_changed,
-                    updated = ?summary.updated,
-                    "configuration reloaded"
-                );
-                self.last_hash = state_hash(&new, &fps);
-                self.running = new;
-                true
-            }
+    /// Applies what [`Reloader::read`] found: a valid config replaces the
+    /// running one; an invalid one changes nothing and is reported. Returns
+    /// true if a new config was applied.
+    pub fn finish(&mut self, reading: Reading) -> bool {
+        match reading.loaded {
+            Ok((new, fps)) => self.apply(new, fps),
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!("reload failed, keeping the running configuration: {p}");
@@ -143,25 +168,57 @@ impl Reloader {
         }
     }
 
+    fn apply(&mut self, new: Config, fps: BTreeMap<String, u64>) -> bool {
+        if new.server != self.running.server {
+            tracing::warn!("[server] settings changed; they take effect after a restart");
+        }
+        for w in new
+            .warnings
+            .iter()
+            .filter(|w| !self.running.warnings.contains(w))
+        {
+            tracing::warn!("{w}");
+        }
+        let summary = self.broker.apply(&new, &fps);
+        self.broker.count_reload(true);
+        tracing::info!(
+            sources = new.sources.len(),
+            added = ?summary.added,
+            removed = ?summary.removed,
+            restarted = ?summary.restarted,
+            credential_changed = ?summary.credential_changed,
+            updated = ?summary.updated,
+            "configuration reloaded"
+        );
+        self.seen = state_of(new.digest, &fps);
+        self.running = new;
+        true
+    }
+
     /// The paths whose changes matter to the running config.
     pub fn relevant(&self) -> Relevant {
-        let ConfigSource::File(main) = &self.from else {
-            return Relevant::default();
-        };
-        let mut r = Relevant::default();
-        r.files.insert(main.clone());
-        let include = include_dir(main, &self.running);
-        r.dirs.insert(parent(main));
-        r.toml_dirs.insert(include.clone());
-        r.dirs.insert(include);
-        for s in self.running.sources.values() {
-            if let Some(p) = s.client_secret.path(&self.env) {
-                r.dirs.insert(parent(&p));
-                r.files.insert(p);
-            }
+        match &self.from {
+            ConfigSource::File(main) => relevant(main, &self.running, &self.env),
+            ConfigSource::Fixed(_) => Relevant::default(),
         }
-        r
     }
+}
+
+/// The paths whose changes matter to `config`, loaded from `main`.
+pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
+    let mut r = Relevant::default();
+    r.files.insert(main.to_path_buf());
+    let include = include_dir(main, config);
+    r.dirs.insert(parent(main));
+    r.toml_dirs.insert(include.clone());
+    r.dirs.insert(include);
+    for s in config.sources.values() {
+        if let Some(p) = s.client_secret.path(env) {
+            r.dirs.insert(parent(&p));
+            r.files.insert(p);
+        }
+    }
+    r
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -178,26 +235,10 @@ fn include_dir(main: &Path, config: &Config) -> PathBuf {
         .unwrap_or_else(|| parent(main).join("sources.d"))
 }
 
-/// Hash of everything a reload would read: the main file, the include
-/// directory's `*.toml` files, and the secrets' fingerprints `fps`.
-fn state_hash(config: &Config, fps: &BTreeMap<String, u64>) -> u64 {
+/// What a reload would read: the config files' digest and the secrets' fingerprints.
+fn state_of(digest: u64, fps: &BTreeMap<String, u64>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read(&config.path)
-        .map_err(|e| e.kind())
-        .hash(&mut h);
-    let dir = include_dir(&config.path, config);
-    if let Ok(rd) = std::fs::read_dir(&dir) {
-        let mut files: Vec<PathBuf> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
-        for f in files {
-            f.hash(&mut h);
-            std::fs::read(&f).map_err(|e| e.kind()).hash(&mut h);
-        }
-    }
+    digest.hash(&mut h);
     fps.hash(&mut h);
     h.finish()
 }
@@ -228,6 +269,30 @@ impl Relevant {
     }
 }
 
+/// True for events after which a file holds what its writer meant: a close
+/// after writing, a rename, a creation, a deletion, a change of attributes.
+/// A bare write is not one: a writer that truncates a file, pauses, then
+/// writes the rest must not have the truncated (empty, valid) content
+/// applied; its close comes after the last write.
+fn settled(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Any | EventKind::Other => true,
+    }
+}
+
+/// What a batch of file events on relevant paths means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A file was written and closed, renamed, created or removed: worth a
+    /// reload once things are quiet.
+    Settled,
+    /// A write in progress: it delays a pending reload but causes none.
+    Activity,
+}
+
 /// The file watcher: debounced events for relevant paths arrive on a channel.
 pub struct Watcher {
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
@@ -236,18 +301,29 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching; each debounced batch with a relevant path sends `()`.
+    /// Starts watching; each debounced batch with a relevant path sends a
+    /// [`Change`]. Events on other paths are dropped here, unlogged.
     pub fn new(
-        tx: mpsc::UnboundedSender<()>,
+        tx: mpsc::UnboundedSender<Change>,
     ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
         let relevant = Arc::new(RwLock::new(Relevant::default()));
         let filter = relevant.clone();
         let debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
             let Ok(events) = res else { return };
             let r = filter.read().unwrap_or_else(|p| p.into_inner());
-            if events.iter().any(|e| e.paths.iter().any(|p| r.matches(p))) {
-                let _ = tx.send(());
+            let mut ours = events
+                .iter()
+                .filter(|e| e.paths.iter().any(|p| r.matches(p)))
+                .peekable();
+            if ours.peek().is_none() {
+                return;
             }
+            let change = if ours.any(|e| settled(&e.kind)) {
+                Change::Settled
+            } else {
+                Change::Activity
+            };
+            let _ = tx.send(change);
         })?;
         Ok(Watcher {
             debouncer,

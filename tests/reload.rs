@@ -253,7 +253,7 @@ async fn same_source_name_in_main_file_and_sources_d_is_an_error_naming_both() {
 }
 
 #[tokio::test]
-async fn a_hundred_rapid_writes_cause_a_few_reloads_and_end_in_the_final_content() {
+async fn a_hundred_rapid_writes_end_in_the_final_content_with_few_reloads() {
     let idp = idp(S(3600), &["a", "last"]).await;
     let d = daemon(&source("a", &idp, "")).start().await;
     let base = d.config_text();
@@ -265,15 +265,86 @@ async fn a_hundred_rapid_writes_cause_a_few_reloads_and_end_in_the_final_content
         &format!("{base}# write 99\n{}", source("last", &idp, "")),
     );
     let doc = wait_sources(&d, &["a", "last"]).await;
-    // Let any trailing debounce settle before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let doc2 = d.get("/v1/sources").await.json();
-    let reloads = doc2["config"]["reloads"]["success"].as_u64().unwrap();
-    assert!(
-        (1..=5).contains(&reloads),
-        "{reloads} reloads for 100 writes: {doc}"
+    let reloads = doc["config"]["reloads"]["success"].as_u64().unwrap();
+    println!("{reloads} reloads for 100 writes");
+    // Writes that follow each other closely are read once they stop; none
+    // of the truncated states in between is ever an error.
+    assert!(reloads < 50, "{reloads} reloads for 100 writes: {doc}");
+    assert_eq!(doc["config"]["reloads"]["error"], 0);
+}
+
+/// A writer that truncates the file, pauses, then writes the rest: the
+/// truncated content (empty, valid, zero sources) is never applied.
+#[tokio::test]
+async fn a_half_written_file_is_never_applied() {
+    use std::io::Write;
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    let full = format!("{}{}", d.config_text(), source("b", &idp, ""));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&d.config)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Mid-way, the empty file has not removed anything.
+    assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
+    f.write_all(full.as_bytes()).unwrap();
+    drop(f);
+    let doc = wait_sources(&d, &["a", "b"]).await;
+    assert_eq!(
+        d.get("/v1/tokens/a?format=raw").await.text(),
+        token,
+        "a was never removed, so it kept its token"
     );
-    assert_eq!(doc2["config"]["reloads"]["error"], 0);
+    assert_eq!(doc["config"]["reloads"]["success"], 1, "{doc}");
+    assert!(!d.log().contains("removed=[\"a\"]"), "{}", d.log());
+}
+
+/// An edit made while the daemon starts (after it read the file, before
+/// it could have watched it) is applied all the same.
+#[tokio::test]
+async fn an_edit_made_while_the_daemon_starts_is_applied() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let mut d = daemon(&source("a", &idp, "")).spawn();
+    // Give the daemon a head start so the edit tends to land after its
+    // read; wherever it lands, it must end up applied.
+    for _ in 0..50 {
+        if d.log().contains("tokend listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let text = d.config_text();
+    write_private(&d.config, &format!("{text}{}", source("b", &idp, "")));
+    d.wait_ready().await;
+    wait_sources(&d, &["a", "b"]).await;
+}
+
+/// With the log written into the watched config directory at trace
+/// level, the watcher's own lines must not feed back into more events.
+#[tokio::test]
+async fn a_trace_log_in_the_config_directory_does_not_feed_on_itself() {
+    let idp = idp(S(3600), &["a"]).await;
+    let mut d = daemon(&source("a", &idp, ""))
+        .rust_log("trace")
+        .start()
+        .await;
+    wait_for_status(&d, "/v1/tokens/a", 200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = d.log().lines().count();
+    tokio::time::sleep(S(2)).await;
+    let grown = d.log().lines().count() - before;
+    // Idle, the daemon has next to nothing to say; a feedback loop writes
+    // tens of thousands of lines a second.
+    assert!(grown < 200, "{grown} log lines in 2 s of idling");
+    let start = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().await.success());
+    assert!(start.elapsed() < S(5), "SIGTERM took {:?}", start.elapsed());
 }
 
 #[tokio::test]

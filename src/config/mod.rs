@@ -40,6 +40,8 @@ pub struct Config {
     pub include_files: Vec<PathBuf>,
     /// Things that work but deserve a look (a plain secret in a readable file).
     pub warnings: Vec<Diagnostic>,
+    /// A hash of the files exactly as they were parsed (see [`disk_digest`]).
+    pub digest: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +173,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::files::ReadError,
     },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),
@@ -201,6 +203,35 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     validate::Validator::new(main).run()
+}
+
+/// A hash of config files' paths and contents, in load order (`None` for a
+/// file that could not be read).
+fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (path, bytes) in files {
+        path.hash(&mut h);
+        bytes.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The [`Config::digest`] that loading `main` now would give, with the
+/// include directory `include_dir` (read as the loader reads it). Equal to
+/// the running config's digest exactly when the files hold what was parsed.
+pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
+    let read = |p: &Path| validate::File::read(p).ok().map(|f| f.text);
+    let mut files = vec![(main.to_path_buf(), read(main))];
+    for p in validate::include_files(include_dir).unwrap_or_default() {
+        let text = read(&p);
+        files.push((p, text));
+    }
+    digest(
+        files
+            .iter()
+            .map(|(p, t)| (p.as_path(), t.as_deref().map(str::as_bytes))),
+    )
 }
 
 /// Validates config text as if read from `path` (whose permission bits, if

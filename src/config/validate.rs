@@ -6,6 +6,7 @@ use super::{
     AZURE_AUTHORITY, AZURE_DEFAULT_SCOPE,
 };
 use crate::acl::Allow;
+use crate::files::{read_regular, ReadError};
 use crate::secret::SecretRef;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -54,18 +55,35 @@ pub(super) struct File {
     pub mode: Option<u32>,
 }
 
+/// Largest config file read.
+pub const MAX_CONFIG_FILE: u64 = 16 * 1024 * 1024;
+
 impl File {
-    /// Reads `path` from disk.
-    pub fn read(path: &Path) -> std::io::Result<File> {
+    /// Reads `path` from disk: a regular file of at most [`MAX_CONFIG_FILE`].
+    pub fn read(path: &Path) -> Result<File, ReadError> {
         use std::os::unix::fs::PermissionsExt;
-        let text = std::fs::read_to_string(path)?;
+        let bytes = read_regular(path, MAX_CONFIG_FILE)?;
         let mode = std::fs::metadata(path)?.permissions().mode();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
+        })?;
         Ok(File {
             path: path.to_path_buf(),
             text,
             mode: Some(mode),
         })
     }
+}
+
+/// The `*.toml` files of an include directory, in name order.
+pub(super) fn include_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// The main file's top-level keys other than `sources`.
@@ -274,12 +292,8 @@ impl Validator {
 
     /// Loads every `*.toml` in `dir`, in name order, into `found`.
     fn load_includes(&mut self, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .collect(),
+        let paths: Vec<PathBuf> = match include_files(dir) {
+            Ok(p) => p,
             Err(e) => {
                 self.cur = 0;
                 self.err(
@@ -290,7 +304,6 @@ impl Validator {
                 return Vec::new();
             }
         };
-        paths.sort();
         for path in &paths {
             let file = match File::read(path) {
                 Ok(f) => f,
@@ -374,7 +387,13 @@ impl Validator {
             }
         }
         if self.errors.is_empty() {
+            let digest = super::digest(
+                self.files
+                    .iter()
+                    .map(|f| (f.path.as_path(), Some(f.text.as_bytes()))),
+            );
             Ok(Config {
+                digest,
                 path: self.files[0].path.clone(),
                 server,
                 sources,
