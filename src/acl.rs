@@ -89,45 +89,35 @@ fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
     None
 }
 
-/// Looks a user name up in the password database.
-pub fn user_uid(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: passwd is plain data; zeroed is a valid "empty" value.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; getpwnam_r writes only
-    // into `pwd` and `buf` (whose length it is given) and sets `result`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+/// The user or group database could not be read (not: the name is unknown).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the {database} database: {source}")]
+pub struct LookupError {
+    database: &'static str,
+    #[source]
+    source: nix::Error,
 }
 
-/// Looks a group name up in the group database.
-pub fn group_gid(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    // SAFETY: group is plain data; zeroed is a valid "empty" value.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as for getpwnam_r above.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+/// Looks a user name up in the password database (any size of entry: the
+/// buffer grows as needed). `Ok(None)`: no such user.
+pub fn user_uid(name: &str) -> Result<Option<u32>, LookupError> {
+    nix::unistd::User::from_name(name)
+        .map(|u| u.map(|u| u.uid.as_raw()))
+        .map_err(|source| LookupError {
+            database: "user",
+            source,
+        })
+}
+
+/// Looks a group name up in the group database (any number of members:
+/// the buffer grows as needed). `Ok(None)`: no such group.
+pub fn group_gid(name: &str) -> Result<Option<u32>, LookupError> {
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid.as_raw()))
+        .map_err(|source| LookupError {
+            database: "group",
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -172,10 +162,10 @@ mod tests {
 
     #[test]
     fn name_lookup() {
-        assert_eq!(user_uid("root"), Some(0));
-        assert_eq!(group_gid("root"), Some(0));
-        assert_eq!(user_uid("no-such-user-xyz"), None);
-        assert_eq!(group_gid("no-such-group-xyz"), None);
+        assert_eq!(user_uid("root").unwrap(), Some(0));
+        assert_eq!(group_gid("root").unwrap(), Some(0));
+        assert_eq!(user_uid("no-such-user-xyz").unwrap(), None);
+        assert_eq!(group_gid("no-such-group-xyz").unwrap(), None);
     }
 
     #[tokio::test]

@@ -534,15 +534,25 @@ impl Validator {
                 if let Ok(gid) = s.parse::<u32>() {
                     return Some(gid);
                 }
-                let gid = crate::acl::group_gid(&s);
-                if gid.is_none() {
-                    self.err(
-                        span,
-                        format!("unknown group `{s}`"),
-                        Some("create the group (groupadd) or use a numeric gid".to_string()),
-                    );
+                match crate::acl::group_gid(&s) {
+                    Ok(Some(gid)) => Some(gid),
+                    Ok(None) => {
+                        self.err(
+                            span,
+                            format!("unknown group `{s}`"),
+                            Some("create the group (groupadd) or use a numeric gid".to_string()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(
+                            span,
+                            format!("cannot look up group `{s}`: {e}"),
+                            Some("check /etc/nsswitch.conf and the group database, or use a numeric gid".to_string()),
+                        );
+                        None
+                    }
                 }
-                gid
             }
             _ => {
                 self.err(span, "`socket_group` must be a group name or gid", None);
@@ -816,14 +826,22 @@ impl Validator {
         &mut self,
         names: &[String],
         kind: &str,
-        lookup: fn(&str) -> Option<u32>,
+        lookup: fn(&str) -> Result<Option<u32>, crate::acl::LookupError>,
         span: &Range<usize>,
     ) -> Vec<u32> {
         let mut ids = Vec::new();
         for name in names {
             match lookup(name) {
-                Some(id) => ids.push(id),
-                None => {
+                Ok(Some(id)) => ids.push(id),
+                Err(e) => self.err(
+                    span.clone(),
+                    format!("cannot look up {kind} `{name}` in allow: {e}"),
+                    Some(format!(
+                        "check /etc/nsswitch.conf and the {kind} database, or use {}ids = [N]",
+                        &kind[..1]
+                    )),
+                ),
+                Ok(None) => {
                     let tool = if kind == "user" {
                         "useradd, or systemd-sysusers"
                     } else {
