@@ -5,7 +5,7 @@
 //! and `LISTEN_FDS`/`LISTEN_PID` without mutating the environment.
 
 use sd_notify::NotifyState;
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +60,8 @@ pub fn spawn_watchdog(stop: CancellationToken) {
 }
 
 /// The listening socket systemd passed (`LISTEN_FDS`), if any. The first fd
-/// is used; it is set non-blocking, and tokend never unlinks its file.
+/// is used; it must be a listening Unix stream socket (else an error that
+/// says what it is), it is set non-blocking, and tokend never unlinks its file.
 pub fn passed_listener() -> std::io::Result<Option<tokio::net::UnixListener>> {
     let mut fds = sd_notify::listen_fds()?;
     let Some(fd) = fds.next() else {
@@ -72,9 +73,95 @@ pub fn passed_listener() -> std::io::Result<Option<tokio::net::UnixListener>> {
             fds.len() + 1
         );
     }
+    check_unix_listener(fd)?;
     // SAFETY: systemd hands this process ownership of fd 3 onwards
-    // (LISTEN_PID matched our pid); nothing else in tokend uses them.
+    // (LISTEN_PID matched our pid); nothing else in tokend uses them, and
+    // the check above made sure it is a listening Unix stream socket.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
     std_listener.set_nonblocking(true)?;
     tokio::net::UnixListener::from_std(std_listener).map(Some)
+}
+
+fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: `value` is valid for `len` bytes; getsockopt writes at most that.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Fails, saying what `fd` is instead, unless it is a listening `AF_UNIX`
+/// stream socket.
+fn check_unix_listener(fd: RawFd) -> std::io::Result<()> {
+    let wrong = |what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fd {fd} is {what}, not a listening Unix stream socket: give tokend.socket a ListenStream= path such as /run/tokend/tokend.sock"),
+        )
+    };
+    let domain = socket_option(fd, libc::SO_DOMAIN).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTSOCK) => wrong("not a socket".into()),
+        _ => e,
+    })?;
+    let kind = socket_option(fd, libc::SO_TYPE)?;
+    let listening = socket_option(fd, libc::SO_ACCEPTCONN)?;
+    let family = match domain {
+        libc::AF_UNIX => "a Unix",
+        libc::AF_INET => "an IPv4 (AF_INET)",
+        libc::AF_INET6 => "an IPv6 (AF_INET6)",
+        _ => "a non-Unix",
+    };
+    let style = match kind {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "other",
+    };
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM {
+        return Err(wrong(format!("{family} {style} socket")));
+    }
+    if listening == 0 {
+        return Err(wrong("a Unix stream socket that is not listening".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn only_a_listening_unix_stream_socket_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        check_unix_listener(l.as_raw_fd()).unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = check_unix_listener(tcp.as_raw_fd())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("an IPv4 (AF_INET) stream socket"), "{e}");
+        let d = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let e = check_unix_listener(d.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("a Unix datagram socket"), "{e}");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = check_unix_listener(a.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("not listening"), "{e}");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = check_unix_listener(f.as_raw_fd()).unwrap_err().to_string();
+        assert!(e.contains("fd") && e.contains("is not a socket"), "{e}");
+    }
 }

@@ -127,28 +127,7 @@ async fn socket_activation_serves_the_passed_socket_and_leaves_it() {
         ),
     );
     let listener = std::os::unix::net::UnixListener::bind(&activated).unwrap();
-    let fd = listener.as_raw_fd();
-    let log = std::fs::File::create(dir.path().join("tokend.log")).unwrap();
-    // Like systemd: the socket on fd 3, LISTEN_FDS=1 and LISTEN_PID = the daemon's pid
-    // (the shell's pid, which exec keeps).
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" run -c "$1""#)
-        .arg(env!("CARGO_BIN_EXE_tokend"))
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn_activated(listener.as_raw_fd(), &config, dir.path());
     drop(listener); // the daemon holds it now
     let r = eventually("a token over the passed socket", async || {
         let r = tokend::client::call(&activated, hyper::Method::GET, "/v1/tokens/a?format=raw")
@@ -174,6 +153,59 @@ async fn socket_activation_serves_the_passed_socket_and_leaves_it() {
         exists(&activated),
         "a socket systemd passed is never unlinked"
     );
+}
+
+/// Runs `tokend run -c config` as systemd would with a socket unit: `fd`
+/// as fd 3, LISTEN_FDS=1 and LISTEN_PID = the daemon's pid (the shell's,
+/// which exec keeps); its log goes to `dir/tokend.log`.
+fn spawn_activated(fd: i32, config: &Path, dir: &Path) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("tokend.log")).unwrap();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" run -c "$1""#)
+        .arg(env!("CARGO_BIN_EXE_tokend"))
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn a_passed_socket_that_is_not_a_unix_listener_is_refused_clearly() {
+    let idp = idp(S(3600), &["a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokend.toml");
+    write_private(
+        &config,
+        &format!(
+            "[server]\nsocket = \"{}\"\n{}",
+            dir.path().join("own.sock").display(),
+            source("a", &idp, "")
+        ),
+    );
+    // A socket unit with ListenStream=127.0.0.1:… instead of a path.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut child = spawn_activated(tcp.as_raw_fd(), &config, dir.path());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("tokend.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("cannot use the socket systemd passed: fd 3 is an IPv4 (AF_INET) stream socket, not a listening Unix stream socket"),
+        "{log}"
+    );
+    assert!(!dir.path().join("own.sock").exists());
 }
 
 fn tool(name: &str) -> String {
