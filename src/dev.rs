@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Failure {
     pub status: u16,
     pub body: String,
-    pub retry_after: Option<u64>,
+    /// A `Retry-After` header, verbatim: seconds or an HTTP date.
+    pub retry_after: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -36,8 +37,19 @@ struct Knobs {
     refresh_in: Option<Duration>,
     failure: Option<Failure>,
     delay: Duration,
-    secrets_seen: Vec<String>,
-    scopes_seen: Vec<String>,
+    secrets_seen: VecDeque<String>,
+    scopes_seen: VecDeque<String>,
+}
+
+/// How many secrets and scopes the IdP remembers: `tokend dev` runs for
+/// days, so these are the latest few, not every request ever.
+pub const SEEN_KEPT: usize = 64;
+
+fn remember(list: &mut VecDeque<String>, item: String) {
+    if list.len() == SEEN_KEPT {
+        list.pop_front();
+    }
+    list.push_back(item);
 }
 
 #[derive(Debug, Default)]
@@ -147,14 +159,14 @@ impl DevIdp {
         self.state.issued.load(Ordering::SeqCst)
     }
 
-    /// Client secrets presented, in order (for rotation tests).
+    /// The latest [`SEEN_KEPT`] client secrets presented, in order (for rotation tests).
     pub fn secrets_seen(&self) -> Vec<String> {
-        self.state.lock().secrets_seen.clone()
+        self.state.lock().secrets_seen.iter().cloned().collect()
     }
 
-    /// `scope` parameters received, in order.
+    /// The latest [`SEEN_KEPT`] `scope` parameters received, in order.
     pub fn scopes_seen(&self) -> Vec<String> {
-        self.state.lock().scopes_seen.clone()
+        self.state.lock().scopes_seen.iter().cloned().collect()
     }
 }
 
@@ -235,9 +247,9 @@ async fn answer(
     let (delay, failure, lifetime, refresh_in) = {
         let mut k = state.lock();
         if let Some((_, secret)) = &creds {
-            k.secrets_seen.push(secret.clone());
+            remember(&mut k.secrets_seen, secret.clone());
         }
-        k.scopes_seen.push(scope.clone());
+        remember(&mut k.scopes_seen, scope.clone());
         (k.delay, k.failure.clone(), k.lifetime, k.refresh_in)
     };
     if !delay.is_zero() {
@@ -245,11 +257,11 @@ async fn answer(
     }
     if let Some(f) = failure {
         let mut r = reply(f.status, f.body);
-        if let Some(s) = f.retry_after {
-            r.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from(s),
-            );
+        if let Some(v) = f
+            .retry_after
+            .and_then(|s| hyper::header::HeaderValue::from_str(&s).ok())
+        {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
         }
         return r;
     }
@@ -370,5 +382,36 @@ min_ttl = "5s"
             life = DEMO_LIFETIME.as_secs(),
             refresh = DEMO_LIFETIME.as_secs() * 3 / 4,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remembers_only_the_latest_requests() {
+        let idp = DevIdp::start(Duration::from_secs(60)).await.unwrap();
+        idp.add_client("c", "s");
+        let http = reqwest::Client::new();
+        for i in 0..SEEN_KEPT + 36 {
+            let r = http
+                .post(idp.token_url())
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "c"),
+                    ("client_secret", "s"),
+                    ("scope", &format!("s{i}")),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let scopes = idp.scopes_seen();
+        assert_eq!(scopes.len(), SEEN_KEPT);
+        assert_eq!(scopes.last().unwrap(), &format!("s{}", SEEN_KEPT + 35));
+        assert_eq!(idp.secrets_seen().len(), SEEN_KEPT);
+        assert_eq!(idp.issued(), (SEEN_KEPT + 36) as u64);
     }
 }

@@ -348,6 +348,23 @@ async fn throttled_idp_retry_after_and_entra_hint_reach_the_caller() {
     );
     assert!(r.json()["hint"].as_str().unwrap().contains("throttling"));
     assert_eq!(idp2.requests(), 1, "no retry before Retry-After");
+
+    // The same as an HTTP date, 40 s from now.
+    let idp3 = common::idp(S(3600), &["api"]).await;
+    let at = std::time::SystemTime::now() + S(40);
+    idp3.fail_with(Some(Failure {
+        status: 503,
+        body: "{}".into(),
+        retry_after: Some(httpdate::fmt_http_date(at)),
+    }));
+    let d3 = daemon(&source("api", &idp3, "")).start().await;
+    let r = wait_for_status(&d3, "/v1/tokens/api", 503).await;
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (30..=41).contains(&retry),
+        "Retry-After {retry} should follow the IdP's date 40 s ahead"
+    );
+    assert_eq!(idp3.requests(), 1, "no retry before the date");
 }
 
 async fn idp_with_429() -> DevIdp {
@@ -355,7 +372,7 @@ async fn idp_with_429() -> DevIdp {
     idp.fail_with(Some(Failure {
         status: 429,
         body: "{}".into(),
-        retry_after: Some(30),
+        retry_after: Some("30".into()),
     }));
     idp
 }

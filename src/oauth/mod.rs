@@ -192,8 +192,7 @@ impl TokenClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| response::retry_after(v, std::time::SystemTime::now()));
         let body = read_limited(resp).await.map_err(|detail| match detail {
             ReadError::Transport(e) => transport_error(&url, src.fetch_timeout, &e),
             ReadError::TooLarge => FetchError::BadResponse {

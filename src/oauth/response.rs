@@ -52,6 +52,17 @@ fn seconds(v: &Value) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(secs.floor()))
 }
 
+/// A `Retry-After` header (RFC 9110 §10.2.3): delay-seconds, or an HTTP
+/// date, turned into a delay from `now` (zero for a date already past).
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// Parses a 2xx body. The error text never quotes the body.
 pub fn parse_token(body: &[u8]) -> Result<TokenResponse, String> {
     let raw: RawToken = serde_json::from_slice(body).map_err(|e| {
@@ -308,6 +319,28 @@ mod tests {
         let t = parse_error(429, b"");
         assert!(t.hint().unwrap().contains("throttling"));
         assert!(!t.is_permanent());
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_an_http_date() {
+        let now = httpdate::parse_http_date("Sun, 29 Nov 2026 10:00:00 GMT").unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Sun, 29 Nov 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // The obsolete forms HTTP still allows.
+        assert_eq!(
+            retry_after("Sunday, 29-Nov-26 10:01:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_after("Sun, 29 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
     }
 
     #[test]
