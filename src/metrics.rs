@@ -17,6 +17,16 @@ use std::time::SystemTime;
 /// Prometheus scrapes natively).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Every `outcome` of `tokend_token_requests_total`.
+pub const REQUEST_OUTCOMES: [&str; 6] = [
+    "ok",
+    "bad_request",
+    "forbidden",
+    "min_ttl_unsatisfiable",
+    "unavailable",
+    "timeout",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceOutcome {
     pub source: String,
@@ -158,7 +168,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Drops the per-source gauges of a source that is gone.
+    /// Drops every series of a source that is gone, so removed sources do
+    /// not linger in scrapes (or in memory).
     pub fn forget_source(&self, source: &str) {
         let l = SourceLabel {
             source: source.to_string(),
@@ -166,5 +177,18 @@ impl Metrics {
         self.token_expiry.remove(&l);
         self.credential_expiry.remove(&l);
         self.fetch_duration.remove(&l);
+        self.source_restarts.remove(&l);
+        for outcome in REQUEST_OUTCOMES {
+            self.token_requests.remove(&SourceOutcome {
+                source: source.to_string(),
+                outcome,
+            });
+        }
+        for outcome in ["success", "error"] {
+            self.fetches.remove(&SourceOutcome {
+                source: source.to_string(),
+                outcome,
+            });
+        }
     }
 }

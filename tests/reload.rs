@@ -141,6 +141,7 @@ async fn sources_are_added_and_removed() {
     write_private(&d.config, &format!("{base}{}", source("b", &idp, "")));
     wait_sources(&d, &["a", "b"]).await;
     wait_for_status(&d, "/v1/tokens/b", 200).await;
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
     let without_a = base.replace(&source("a", &idp, ""), "");
     write_private(&d.config, &format!("{without_a}{}", source("b", &idp, "")));
     wait_sources(&d, &["b"]).await;
@@ -149,6 +150,10 @@ async fn sources_are_added_and_removed() {
         (r.status(), r.json()["error"].as_str().unwrap()),
         (404, "unknown_source")
     );
+    // Its metric series went with it.
+    let metrics = d.get("/metrics").await.text();
+    assert!(metrics.contains("source=\"b\""), "{metrics}");
+    assert!(!metrics.contains("source=\"a\""), "{metrics}");
 }
 
 #[tokio::test]
