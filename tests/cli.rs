@@ -102,6 +102,42 @@ async fn check_fetch_prints_ok_lifetime_and_claims() {
 }
 
 #[tokio::test]
+async fn check_fetch_gives_up_on_a_probe_url_that_never_answers() {
+    let idp = idp(Duration::from_secs(600), &["api"]).await;
+    // Connections are accepted by the kernel, and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = format!("http://{}/v1/me", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.toml");
+    std::fs::write(
+        &path,
+        source(
+            "api",
+            &idp,
+            &format!("probe_url = \"{probe}\"\nfetch_timeout = \"1s\""),
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        out.contains(&format!("probe {probe}: FAILED: no answer within 1s")),
+        "{out}"
+    );
+    drop(silent);
+}
+
+#[tokio::test]
 async fn token_and_status_commands() {
     let idp = idp(Duration::from_secs(3600), &["api"]).await;
     let d = daemon(&format!(
