@@ -274,3 +274,38 @@ async fn a_secret_rotated_while_hundreds_of_requests_wait_is_used_for_the_next_f
     let token = tokens.into_iter().next().unwrap();
     assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
 }
+
+/// A client that pipelines requests and never reads the answers: once
+/// the socket's buffers are full, the daemon's write stalls, and after
+/// request_timeout it closes the connection instead of holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, ""))
+        .server("request_timeout = \"1s\"")
+        .start()
+        .await;
+    let socket = d.socket.clone();
+    let (answers, elapsed) = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_write_timeout(Some(S(2))).unwrap();
+        // 1000 × /metrics is megabytes of answers: far more than the
+        // socket buffers hold.
+        let _ = s.write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000));
+        std::thread::sleep(S(4));
+        s.set_read_timeout(Some(S(20))).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        (text.matches("HTTP/1.1 200").count(), start.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        answers < 1000,
+        "all {answers} answers were kept for a client that did not read"
+    );
+    assert!(elapsed < S(5), "the connection stayed open {elapsed:?}");
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+}

@@ -9,6 +9,7 @@
 
 pub mod listener;
 pub mod routes;
+mod stall;
 
 use crate::acl::Peer;
 use crate::broker::Broker;
@@ -79,6 +80,7 @@ pub async fn serve(
         // Taken once per connection, at accept (SPEC §4).
         let peer = Peer::of(&stream).map(Arc::new);
         let broker = broker.clone();
+        let request_timeout = settings.request_timeout;
         let settings = settings.clone();
         let service = hyper::service::service_fn(move |req| {
             let broker = broker.clone();
@@ -101,7 +103,8 @@ pub async fn serve(
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(MAX_HEAD)
             .keep_alive(true);
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(stall::StallGuard::new(stream, request_timeout));
+        let conn = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
