@@ -71,11 +71,7 @@ async fn check_fetch_prints_ok_lifetime_and_claims() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokend.toml");
     std::fs::write(&path, source("api", &idp, "scopes = [\"read\"]")).unwrap();
-    let p = path.to_str().unwrap().to_string();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
-            .await
-            .unwrap();
+    let (code, out, err) = check_fetch(&path, &[]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("api: ok, lifetime 10m, scope read"), "{out}");
     assert!(
@@ -88,11 +84,7 @@ async fn check_fetch_prints_ok_lifetime_and_claims() {
 
     // A wrong client: failed, with the hint, exit 1.
     std::fs::write(&path, source_as("api", "nobody", &idp, "")).unwrap();
-    let p = path.to_str().unwrap().to_string();
-    let (code, out, _) =
-        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
-            .await
-            .unwrap();
+    let (code, out, _) = check_fetch(&path, &[]).await;
     assert_eq!(code, 1);
     assert!(
         out.contains("api: FAILED: token endpoint answered HTTP 401 invalid_client"),
@@ -118,12 +110,8 @@ async fn check_fetch_gives_up_on_a_probe_url_that_never_answers() {
         ),
     )
     .unwrap();
-    let p = path.to_str().unwrap().to_string();
     let start = std::time::Instant::now();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || tokend(&["check", "-c", &p, "--fetch"]))
-            .await
-            .unwrap();
+    let (code, out, err) = check_fetch(&path, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         start.elapsed() < Duration::from_secs(10),

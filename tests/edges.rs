@@ -84,21 +84,8 @@ async fn check_fetch_shows_a_year_10000_token_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokend.toml");
     write_private(&path, &source("y10k", &y10k, ""));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-            .args(["check", "--fetch", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = check_fetch(&path, &[]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("y10k: ok, lifetime 1year 18h"), "{stdout}");
     assert!(stdout.contains("exp: 9999-12-"), "{stdout}");
 }
@@ -108,9 +95,7 @@ async fn a_fifo_as_secret_file_is_a_clear_error_and_sigterm_still_works() {
     let idp = idp(S(3600), &["a"]).await;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("secret");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let body = format!(
         "[sources.a]\ntoken_url = \"{}\"\nclient_id = \"a\"\nclient_secret = {{ file = \"{}\" }}\n",
         idp.token_url(),

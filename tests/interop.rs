@@ -247,22 +247,8 @@ async fn check_fetch_prints_ok_and_the_decoded_claims() {
         oidc_source("api", &server, "basic", "S", "scopes = [\"read\"]"),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-            .args(["check", "--fetch", "-c"])
-            .arg(&path)
-            .env("S", BASIC_SECRET)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = check_fetch(&path, &[("S", BASIC_SECRET)]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("api: ok, lifetime 5m, scope read"),
         "{stdout}"

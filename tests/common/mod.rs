@@ -317,6 +317,34 @@ pub async fn wait_until_within(
     .await
 }
 
+/// Runs `tokend check --fetch -c path` (with `env` added) off the async
+/// runtime; returns the exit code, stdout and stderr.
+pub async fn check_fetch(path: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+    cmd.args(["check", "--fetch", "-c"])
+        .arg(path)
+        .env_remove("TOKEND_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Creates a FIFO at `path`: a file whose plain open for reading waits for
+/// a writer that never comes.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
 /// Writes `text` to `path` in place (same inode if it exists), mode 0600.
 pub fn write_private(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
