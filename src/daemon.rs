@@ -121,7 +121,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
                     quiet_at = Some(Instant::now() + crate::reload::QUIET);
                     continue;
                 }
-                () = sleep_until_opt(quiet_at) => {
+                () = crate::timefmt::sleep_until_opt(quiet_at) => {
                     quiet_at = None;
                     if !std::mem::take(&mut settled) {
                         continue;
@@ -168,13 +168,6 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     }
     broker.shutdown();
     Ok(())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Each connection needs a descriptor: raise the soft limit to the hard one

@@ -1,13 +1,17 @@
-//! Hot reload (SPEC §8): file watching and SIGHUP lead to the same
-//! validate-then-swap.
+//! Hot reload: file watching and SIGHUP lead to the same validate-then-swap.
 //!
 //! The watcher watches the *directories* holding the main file, the include
 //! directory and every secret file the config names, so editor renames,
 //! delete-and-recreate and a Kubernetes ConfigMap's `..data` symlink swap are
-//! all seen; events are debounced, filtered to the paths that matter, and a
-//! content hash makes the rest free. The watched set follows the config.
+//! all seen; events are debounced and filtered to the paths that matter, and
+//! only settled ones (a close after writing, a rename, a creation, a
+//! removal) call for a reload. A digest of what the running config was
+//! parsed from (and of its secrets) makes the rest free, and lets the first
+//! check after start-up find an edit made before the watcher existed.
+//! Reading and parsing run in the blocking pool.
 //!
-//! Invariant: a failed reload changes nothing that is running.
+//! Invariants: a failed reload changes nothing that is running; a file is
+//! not read while its writer is half-way through.
 
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};

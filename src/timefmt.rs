@@ -42,6 +42,15 @@ pub fn later(at: Instant, d: Duration) -> Instant {
         .unwrap_or(at)
 }
 
+/// Sleeps until `at`, or for ever without one (a `select!` arm that is
+/// off until there is a deadline).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// RFC 3339 in UTC with whole seconds: `2026-11-29T10:00:00Z`. Times beyond
 /// what RFC 3339 can write are shown as its last or first second.
 pub fn rfc3339(t: SystemTime) -> String {

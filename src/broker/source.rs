@@ -497,7 +497,7 @@ impl Actor {
                         self.shared.snapshot.send_modify(|_| {});
                     }
                 }
-                () = sleep_until_opt(wake), if fetch.is_none() && wake.is_some() => {
+                () = crate::timefmt::sleep_until_opt(wake), if fetch.is_none() && wake.is_some() => {
                     fetch = Some(self.start());
                     next = None;
                 }
@@ -632,12 +632,5 @@ impl Actor {
                 at
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

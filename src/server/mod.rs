@@ -1,10 +1,12 @@
 //! The HTTP/1.1 server on the Unix socket: accept loop with limits, one hyper
 //! connection task per client, graceful drain on shutdown.
 //!
-//! Limits (SPEC §10): a request head over 8 KiB gets 431; a connection that
-//! has not sent a complete head within 10 s of opening or of its previous
-//! response is closed (hyper's `header_read_timeout`, which also bounds idle
-//! keep-alive); at `max_connections` the loop stops accepting, so new clients
+//! Limits: a request head over 8 KiB gets 431; a connection that has not
+//! sent a complete head within 10 s of opening or of its previous response
+//! is closed (hyper's `header_read_timeout`, which also bounds idle
+//! keep-alive); `request_timeout` bounds the rest of a request, its body and
+//! its answer included (a deadline on the service, and [`stall`]'s guard on
+//! writes); at `max_connections` the loop stops accepting, so new clients
 //! wait in the kernel backlog while existing ones are served.
 
 pub mod listener;
