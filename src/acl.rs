@@ -7,6 +7,7 @@
 //! `allow` by uid or by primary or supplementary gid; a source without
 //! `allow` is open to anyone who can open the socket.
 
+use crate::config::Problem;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 
@@ -87,6 +88,77 @@ fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
         groups.resize(n, 0);
     }
     None
+}
+
+/// `allow = { users, groups, uids, gids }` as written: user and group names
+/// are resolved now, so the running check compares numbers only. Unknown
+/// names come back as problems next to what did resolve; a malformed table
+/// is one problem.
+pub fn parse_allow(value: toml::Value) -> Result<(Allow, Vec<Problem>), Problem> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawAllow {
+        #[serde(default)]
+        users: Vec<String>,
+        #[serde(default)]
+        groups: Vec<String>,
+        #[serde(default)]
+        uids: Vec<u32>,
+        #[serde(default)]
+        gids: Vec<u32>,
+    }
+    let raw = <RawAllow as serde::Deserialize>::deserialize(value).map_err(|e| {
+        Problem::new(
+            format!("`allow` is malformed: {}", e.to_string().trim()),
+            "write allow = { users = [\"name\"], groups = [\"name\"], uids = [1000], gids = [1000] } (any of the four)".to_string(),
+        )
+    })?;
+    let mut problems = Vec::new();
+    let mut allow = Allow {
+        uids: raw.uids.into_iter().collect(),
+        gids: raw.gids.into_iter().collect(),
+    };
+    allow
+        .uids
+        .extend(resolve(&raw.users, "user", user_uid, &mut problems));
+    allow
+        .gids
+        .extend(resolve(&raw.groups, "group", group_gid, &mut problems));
+    Ok((allow, problems))
+}
+
+/// Resolves user or group names to ids; each unknown name is a problem.
+fn resolve(
+    names: &[String],
+    kind: &str,
+    lookup: fn(&str) -> Result<Option<u32>, LookupError>,
+    problems: &mut Vec<Problem>,
+) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for name in names {
+        match lookup(name) {
+            Ok(Some(id)) => ids.push(id),
+            Err(e) => problems.push(Problem::new(
+                format!("cannot look up {kind} `{name}` in allow: {e}"),
+                format!(
+                    "check /etc/nsswitch.conf and the {kind} database, or use {}ids = [N]",
+                    &kind[..1]
+                ),
+            )),
+            Ok(None) => {
+                let tool = if kind == "user" {
+                    "useradd, or systemd-sysusers"
+                } else {
+                    "groupadd"
+                };
+                problems.push(Problem::new(
+                    format!("unknown {kind} `{name}` in allow"),
+                    format!("create the {kind} ({tool}) or use {}ids = [N]", &kind[..1]),
+                ));
+            }
+        }
+    }
+    ids
 }
 
 /// The user or group database could not be read (not: the name is unknown).

@@ -6,6 +6,7 @@
 //! [`secrecy::SecretString`] from the moment they are read: their `Debug` is
 //! redacted and nothing here puts a value into an error message.
 
+use crate::config::Problem;
 use secrecy::SecretString;
 use std::fmt;
 use std::path::PathBuf;
@@ -47,6 +48,57 @@ impl PartialEq for SecretRef {
             (SecretRef::Inline(a), SecretRef::Inline(b)) => a.expose_secret() == b.expose_secret(),
             _ => false,
         }
+    }
+}
+
+impl SecretRef {
+    /// A secret reference as written for `key`: a plain string, or a table
+    /// naming exactly one of `file`, `env`, `credential`. The problem never
+    /// quotes a value.
+    pub fn parse(value: toml::Value, key: &str) -> Result<SecretRef, Problem> {
+        let how = Self::how_to_write(key);
+        match value {
+            toml::Value::String(s) if s.is_empty() => {
+                Err(Problem::new(format!("`{key}` is empty"), how))
+            }
+            toml::Value::String(s) => Ok(SecretRef::Inline(SecretString::from(s))),
+            toml::Value::Table(t) => {
+                let kinds: Vec<(&String, &toml::Value)> = t.iter().collect();
+                match kinds.as_slice() {
+                    [(k, toml::Value::String(val))] if !val.is_empty() => match k.as_str() {
+                        "file" => Ok(SecretRef::File(PathBuf::from(val))),
+                        "env" => Ok(SecretRef::Env(val.clone())),
+                        "credential" => Ok(SecretRef::Credential(val.clone())),
+                        other => Err(Problem::new(format!("unknown secret kind `{other}`"), how)),
+                    },
+                    [_] => Err(Problem::new(
+                        "secret reference needs a non-empty string value",
+                        how,
+                    )),
+                    [] => Err(Problem::new("secret reference is empty", how)),
+                    _ => {
+                        let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
+                        Err(Problem::new(
+                            format!(
+                                "secret reference names {} kinds ({}); it must name exactly one",
+                                names.len(),
+                                names.join(", ")
+                            ),
+                            how,
+                        ))
+                    }
+                }
+            }
+            _ => Err(Problem::new(
+                format!("`{key}` must be a string or a table"),
+                how,
+            )),
+        }
+    }
+
+    /// How to write a reference for `key`, for hints.
+    pub fn how_to_write(key: &str) -> String {
+        format!("write {key} = {{ file = \"/path\" }}, {{ env = \"NAME\" }} or {{ credential = \"NAME\" }}")
     }
 }
 

@@ -6,8 +6,14 @@
 //! [`Duration`], a parsed [`Url`], a resolved gid). Every problem is reported
 //! at once, each as `FILE:LINE:COL: what is wrong — how to fix`.
 
+mod diag;
+mod load;
 mod raw;
-mod validate;
+mod server;
+mod source;
+#[cfg(test)]
+mod tests;
+mod values;
 
 use crate::secret::SecretRef;
 use std::collections::BTreeMap;
@@ -16,16 +22,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use url::Url;
 
-pub use validate::valid_source_name;
+pub use diag::Problem;
+pub use load::valid_source_name;
 
 /// Default config path when neither `-c` nor `$TOKEND_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/tokend/tokend.toml";
 /// Default socket path for the daemon and the client commands.
 pub const DEFAULT_SOCKET: &str = "/run/tokend/tokend.sock";
-/// Entra's public cloud authority.
-pub const AZURE_AUTHORITY: &str = "https://login.microsoftonline.com";
-/// The scope a `provider = "azure"` source gets when it names none.
-pub const AZURE_DEFAULT_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -198,11 +201,11 @@ impl ConfigError {
 
 /// Reads and validates the config at `path` and its include directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let main = validate::File::read(path).map_err(|source| ConfigError::Read {
+    let main = diag::File::read(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    validate::Validator::new(main).run()
+    load::run(main)
 }
 
 /// A hash of config files' paths and contents, in load order (`None` for a
@@ -221,9 +224,9 @@ fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>) -> 
 /// include directory `include_dir` (read as the loader reads it). Equal to
 /// the running config's digest exactly when the files hold what was parsed.
 pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
-    let read = |p: &Path| validate::File::read(p).ok().map(|f| f.text);
+    let read = |p: &Path| diag::File::read(p).ok().map(|f| f.text);
     let mut files = vec![(main.to_path_buf(), read(main))];
-    for p in validate::include_files(include_dir).unwrap_or_default() {
+    for p in load::include_files(include_dir).unwrap_or_default() {
         let text = read(&p);
         files.push((p, text));
     }
@@ -238,10 +241,9 @@ pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
 /// known, decide whether an inline secret earns a warning). An include
 /// directory beside `path` is read from disk as usual.
 pub fn load_str(text: &str, path: &Path, mode: Option<u32>) -> Result<Config, ConfigError> {
-    validate::Validator::new(validate::File {
+    load::run(diag::File {
         path: path.to_path_buf(),
         text: text.to_string(),
         mode,
     })
-    .run()
 }

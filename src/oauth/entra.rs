@@ -2,7 +2,97 @@
 //!
 //! Entra hints follow the AADSTS codes in the body (`error_codes`, or the
 //! `AADSTSnnnn:` prefix of `error_description`), whatever the source's
-//! provider; RFC 6749 §5.2 error codes get generic hints.
+//! provider; RFC 6749 §5.2 error codes get generic hints. The rules Entra
+//! puts on a client-credentials request (tenant, scope) are checked here
+//! too, when the config loads.
+
+use crate::config::Problem;
+use url::Url;
+
+/// Entra's public cloud authority.
+pub const AUTHORITY: &str = "https://login.microsoftonline.com";
+/// The scope a `provider = "azure"` source gets when it names none.
+pub const DEFAULT_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// A tenant usable with client credentials: a tenant ID or domain, not one
+/// of the multi-tenant aliases.
+pub fn check_tenant(tenant: &str) -> Result<&str, Problem> {
+    let t = tenant.trim();
+    if ["common", "consumers", "organizations"].contains(&t.to_ascii_lowercase().as_str()) {
+        return Err(Problem::new(
+            format!("tenant `{t}` cannot be used with client credentials"),
+            "use your tenant's ID or primary domain, e.g. contoso.onmicrosoft.com".to_string(),
+        ));
+    }
+    if t.is_empty()
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
+        return Err(Problem::new(
+            format!("tenant `{t}` is not a tenant ID or domain"),
+            "use the directory (tenant) ID GUID or a domain such as contoso.onmicrosoft.com"
+                .to_string(),
+        ));
+    }
+    Ok(t)
+}
+
+/// `{authority}/{tenant}/oauth2/v2.0/token` for a checked tenant.
+pub fn token_url(authority: &Url, tenant: &str) -> Option<Url> {
+    Url::parse(&format!(
+        "{}/{tenant}/oauth2/v2.0/token",
+        authority.as_str().trim_end_matches('/')
+    ))
+    .ok()
+}
+
+/// Entra's client-credentials scope rule: exactly one scope, ending in
+/// `/.default`. The problem shows the corrected value.
+pub fn scope_problem(scopes: &[String]) -> Option<Problem> {
+    match scopes {
+        [one] if one.ends_with("/.default") => None,
+        [one] => {
+            let fixed = default_scope(one);
+            let note = if one.contains('/') {
+                String::new()
+            } else {
+                "; application permissions are granted on the app registration, not requested"
+                    .to_string()
+            };
+            Some(Problem::new(
+                format!("Entra client credentials need a `/.default` scope, not {one:?}"),
+                format!("use scopes = [\"{fixed}\"]{note}"),
+            ))
+        }
+        _ => {
+            let fixed = scopes
+                .first()
+                .map_or_else(|| DEFAULT_SCOPE.to_string(), |s| default_scope(s));
+            Some(Problem::new(
+                "Entra client credentials take exactly one scope",
+                format!("use scopes = [\"{fixed}\"]; a token covers one resource, so use one source per resource"),
+            ))
+        }
+    }
+}
+
+/// `https://graph.microsoft.com/User.Read` → `https://graph.microsoft.com/.default`;
+/// a bare permission name → Graph's `.default`.
+fn default_scope(scope: &str) -> String {
+    match Url::parse(scope) {
+        Ok(u) if u.host_str().is_some() => format!(
+            "{}://{}/.default",
+            u.scheme(),
+            u.host_str().unwrap_or_default()
+        ),
+        _ => match scope.split_once('/') {
+            // api://app-id/Permission → api://app-id/.default
+            Some((resource, _)) if scope.starts_with("api:") => format!("{resource}/.default"),
+            _ => DEFAULT_SCOPE.to_string(),
+        },
+    }
+}
 
 /// The hint for an Entra AADSTS code, if we know one.
 pub fn aadsts_hint(code: u64) -> Option<&'static str> {

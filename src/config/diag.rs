@@ -1,0 +1,179 @@
+//! Diagnostics: where each value was written, and problems pinned there.
+//!
+//! Every value that validation looks at carries an [`At`]: the file it came
+//! from and its byte span there. A problem found in it becomes a
+//! [`Diagnostic`] with file, line and column; nothing depends on a notion
+//! of "the file being read now". Concept modules (secret references,
+//! `allow`, Entra rules) report a [`Problem`] without a place; config pins
+//! it to the value it came from.
+
+use super::Diagnostic;
+use crate::files::{read_regular, ReadError};
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::{DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// What is wrong with a value, and how to fix it, before it has a place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    pub fn new(message: impl Into<String>, hint: impl Into<Option<String>>) -> Problem {
+        Problem {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// One file of the configuration: the main file or an include.
+pub(super) struct File {
+    pub path: PathBuf,
+    pub text: String,
+    /// Permission bits, when read from disk (decides the inline-secret warning).
+    pub mode: Option<u32>,
+}
+
+/// Largest config file read.
+pub const MAX_CONFIG_FILE: u64 = 16 * 1024 * 1024;
+
+impl File {
+    /// Reads `path` from disk: a regular file of at most [`MAX_CONFIG_FILE`].
+    pub fn read(path: &Path) -> Result<File, ReadError> {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = read_regular(path, MAX_CONFIG_FILE)?;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
+        })?;
+        Ok(File {
+            path: path.to_path_buf(),
+            text,
+            mode: Some(mode),
+        })
+    }
+}
+
+/// Where a value was written: a file (index into [`Diagnostics::files`])
+/// and a byte span in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct At {
+    pub file: usize,
+    pub span: Range<usize>,
+}
+
+impl At {
+    pub fn new(file: usize, span: Range<usize>) -> At {
+        At { file, span }
+    }
+
+    /// The place of a spanned value in `file`.
+    pub fn of<T>(file: usize, v: &Spanned<T>) -> At {
+        At::new(file, v.span())
+    }
+}
+
+/// The files being validated and every problem found in them so far.
+pub(super) struct Diagnostics {
+    pub files: Vec<File>,
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn new(main: File) -> Self {
+        Diagnostics {
+            files: vec![main],
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Line and column (both from 1, columns in characters) of `at`.
+    pub fn diagnostic(&self, at: &At, message: String, hint: Option<String>) -> Diagnostic {
+        let f = &self.files[at.file];
+        let upto = f
+            .text
+            .get(..at.span.start.min(f.text.len()))
+            .unwrap_or_default();
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Diagnostic {
+            file: f.path.clone(),
+            line,
+            col,
+            message,
+            hint,
+        }
+    }
+
+    pub fn error(&mut self, at: &At, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.diagnostic(at, message.into(), hint.into());
+        self.errors.push(d);
+    }
+
+    /// A warning; the same one for the same place is kept once (a value
+    /// in `[defaults]` is inherited by many sources).
+    pub fn warn(&mut self, at: &At, message: impl Into<String>, hint: impl Into<Option<String>>) {
+        let d = self.diagnostic(at, message.into(), hint.into());
+        if !self.warnings.contains(&d) {
+            self.warnings.push(d);
+        }
+    }
+
+    /// Pins `problem` to `at` as an error.
+    pub fn problem(&mut self, at: &At, problem: Problem) {
+        self.error(at, problem.message, problem.hint);
+    }
+
+    /// The permission bits of the file `at` points into, if read from disk.
+    pub fn mode(&self, at: &At) -> Option<u32> {
+        self.files[at.file].mode
+    }
+
+    /// Deserializes one table of file `file`, turning a serde error into a
+    /// diagnostic (an unknown key gets a did-you-mean hint).
+    pub fn deserialize<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        file: usize,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        let whole = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or(whole);
+                let (msg, hint) = explain_serde_error(e.message().trim());
+                self.error(&At::new(file, span), msg, hint);
+                None
+            }
+        }
+    }
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a
+/// short message and a did-you-mean hint.
+fn explain_serde_error(msg: &str) -> (String, Option<String>) {
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return (msg.to_string(), None);
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return (msg.to_string(), None);
+    };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let closest = known
+        .iter()
+        .map(|k| (strsim::levenshtein(field, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    let hint = match closest {
+        Some((_, k)) => format!("did you mean `{k}`?"),
+        None => format!("valid keys here: {}", known.join(", ")),
+    };
+    (format!("unknown key `{field}`"), Some(hint))
+}

@@ -1,0 +1,282 @@
+//! Loading: the main file and the include directory, parsed as spanned
+//! TOML; source names checked, duplicates across files named, `[defaults]`
+//! merged into each source; then `[server]` and every source validated.
+//! One run collects every problem.
+
+use super::diag::{At, Diagnostics, File};
+use super::raw::{RawServer, RawSource};
+use super::{Config, ConfigError};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+const TOP_LEVEL_KEYS: &[&str] = &["server", "defaults", "sources", "include_dir"];
+
+/// Source names: `[a-z0-9][a-z0-9._-]{0,63}`. Checked before any lookup, so a
+/// request for `../etc` never reaches the registry or the filesystem.
+///
+/// ```
+/// use tokend::config::valid_source_name;
+/// assert!(valid_source_name("graph"));
+/// assert!(valid_source_name("billing.prod-2"));
+/// assert!(!valid_source_name("../etc"));
+/// assert!(!valid_source_name("Graph"));
+/// ```
+pub fn valid_source_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+}
+
+/// The `*.toml` files of an include directory, in name order.
+pub(super) fn include_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// The main file's top-level keys other than `sources`.
+#[derive(Default)]
+struct MainParts {
+    server: Option<RawServer>,
+    defaults: Option<RawSource>,
+    include_dir: Option<Result<Spanned<String>, ()>>,
+}
+
+/// A source as written, with the file it came from.
+struct Found {
+    file: usize,
+    name: String,
+    span: Range<usize>,
+    raw: RawSource,
+}
+
+/// Validates `main` and its include directory into a [`Config`].
+pub(super) fn run(main: File) -> Result<Config, ConfigError> {
+    let mut d = Diagnostics::new(main);
+    let mut found = Vec::new();
+    let main = process_file(&mut d, 0, &mut found);
+    if !d.errors.is_empty() && main.server.is_none() && main.defaults.is_none() && found.is_empty()
+    {
+        // A syntax error in the main file: nothing else is worth checking.
+        return Err(ConfigError::Invalid(d.errors));
+    }
+    let defaults = main.defaults.unwrap_or_default();
+    let server = super::server::server(&mut d, main.server.unwrap_or_default());
+    let include_dir = include_dir(&mut d, main.include_dir);
+    let include_files = match &include_dir {
+        Some(dir) => load_includes(&mut d, dir, &mut found),
+        None => Vec::new(),
+    };
+    let mut sources = BTreeMap::new();
+    let mut defined: BTreeMap<String, At> = BTreeMap::new();
+    for Found {
+        file,
+        name,
+        span,
+        raw,
+    } in found
+    {
+        let header = At::new(file, span);
+        if !valid_source_name(&name) {
+            d.error(
+                &header,
+                format!("invalid source name `{name}`"),
+                Some("names are 1–64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit".to_string()),
+            );
+            continue;
+        }
+        if let Some(first) = defined.get(&name) {
+            let first = d.diagnostic(first, String::new(), None);
+            d.error(
+                &header,
+                format!(
+                    "source `{name}` is defined twice: here and at {}:{}:{}",
+                    first.file.display(),
+                    first.line,
+                    first.col
+                ),
+                Some("rename or remove one of them".to_string()),
+            );
+            continue;
+        }
+        defined.insert(name.clone(), header.clone());
+        if let Some(s) = super::source::source(&mut d, &name, &header, raw, &defaults) {
+            sources.insert(name, s);
+        }
+    }
+    if !d.errors.is_empty() {
+        d.errors
+            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        return Err(ConfigError::Invalid(d.errors));
+    }
+    let digest = super::digest(
+        d.files
+            .iter()
+            .map(|f| (f.path.as_path(), Some(f.text.as_bytes()))),
+    );
+    Ok(Config {
+        digest,
+        path: d.files[0].path.clone(),
+        server,
+        sources,
+        include_dir,
+        include_files,
+        warnings: d.warnings,
+    })
+}
+
+/// Parses file `idx` and takes what it holds: `[sources.*]` into `found`,
+/// and for the main file its other top-level keys. Everything returned is
+/// owned, so the parsed text need not outlive this call.
+fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> MainParts {
+    let mut parts = MainParts::default();
+    let text = d.files[idx].text.clone();
+    let (doc, parse_errors) = DeTable::parse_recoverable(&text);
+    if !parse_errors.is_empty() {
+        for e in parse_errors {
+            let span = e.span().unwrap_or(0..0);
+            let mut msg = e.message().trim().to_string();
+            if let Some(what) = text
+                .get(span.clone())
+                .filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n'))
+            {
+                msg = format!("{msg} `{what}`");
+            }
+            d.error(
+                &At::new(idx, span),
+                msg,
+                Some("fix the TOML syntax".to_string()),
+            );
+        }
+        return parts;
+    }
+    for (key, value) in doc.into_inner() {
+        let at = At::of(idx, &key);
+        match (key.get_ref().as_ref(), idx == 0) {
+            ("sources", _) => collect_sources(d, idx, value, found),
+            ("server", true) => parts.server = d.deserialize(idx, value),
+            ("defaults", true) => parts.defaults = d.deserialize(idx, value),
+            ("include_dir", true) => {
+                parts.include_dir = Some(d.deserialize::<Spanned<String>>(idx, value).ok_or(()));
+            }
+            (other, true) => {
+                let msg = format!("unknown key `{other}`");
+                d.error(
+                    &at,
+                    msg,
+                    Some(format!("top-level keys are {}", TOP_LEVEL_KEYS.join(", "))),
+                );
+            }
+            (other, false) => {
+                let msg = format!("`{other}` is not allowed in an include file");
+                d.error(&at, msg, Some("include files hold only [sources.NAME] tables; put [server] and [defaults] in the main file".to_string()));
+            }
+        }
+    }
+    parts
+}
+
+/// The `[sources.*]` tables of one parsed file.
+fn collect_sources(
+    d: &mut Diagnostics,
+    file: usize,
+    value: Spanned<DeValue<'_>>,
+    found: &mut Vec<Found>,
+) {
+    let at = At::of(file, &value);
+    match value.into_inner() {
+        DeValue::Table(t) => {
+            for (name, v) in t {
+                let name_span = name.span();
+                let name = name.into_inner().into_owned();
+                if let Some(raw) = d.deserialize::<RawSource>(file, v) {
+                    found.push(Found {
+                        file,
+                        name,
+                        span: name_span,
+                        raw,
+                    });
+                }
+            }
+        }
+        _ => d.error(
+            &at,
+            "`sources` must be a table",
+            Some("write sources as [sources.NAME] tables".to_string()),
+        ),
+    }
+}
+
+/// The include directory: `include_dir` (relative to the main file), else
+/// `sources.d` beside the main file if it exists.
+fn include_dir(d: &mut Diagnostics, key: Option<Result<Spanned<String>, ()>>) -> Option<PathBuf> {
+    let base = d.files[0]
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    match key {
+        None => {
+            let dir = base.join("sources.d");
+            dir.is_dir().then_some(dir)
+        }
+        Some(Err(())) => None,
+        Some(Ok(v)) => {
+            let dir = base.join(v.get_ref());
+            if dir.is_dir() {
+                Some(dir)
+            } else {
+                d.error(
+                    &At::of(0, &v),
+                    format!("include_dir {} is not a directory", dir.display()),
+                    Some("create it or remove include_dir".to_string()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Loads every `*.toml` in `dir`, in name order, into `found`.
+fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
+    let paths = match include_files(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(
+                &At::new(0, 0..0),
+                format!("cannot read include directory {}: {e}", dir.display()),
+                None,
+            );
+            return Vec::new();
+        }
+    };
+    for path in &paths {
+        let file = match File::read(path) {
+            Ok(f) => f,
+            Err(e) => {
+                d.errors.push(super::Diagnostic {
+                    file: path.clone(),
+                    line: 1,
+                    col: 1,
+                    message: format!("cannot read: {e}"),
+                    hint: Some("check the file's permissions".to_string()),
+                });
+                continue;
+            }
+        };
+        d.files.push(file);
+        let idx = d.files.len() - 1;
+        process_file(d, idx, found);
+    }
+    paths
+}

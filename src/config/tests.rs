@@ -1,0 +1,376 @@
+//! Config validation as a sysadmin meets it: every message with its file,
+//! line and column.
+use super::*;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+const GOOD: &str = r#"
+[sources.api]
+token_url = "https://sso.example.com/token"
+client_id = "api"
+client_secret = { file = "/run/secret" }
+"#;
+
+fn problems(text: &str) -> Vec<Diagnostic> {
+    match load_str(text, Path::new("t.toml"), Some(0o600)) {
+        Err(ConfigError::Invalid(d)) => d,
+        other => panic!("expected errors, got {other:?}"),
+    }
+}
+
+fn one(text: &str) -> Diagnostic {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    p.into_iter().next().unwrap()
+}
+
+#[test]
+fn good_config_gets_defaults() {
+    let c = load_str(GOOD, Path::new("t.toml"), Some(0o600)).unwrap();
+    let s = &c.sources["api"];
+    assert_eq!(s.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(s.refresh_ratio, 0.75);
+    assert_eq!(s.min_ttl, Duration::from_secs(120));
+    assert_eq!(s.fetch_timeout, Duration::from_secs(15));
+    assert!(s.eager);
+    assert_eq!(c.server.socket_mode, 0o660);
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let d = one(&GOOD.replace("client_id =", "clent_id = \"x\"\nclient_id ="));
+    assert_eq!((d.line, d.col), (4, 1));
+    assert_eq!(d.message, "unknown key `clent_id`");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `client_id`?"));
+    assert!(d.to_string().starts_with("t.toml:4:1: "), "{d}");
+}
+
+#[test]
+fn unknown_server_key_and_top_level_key() {
+    let p = problems(&format!("[server]\nsokcet = \"/x\"\n[servre]\n{GOOD}"));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!((p[0].line, p[0].col), (2, 1));
+    assert!(p[1].message.contains("unknown key `servre`"));
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let d = one("[sources.api\nclient_id = 1");
+    assert_eq!(d.line, 1);
+    assert!(d.hint.as_deref().unwrap_or_default().contains("TOML"));
+}
+
+#[test]
+fn bad_names() {
+    let d = one(&GOOD.replace("[sources.api]", "[sources.Bad_Name]"));
+    assert_eq!((d.line, d.col), (2, 10));
+    assert!(d.message.contains("invalid source name"));
+}
+
+#[test]
+fn http_only_to_loopback() {
+    let d = one(&GOOD.replace("https://sso.example.com", "http://sso.example.com"));
+    assert_eq!((d.line, d.col), (3, 13));
+    assert!(d.hint.unwrap().contains("https://sso.example.com/token"));
+    for ok in [
+        "http://localhost:8080/t",
+        "http://127.0.0.2/t",
+        "http://[::1]:9/t",
+    ] {
+        load_str(
+            &GOOD.replace("https://sso.example.com/token", ok),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn two_secret_kinds() {
+    let d = one(&GOOD.replace(
+        r#"{ file = "/run/secret" }"#,
+        r#"{ file = "/a", env = "B" }"#,
+    ));
+    assert_eq!(d.line, 5);
+    assert!(d.message.contains("exactly one"), "{d}");
+}
+
+#[test]
+fn bad_duration_and_ratio_reported_together() {
+    let p = problems(&format!(
+        "{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\nfetch_timeout = 30\n"
+    ));
+    assert_eq!(
+        p.len(),
+        1,
+        "serde stops at the first type error within a table: {p:#?}"
+    );
+    let p = problems(&format!(
+        "{GOOD}min_ttl = \"2 parsecs\"\nrefresh_ratio = 1.5\n"
+    ));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!(p[0].line, 6);
+    assert!(p[0].message.contains("min_ttl"));
+    assert_eq!(p[1].line, 7);
+    assert!(p[1].hint.as_deref().unwrap().contains("0.5 to 0.95"));
+}
+
+#[test]
+fn every_source_is_checked() {
+    let text = format!("{GOOD}\n[sources.b]\nclient_id = \"b\"\n[sources.c]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = {{ nope = \"x\" }}\n");
+    let p = problems(&text);
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p[0].message.contains("no `token_url`"));
+    assert!(p[1].message.contains("no credential"));
+    assert!(p[2].message.contains("unknown secret kind"));
+}
+
+#[test]
+fn defaults_apply_and_sources_override() {
+    let c = load_str(
+        &format!("[defaults]\nmin_ttl = \"5m\"\neager = false\n{GOOD}refresh_ratio = 0.8\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    let s = &c.sources["api"];
+    assert_eq!(s.min_ttl, Duration::from_secs(300));
+    assert!(!s.eager);
+    assert_eq!(s.refresh_ratio, 0.8);
+}
+
+#[test]
+fn azure_fills_in_and_checks_scopes() {
+    let base = "[sources.graph]\nprovider = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"x\"\nclient_secret = { env = \"S\" }\n";
+    let c = load_str(base, Path::new("t"), None).unwrap();
+    let g = &c.sources["graph"];
+    assert_eq!(
+        g.token_url.as_str(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(g.auth_method, AuthMethod::ClientSecretPost);
+    assert_eq!(
+        g.scopes,
+        vec![crate::oauth::entra::DEFAULT_SCOPE.to_string()]
+    );
+
+    let d = one(&format!(
+        "{base}scopes = [\"https://graph.microsoft.com/User.Read\"]\n"
+    ));
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap()
+            .contains("\"https://graph.microsoft.com/.default\""),
+        "{d}"
+    );
+    let d = one(&format!("{base}scopes = [\"User.Read\"]\n"));
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap()
+            .contains("granted on the app registration"),
+        "{d}"
+    );
+    let d = one(&base.replace("contoso.onmicrosoft.com", "common"));
+    assert!(d.message.contains("common"));
+    let c = load_str(
+        &format!("{base}authority = \"https://login.microsoftonline.us\"\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    assert!(c.sources["graph"]
+        .token_url
+        .as_str()
+        .starts_with("https://login.microsoftonline.us/contoso"));
+}
+
+#[test]
+fn inline_secret_in_readable_file_warns() {
+    let text = GOOD.replace(r#"{ file = "/run/secret" }"#, r#""s3cret-value""#);
+    let c = load_str(&text, Path::new("t"), Some(0o644)).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(!c.warnings[0].to_string().contains("s3cret-value"));
+    assert!(!format!("{c:?}").contains("s3cret-value"));
+    let c = load_str(&text, Path::new("t"), Some(0o600)).unwrap();
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn credential_expires_date_or_string() {
+    let c = load_str(
+        &format!("{GOOD}credential_expires = 2027-05-01\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    let want = SystemTime::UNIX_EPOCH + Duration::from_secs(1_809_129_600);
+    assert_eq!(c.sources["api"].credential_expires, Some(want));
+    let c = load_str(
+        &format!("{GOOD}credential_expires = \"2027-05-01\"\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.sources["api"].credential_expires, Some(want));
+    let d = one(&format!("{GOOD}credential_expires = \"soon\"\n"));
+    assert_eq!(d.line, 6);
+}
+
+#[test]
+fn server_section() {
+    let c = load_str(&format!("[server]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0600\"\nsocket_group = 0\nlog_format = \"json\"\nrequest_timeout = \"3s\"\n{GOOD}"), Path::new("t"), None).unwrap();
+    assert_eq!(c.server.socket_mode, 0o600);
+    assert_eq!(c.server.socket_group, Some(0));
+    assert_eq!(c.server.log_format, LogFormat::Json);
+    assert_eq!(c.server.request_timeout, Duration::from_secs(3));
+    let p = problems(&format!("[server]\nsocket_mode = \"999\"\nsocket_group = \"no-such-group-xyz\"\nmax_connections = 0\n{GOOD}"));
+    assert_eq!(p.len(), 3, "{p:#?}");
+}
+
+#[test]
+fn include_dir_adds_sources_and_duplicates_name_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("tokend.toml");
+    std::fs::write(&main, format!("[defaults]\nmin_ttl = \"1m\"\n{GOOD}")).unwrap();
+    std::fs::create_dir(dir.path().join("sources.d")).unwrap();
+    let inc = |name: &str| {
+        format!("[sources.{name}]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = {{ env = \"E\" }}\n")
+    };
+    std::fs::write(dir.path().join("sources.d/b.toml"), inc("two")).unwrap();
+    std::fs::write(dir.path().join("sources.d/a.toml"), inc("one")).unwrap();
+    std::fs::write(dir.path().join("sources.d/notes.txt"), "ignored").unwrap();
+    let c = super::load(&main).unwrap();
+    assert_eq!(
+        c.sources.keys().collect::<Vec<_>>(),
+        vec!["api", "one", "two"]
+    );
+    assert_eq!(
+        c.sources["one"].min_ttl,
+        Duration::from_secs(60),
+        "defaults apply to includes"
+    );
+    let names: Vec<_> = c
+        .include_files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["a.toml", "b.toml"], "name order");
+
+    std::fs::write(dir.path().join("sources.d/c.toml"), inc("api")).unwrap();
+    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+        panic!()
+    };
+    assert_eq!(p.len(), 1, "{p:#?}");
+    let msg = p[0].to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{}:1:10: source `api` is defined twice",
+            dir.path().join("sources.d/c.toml").display()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("{}:4:10", main.display())), "{msg}");
+}
+
+#[test]
+fn include_files_hold_only_sources_and_report_their_own_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("tokend.toml");
+    std::fs::write(
+        &main,
+        format!("include_dir = \"more\"\n[defaults]\nmin_ttl = \"forever\"\n{GOOD}"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("more")).unwrap();
+    let inc = dir.path().join("more/x.toml");
+    std::fs::write(&inc, "[server]\nsocket = \"/x\"\n[sources.x]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = { env = \"E\" }\n").unwrap();
+    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+        panic!()
+    };
+    let text: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter().any(|t| t.starts_with(&format!(
+            "{}:1:2: `server` is not allowed in an include file",
+            inc.display()
+        ))),
+        "{text:#?}"
+    );
+    // The bad default shows in the main file for `api` and at the header of `x` in the include.
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(&format!("{}:3:11: `min_ttl`", main.display()))),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(&format!("{}:3:10: `min_ttl`", inc.display()))),
+        "{text:#?}"
+    );
+
+    std::fs::write(&main, format!("include_dir = \"missing\"\n{GOOD}")).unwrap();
+    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+        panic!()
+    };
+    assert!(p[0].message.contains("is not a directory"), "{p:#?}");
+}
+
+#[test]
+fn allow_resolves_names_and_rejects_unknown_ones() {
+    let c = load_str(&format!("{GOOD}allow = {{ users = [\"root\"], groups = [\"root\"], uids = [1000], gids = [2000] }}\n"), Path::new("t"), None).unwrap();
+    let a = c.sources["api"].allow.clone().unwrap();
+    assert_eq!(a.uids, [0, 1000].into());
+    assert_eq!(a.gids, [0, 2000].into());
+    let p = problems(&format!(
+        "{GOOD}allow = {{ users = [\"no-such-user-xyz\"], groups = [\"no-such-group-xyz\"] }}\n"
+    ));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert_eq!((p[0].line, p[0].col), (6, 9));
+    assert!(p[0].message.contains("unknown user `no-such-user-xyz`"));
+    assert!(p[1].message.contains("unknown group `no-such-group-xyz`"));
+    let d = one(&format!("{GOOD}allow = {{ user = [\"root\"] }}\n"));
+    assert!(d.message.contains("`allow` is malformed"), "{d}");
+}
+
+#[test]
+fn names() {
+    assert!(valid_source_name("graph"));
+    assert!(valid_source_name("a.b_c-1"));
+    assert!(!valid_source_name(""));
+    assert!(!valid_source_name("-x"));
+    assert!(!valid_source_name("Graph"));
+    assert!(!valid_source_name("../etc"));
+    assert!(!valid_source_name(&"a".repeat(65)));
+}
+
+#[test]
+fn an_inherited_plain_secret_is_judged_by_the_file_it_is_written_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("tokend.toml");
+    // The secret is in a main file only its owner can read; the include
+    // file that inherits it is world-readable, and that is fine.
+    std::fs::write(&main, "[defaults]\nclient_secret = \"s3cret-value\"\n").unwrap();
+    std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(dir.path().join("sources.d")).unwrap();
+    let inc = dir.path().join("sources.d/a.toml");
+    let text = "[sources.a]\ntoken_url = \"https://x/t\"\nclient_id = \"a\"\n[sources.b]\ntoken_url = \"https://x/t\"\nclient_id = \"b\"\n";
+    std::fs::write(&inc, text).unwrap();
+    std::fs::set_permissions(&inc, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = super::load(&main).unwrap();
+    assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
+    // A readable main file earns one warning, at the [defaults] value.
+    std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = super::load(&main).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:#?}", c.warnings);
+    assert!(
+        c.warnings[0]
+            .to_string()
+            .starts_with(&format!("{}:2:17: plain client_secret", main.display())),
+        "{}",
+        c.warnings[0]
+    );
+}
