@@ -1,7 +1,7 @@
 //! `tokend check [--fetch]`: validate the config and, with `--fetch`, request
 //! one token per source and show what it carries.
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Credential, Endpoint};
 use crate::jwt;
 use crate::oauth::TokenClient;
 use crate::secret::{ExposeSecret, SecretEnv};
@@ -48,6 +48,30 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     };
     let mut failed = false;
     for src in config.sources.values() {
+        if let Credential::Certificate(c) = &src.credential {
+            println!(
+                "{}: certificate {}: {}, thumbprint {}, valid until {}{}",
+                src.name,
+                c.cert_path.display(),
+                c.cert.subject,
+                c.cert.sha1_hex(),
+                crate::timefmt::rfc3339(c.cert.not_after),
+                if c.cert.expired_at(std::time::SystemTime::now()) {
+                    " (EXPIRED)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Endpoint::Issuer(issuer) = &src.endpoint {
+            match client.token_endpoint(src).await {
+                Ok(u) => println!(
+                    "{}: token endpoint {u} (discovered from issuer {issuer})",
+                    src.name
+                ),
+                Err(e) => println!("{}: discovery failed: {e}", src.name),
+            }
+        }
         match client.fetch(src).await {
             Err(e) => {
                 failed = true;

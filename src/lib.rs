@@ -13,6 +13,7 @@
 
 pub mod acl;
 pub mod broker;
+pub mod cert;
 pub mod check;
 pub mod client;
 pub mod config;

@@ -61,13 +61,13 @@ pub struct Reloader {
     seen: u64,
 }
 
-/// Each source's credential fingerprint (see [`crate::secret::SecretRef::fingerprint`]).
+/// Each source's credential fingerprint (see [`crate::config::Credential::fingerprint`]).
 /// Reads secret files: call it off the async runtime.
 pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
     config
         .sources
         .iter()
-        .map(|(n, s)| (n.clone(), s.client_secret.fingerprint(env)))
+        .map(|(n, s)| (n.clone(), s.credential.fingerprint(env)))
         .collect()
 }
 
@@ -217,7 +217,8 @@ pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
     r.toml_dirs.insert(include.clone());
     r.dirs.insert(include);
     for s in config.sources.values() {
-        if let Some(p) = s.client_secret.path(env) {
+        let ca = s.ca_file.as_ref().map(|c| c.path.clone());
+        for p in s.credential.paths(env).into_iter().chain(ca) {
             r.dirs.insert(parent(&p));
             r.files.insert(p);
         }

@@ -186,11 +186,7 @@ impl SecretRef {
                 read_file(PathBuf::from(dir).join(name)).await?
             }
         };
-        let trimmed = raw
-            .strip_suffix("\r\n")
-            .or_else(|| raw.strip_suffix('\n'))
-            .unwrap_or(&raw)
-            .to_string();
+        let trimmed = strip_newline(&raw).to_string();
         // `raw` is dropped here; SecretString zeroizes its own copy on drop.
         non_empty(trimmed, self)
     }
@@ -227,6 +223,14 @@ impl SecretRef {
             SecretRef::Env(_) | SecretRef::Inline(_) => None,
         }
     }
+}
+
+/// The value without one trailing newline (`\n` or `\r\n`), as a secret
+/// file is read.
+pub fn strip_newline(raw: &str) -> &str {
+    raw.strip_suffix("\r\n")
+        .or_else(|| raw.strip_suffix('\n'))
+        .unwrap_or(raw)
 }
 
 fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {

@@ -34,6 +34,10 @@ pub trait Fetcher: Send + Sync + 'static {
         &self,
         source: Arc<SourceConfig>,
     ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
+
+    /// A config was applied: anything looked up from the old one (a
+    /// discovered token endpoint) is to be looked up again.
+    fn reloaded(&self) {}
 }
 
 impl Fetcher for TokenClient {
@@ -43,6 +47,10 @@ impl Fetcher for TokenClient {
     ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
         let client = self.clone();
         Box::pin(async move { client.fetch(&source).await })
+    }
+
+    fn reloaded(&self) {
+        self.forget_discovery();
     }
 }
 
@@ -130,6 +138,7 @@ impl Broker {
     /// - other settings changed: applied in place, token kept;
     /// - removed: stopped at once; added: started.
     pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
+        self.client.reloaded();
         let mut summary = ApplySummary::default();
         let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|name, handle| {
@@ -155,7 +164,7 @@ impl Broker {
                     let old = handle.config();
                     let fp = fp.unwrap_or_else(|| handle.fingerprint());
                     let credential_changed =
-                        old.client_secret != cfg.client_secret || fp != handle.fingerprint();
+                        old.credential != cfg.credential || fp != handle.fingerprint();
                     if credential_changed {
                         summary.credential_changed.push(name.clone());
                         handle.reconfigure(Arc::new(cfg.clone()), fp, true);

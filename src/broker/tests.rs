@@ -146,11 +146,11 @@ impl Fetcher for Script {
                     error,
                     retry_after,
                 } => Err(FetchError::Endpoint(
-                    EndpointError {
+                    Box::new(EndpointError {
                         status,
                         error: Some(error.into()),
                         ..EndpointError::default()
-                    },
+                    }),
                     retry_after,
                 )),
             }
@@ -595,8 +595,8 @@ async fn a_reconfigure_is_never_lost_behind_pending_fetch_requests() {
         "one fetch for the waiters, one with the new secret"
     );
     assert_eq!(
-        seen[1].client_secret,
-        config("").with_secret("rotated").sources["s"].client_secret
+        seen[1].credential,
+        config("").with_secret("rotated").sources["s"].credential
     );
     // A settings-only change reaches the actor too.
     broker.apply(
@@ -681,8 +681,9 @@ trait WithSecret {
 impl WithSecret for Config {
     fn with_secret(mut self, secret: &str) -> Config {
         for s in self.sources.values_mut() {
-            s.client_secret =
-                crate::secret::SecretRef::Inline(SecretString::from(secret.to_string()));
+            s.credential = crate::config::Credential::Secret(crate::secret::SecretRef::Inline(
+                SecretString::from(secret.to_string()),
+            ));
         }
         self
     }

@@ -15,10 +15,11 @@ mod source;
 mod tests;
 mod values;
 
-use crate::secret::SecretRef;
+use crate::secret::{SecretEnv, SecretRef};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use url::Url;
 
@@ -88,10 +89,16 @@ pub enum Provider {
     Azure,
 }
 
+/// How the client authenticates to the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+    /// A signed JWT assertion (RFC 7523): from a certificate's key, or a
+    /// ready-made federated one.
+    PrivateKeyJwt,
+    /// The client certificate in the TLS handshake (RFC 8705).
+    TlsClientAuth,
 }
 
 impl AuthMethod {
@@ -99,8 +106,110 @@ impl AuthMethod {
         match self {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
         }
     }
+}
+
+/// The algorithm a client assertion is signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    Rs256,
+    Ps256,
+    Es256,
+}
+
+impl SigningAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::Rs256 => "RS256",
+            SigningAlg::Ps256 => "PS256",
+            SigningAlg::Es256 => "ES256",
+        }
+    }
+
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            SigningAlg::Rs256 => jsonwebtoken::Algorithm::RS256,
+            SigningAlg::Ps256 => jsonwebtoken::Algorithm::PS256,
+            SigningAlg::Es256 => jsonwebtoken::Algorithm::ES256,
+        }
+    }
+}
+
+/// `client_certificate = { cert, key, alg }`: the certificate is read when
+/// the config loads; the key, a secret, when a token is fetched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertificate {
+    pub cert_path: PathBuf,
+    pub cert: Arc<crate::cert::Certificate>,
+    pub key: SecretRef,
+    pub alg: SigningAlg,
+}
+
+/// How a source proves who it is. Exactly one per source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// `client_secret`.
+    Secret(SecretRef),
+    /// `client_certificate`: `private_key_jwt` or `tls_client_auth`.
+    Certificate(ClientCertificate),
+    /// `client_assertion`: a ready-made assertion, read at every fetch.
+    Assertion(SecretRef),
+}
+
+impl Credential {
+    /// A hash of the credential's current content (or of why it cannot be
+    /// read), so a reload can tell a rotated one from an unchanged one.
+    /// Reads files: call it off the async runtime.
+    pub fn fingerprint(&self, env: &SecretEnv) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match self {
+            Credential::Secret(r) => (0u8, r.fingerprint(env)).hash(&mut h),
+            Credential::Certificate(c) => {
+                (1u8, &c.cert.der, c.key.fingerprint(env)).hash(&mut h);
+            }
+            Credential::Assertion(r) => (2u8, r.fingerprint(env)).hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// The files it is read from, to watch them.
+    pub fn paths(&self, env: &SecretEnv) -> Vec<PathBuf> {
+        match self {
+            Credential::Secret(r) | Credential::Assertion(r) => r.path(env).into_iter().collect(),
+            Credential::Certificate(c) => std::iter::once(c.cert_path.clone())
+                .chain(c.key.path(env))
+                .collect(),
+        }
+    }
+}
+
+/// Where the token endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `token_url` (or Entra's, from `tenant`).
+    Url(Url),
+    /// `issuer`: the `token_endpoint` of its discovery document.
+    Issuer(Url),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Url(u) => write!(f, "{u}"),
+            Endpoint::Issuer(u) => write!(f, "issuer {u}"),
+        }
+    }
+}
+
+/// `ca_file`: extra CA certificates trusted for one source's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    pub path: PathBuf,
+    pub pem: Arc<Vec<u8>>,
 }
 
 /// One validated source.
@@ -108,9 +217,9 @@ impl AuthMethod {
 pub struct SourceConfig {
     pub name: String,
     pub provider: Provider,
-    pub token_url: Url,
+    pub endpoint: Endpoint,
     pub client_id: String,
-    pub client_secret: SecretRef,
+    pub credential: Credential,
     pub auth_method: AuthMethod,
     pub scopes: Vec<String>,
     pub params: BTreeMap<String, String>,
@@ -118,10 +227,12 @@ pub struct SourceConfig {
     pub min_ttl: Duration,
     pub fetch_timeout: Duration,
     pub eager: bool,
+    /// `credential_expires`, else the certificate's `notAfter`.
     pub credential_expires: Option<SystemTime>,
     pub probe_url: Option<Url>,
     /// Who may read it; `None`: anyone who can open the socket.
     pub allow: Option<crate::acl::Allow>,
+    pub ca_file: Option<CaFile>,
 }
 
 impl SourceConfig {
@@ -134,7 +245,7 @@ impl SourceConfig {
     /// id, scopes, params, auth method): the old token must not be served for
     /// the new identity.
     pub fn same_identity(&self, other: &SourceConfig) -> bool {
-        self.token_url == other.token_url
+        self.endpoint == other.endpoint
             && self.client_id == other.client_id
             && self.scopes == other.scopes
             && self.params == other.params

@@ -62,16 +62,23 @@ impl RawSource {
                 }
             )* };
         }
+        // A source authenticates one way: one that names any credential
+        // inherits none, so a [defaults] secret never clashes with its certificate.
+        if self.client_secret.is_none()
+            && self.client_certificate.is_none()
+            && self.client_assertion.is_none()
+        {
+            inherit!(client_secret, client_certificate, client_assertion);
+        }
+        // Likewise for where the token endpoint is.
+        if self.token_url.is_none() && self.issuer.is_none() {
+            inherit!(token_url, issuer);
+        }
         inherit!(
-            token_url,
-            issuer,
             provider,
             tenant,
             authority,
             client_id,
-            client_secret,
-            client_certificate,
-            client_assertion,
             auth_method,
             scopes,
             params,

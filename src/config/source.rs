@@ -7,9 +7,13 @@
 use super::diag::{At, Diagnostics};
 use super::raw::RawSource;
 use super::values::{date, duration, url};
-use super::{AuthMethod, Provider, SourceConfig};
+use super::{
+    AuthMethod, CaFile, ClientCertificate, Credential, Endpoint, Provider, SigningAlg, SourceConfig,
+};
 use crate::oauth::entra;
 use crate::secret::SecretRef;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use url::Url;
@@ -42,27 +46,6 @@ pub(super) fn source(
     };
     let raw = raw.with_defaults(defaults, (file != 0).then(|| header.span.clone()));
     let before = d.errors.len();
-    for (present, key) in [
-        (raw.issuer.as_ref().map(Spanned::span), "issuer"),
-        (
-            raw.client_certificate.as_ref().map(Spanned::span),
-            "client_certificate",
-        ),
-        (
-            raw.client_assertion.as_ref().map(Spanned::span),
-            "client_assertion",
-        ),
-        (raw.ca_file.as_ref().map(Spanned::span), "ca_file"),
-    ] {
-        if let Some(s) = present {
-            d.error(
-                &At::new(file, s),
-                format!("`{key}` is not supported by this version"),
-                Some("remove it; see README for what this version supports".to_string()),
-            );
-        }
-    }
-
     let provider = match &raw.provider {
         None => Provider::Generic,
         Some(p) if p.get_ref() == "azure" => Provider::Azure,
@@ -79,10 +62,22 @@ pub(super) fn source(
         }
     };
 
-    let token_url = match (&raw.token_url, provider, &raw.tenant) {
-        (Some(u), _, _) => url(d, file, u, "token_url"),
-        (None, Provider::Azure, Some(t)) => azure_url(d, file, t, raw.authority.as_ref()),
-        (None, Provider::Azure, None) => {
+    let endpoint = match (&raw.token_url, &raw.issuer, provider, &raw.tenant) {
+        (Some(u), Some(i), _, _) => {
+            d.error(
+                &At::of(file, i),
+                format!("source `{name}` has both `token_url` and `issuer`"),
+                Some("keep token_url (used as is) or issuer (its discovery document names the token endpoint), not both".to_string()),
+            );
+            let _ = u;
+            None
+        }
+        (Some(u), None, _, _) => url(d, file, u, "token_url").map(Endpoint::Url),
+        (None, Some(i), _, _) => url(d, file, i, "issuer").map(Endpoint::Issuer),
+        (None, None, Provider::Azure, Some(t)) => {
+            azure_url(d, file, t, raw.authority.as_ref()).map(Endpoint::Url)
+        }
+        (None, None, Provider::Azure, None) => {
             d.error(
                 header,
                 format!("source `{name}` has provider = \"azure\" but no `tenant`"),
@@ -90,11 +85,11 @@ pub(super) fn source(
             );
             None
         }
-        (None, Provider::Generic, _) => {
+        (None, None, Provider::Generic, _) => {
             d.error(
                 header,
                 format!("source `{name}` has no `token_url`"),
-                Some("set token_url, or provider = \"azure\" with tenant".to_string()),
+                Some("set token_url (or issuer), or provider = \"azure\" with tenant".to_string()),
             );
             None
         }
@@ -127,73 +122,14 @@ pub(super) fn source(
         }
     };
 
-    let client_secret = match raw.client_secret {
-        Some(s) => {
-            let value_at = At::of(file, &s);
-            match SecretRef::parse(s.into_inner(), "client_secret") {
-                Ok(r) => {
-                    if matches!(r, SecretRef::Inline(_)) {
-                        let origin = inherited_secret.unwrap_or(value_at);
-                        if d.mode(&origin).is_some_and(|m| m & 0o077 != 0) {
-                            d.warn(
-                                &origin,
-                                "plain client_secret in a config file that group or others can read",
-                                Some(format!(
-                                    "chmod 600 the file, or {}",
-                                    SecretRef::how_to_write("client_secret")
-                                )),
-                            );
-                        }
-                    }
-                    Some(r)
-                }
-                Err(p) => {
-                    d.problem(&value_at, p);
-                    None
-                }
-            }
-        }
-        None => {
-            if raw.client_certificate.is_none() && raw.client_assertion.is_none() {
-                d.error(
-                    header,
-                    format!("source `{name}` has no credential"),
-                    Some(
-                        "add client_secret = { file = \"/path\" } (or env, credential)".to_string(),
-                    ),
-                );
-            }
-            None
-        }
-    };
-
-    let auth_method = match &raw.auth_method {
-        None if provider == Provider::Azure => AuthMethod::ClientSecretPost,
-        None => AuthMethod::ClientSecretBasic,
-        Some(m) => match m.get_ref().as_str() {
-            "client_secret_basic" => AuthMethod::ClientSecretBasic,
-            "client_secret_post" => AuthMethod::ClientSecretPost,
-            "private_key_jwt" | "tls_client_auth" => {
-                d.error(
-                    &At::of(file, m),
-                    format!(
-                        "auth_method `{}` is not supported by this version",
-                        m.get_ref()
-                    ),
-                    Some("use client_secret_basic or client_secret_post".to_string()),
-                );
-                AuthMethod::ClientSecretBasic
-            }
-            other => {
-                d.error(
-                    &At::of(file, m),
-                    format!("unknown auth_method `{other}`"),
-                    Some("use client_secret_basic or client_secret_post".to_string()),
-                );
-                AuthMethod::ClientSecretBasic
-            }
-        },
-    };
+    let credential = credential(d, name, header, &raw, provider, inherited_secret);
+    let auth_method = auth_method(
+        d,
+        file,
+        raw.auth_method.as_ref(),
+        credential.as_ref(),
+        provider,
+    );
 
     let scopes = scopes(d, provider, raw.scopes.as_ref(), header);
 
@@ -243,7 +179,14 @@ pub(super) fn source(
         Duration::from_millis(100),
     );
     let eager = raw.eager.as_ref().is_none_or(|e| *e.get_ref());
-    let credential_expires = raw.credential_expires.and_then(|v| date(d, file, v));
+    let credential_expires = raw
+        .credential_expires
+        .and_then(|v| date(d, file, v))
+        .or_else(|| match &credential {
+            Some(Credential::Certificate(c)) => Some(c.cert.not_after),
+            _ => None,
+        });
+    let ca_file = raw.ca_file.as_ref().and_then(|p| ca_file(d, file, p));
     let probe_url = raw
         .probe_url
         .as_ref()
@@ -270,10 +213,10 @@ pub(super) fn source(
     Some(SourceConfig {
         name: name.to_string(),
         provider,
-        token_url: token_url?,
+        endpoint: endpoint?,
         client_id,
-        client_secret: client_secret?,
-        auth_method,
+        credential: credential?,
+        auth_method: auth_method?,
         scopes,
         params,
         refresh_ratio,
@@ -283,6 +226,7 @@ pub(super) fn source(
         credential_expires,
         probe_url,
         allow,
+        ca_file,
     })
 }
 
@@ -341,4 +285,330 @@ fn scopes(
         }
     }
     scopes
+}
+
+/// The one credential a source names: `client_secret`, `client_certificate`
+/// or `client_assertion`.
+fn credential(
+    d: &mut Diagnostics,
+    name: &str,
+    header: &At,
+    raw: &RawSource,
+    provider: Provider,
+    inherited_secret: Option<At>,
+) -> Option<Credential> {
+    let file = header.file;
+    let named: Vec<(&str, At)> = [
+        (
+            "client_secret",
+            raw.client_secret.as_ref().map(Spanned::span),
+        ),
+        (
+            "client_certificate",
+            raw.client_certificate.as_ref().map(Spanned::span),
+        ),
+        (
+            "client_assertion",
+            raw.client_assertion.as_ref().map(Spanned::span),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, s)| Some((k, At::new(file, s?))))
+    .collect();
+    match named.as_slice() {
+        [] => {
+            d.error(
+                header,
+                format!("source `{name}` has no credential"),
+                Some("add client_secret = { file = \"/path\" } (or env, credential), client_certificate = { cert = \"…\", key = { file = \"…\" } } or client_assertion = { file = \"…\" }".to_string()),
+            );
+            return None;
+        }
+        [_] => {}
+        [(first, _), (second, at), ..] => {
+            d.error(
+                at,
+                format!("source `{name}` has both `{first}` and `{second}`; a source authenticates one way"),
+                Some("keep the one the app registration uses and remove the other (a certificate is the safer choice where the server takes one)".to_string()),
+            );
+            return None;
+        }
+    }
+    if let Some(s) = &raw.client_secret {
+        let value_at = At::of(file, s);
+        let r = match SecretRef::parse(s.get_ref().clone(), "client_secret") {
+            Ok(r) => r,
+            Err(p) => {
+                d.problem(&value_at, p);
+                return None;
+            }
+        };
+        if let SecretRef::Inline(_) = r {
+            let origin = inherited_secret.unwrap_or(value_at.clone());
+            if d.mode(&origin).is_some_and(|m| m & 0o077 != 0) {
+                d.warn(
+                    &origin,
+                    "plain client_secret in a config file that group or others can read",
+                    Some(format!(
+                        "chmod 600 the file, or {}",
+                        SecretRef::how_to_write("client_secret")
+                    )),
+                );
+            }
+        }
+        lint_secret(d, &value_at, &r, provider);
+        return Some(Credential::Secret(r));
+    }
+    if let Some(a) = &raw.client_assertion {
+        return match SecretRef::parse(a.get_ref().clone(), "client_assertion") {
+            Ok(r) => Some(Credential::Assertion(r)),
+            Err(p) => {
+                d.problem(&At::of(file, a), p);
+                None
+            }
+        };
+    }
+    let c = raw.client_certificate.as_ref()?;
+    certificate(d, &At::of(file, c), c.get_ref().clone(), provider).map(Credential::Certificate)
+}
+
+/// `client_certificate = { cert = PATH, key = SECRETREF, alg = … }`.
+fn certificate(
+    d: &mut Diagnostics,
+    at: &At,
+    value: toml::Value,
+    provider: Provider,
+) -> Option<ClientCertificate> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        cert: String,
+        key: toml::Value,
+        alg: Option<String>,
+    }
+    let how = "write client_certificate = { cert = \"/etc/tokend/app.pem\", key = { file = \"/etc/tokend/app.key\" } } (alg = \"PS256\", \"RS256\" or \"ES256\" optional)".to_string();
+    let raw: Raw = match serde::Deserialize::deserialize(value) {
+        Ok(r) => r,
+        Err(e) => {
+            d.error(
+                at,
+                format!(
+                    "`client_certificate` is malformed: {}",
+                    e.to_string().trim()
+                ),
+                Some(how),
+            );
+            return None;
+        }
+    };
+    let key = match SecretRef::parse(raw.key, "key") {
+        Ok(k) => k,
+        Err(p) => {
+            d.problem(at, p);
+            return None;
+        }
+    };
+    let cert_path = PathBuf::from(&raw.cert);
+    let cert = match crate::cert::Certificate::load(&cert_path) {
+        Ok(c) => c,
+        Err(p) => {
+            d.problem(at, p);
+            return None;
+        }
+    };
+    use crate::cert::KeyKind;
+    let alg = match (raw.alg.as_deref(), cert.key_kind) {
+        (None, KeyKind::EcP256) | (Some("ES256"), KeyKind::EcP256) => SigningAlg::Es256,
+        (None, KeyKind::Rsa) if provider == Provider::Azure => SigningAlg::Ps256,
+        (None, KeyKind::Rsa) | (Some("RS256"), KeyKind::Rsa) => SigningAlg::Rs256,
+        (Some("PS256"), KeyKind::Rsa) => SigningAlg::Ps256,
+        (Some(other @ ("RS256" | "PS256" | "ES256")), kind) => {
+            let (has, use_) = match kind {
+                KeyKind::Rsa => ("an RSA", "PS256 or RS256"),
+                KeyKind::EcP256 => ("an ECDSA P-256", "ES256"),
+            };
+            d.error(
+                at,
+                format!(
+                    "alg {other} does not fit {}: it holds {has} key",
+                    cert_path.display()
+                ),
+                Some(format!("use alg = {use_}, or leave alg out")),
+            );
+            return None;
+        }
+        (Some(other), _) => {
+            d.error(
+                at,
+                format!("unknown alg `{other}` in client_certificate"),
+                Some(
+                    "use \"PS256\" or \"RS256\" for an RSA key, \"ES256\" for ECDSA P-256"
+                        .to_string(),
+                ),
+            );
+            return None;
+        }
+    };
+    Some(ClientCertificate {
+        cert_path,
+        cert: Arc::new(cert),
+        key,
+        alg,
+    })
+}
+
+/// `auth_method`, or the one the credential implies.
+fn auth_method(
+    d: &mut Diagnostics,
+    file: usize,
+    raw: Option<&Spanned<String>>,
+    credential: Option<&Credential>,
+    provider: Provider,
+) -> Option<AuthMethod> {
+    let inferred = match credential {
+        Some(Credential::Secret(_)) if provider == Provider::Azure => AuthMethod::ClientSecretPost,
+        Some(Credential::Secret(_)) => AuthMethod::ClientSecretBasic,
+        Some(Credential::Certificate(_) | Credential::Assertion(_)) | None => {
+            AuthMethod::PrivateKeyJwt
+        }
+    };
+    let Some(m) = raw else {
+        return Some(inferred);
+    };
+    let at = At::of(file, m);
+    let method = match m.get_ref().as_str() {
+        "client_secret_basic" => AuthMethod::ClientSecretBasic,
+        "client_secret_post" => AuthMethod::ClientSecretPost,
+        "private_key_jwt" => AuthMethod::PrivateKeyJwt,
+        "tls_client_auth" => AuthMethod::TlsClientAuth,
+        other => {
+            d.error(
+                &at,
+                format!("unknown auth_method `{other}`"),
+                Some("use client_secret_basic, client_secret_post, private_key_jwt or tls_client_auth, or leave it out: tokend infers it from the credential".to_string()),
+            );
+            return None;
+        }
+    };
+    let (fits, has) = match credential {
+        None => return Some(method),
+        Some(Credential::Secret(_)) => (
+            matches!(
+                method,
+                AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+            ),
+            "client_secret",
+        ),
+        Some(Credential::Certificate(_)) => (
+            matches!(
+                method,
+                AuthMethod::PrivateKeyJwt | AuthMethod::TlsClientAuth
+            ),
+            "client_certificate",
+        ),
+        Some(Credential::Assertion(_)) => (method == AuthMethod::PrivateKeyJwt, "client_assertion"),
+    };
+    if !fits {
+        let fix = match credential {
+            Some(Credential::Secret(_)) => "client_secret_basic or client_secret_post",
+            Some(Credential::Certificate(_)) => "private_key_jwt or tls_client_auth",
+            _ => "private_key_jwt",
+        };
+        d.error(
+            &at,
+            format!("auth_method `{}` does not go with {has}", method.as_str()),
+            Some(format!(
+                "with {has}, use {fix}, or leave auth_method out (it is inferred: {})",
+                inferred.as_str()
+            )),
+        );
+        return None;
+    }
+    Some(method)
+}
+
+/// `ca_file`: PEM certificates, read and checked now.
+fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFile> {
+    let at = At::of(file, v);
+    let path = PathBuf::from(v.get_ref());
+    let hint = "give a PEM file of CA certificates (-----BEGIN CERTIFICATE-----)".to_string();
+    let pem = match crate::files::read_regular(&path, crate::cert::MAX_CERT_FILE) {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(
+                &at,
+                format!("cannot read ca_file {}: {e}", path.display()),
+                Some(hint),
+            );
+            return None;
+        }
+    };
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Some(CaFile {
+            path,
+            pem: Arc::new(pem),
+        }),
+        _ => {
+            d.error(
+                &at,
+                format!("ca_file {} holds no PEM certificate", path.display()),
+                Some(hint),
+            );
+            None
+        }
+    }
+}
+
+/// Warnings, before any request, for secrets that a copy-paste got wrong:
+/// an Entra secret shaped like a GUID is the secret's ID, not its Value;
+/// surrounding whitespace or quotes came along with the value.
+fn lint_secret(d: &mut Diagnostics, at: &At, r: &SecretRef, provider: Provider) {
+    let value = match r {
+        SecretRef::Inline(s) => Some(secrecy::ExposeSecret::expose_secret(s).to_string()),
+        SecretRef::File(p) => crate::files::read_regular(p, crate::secret::MAX_SECRET_FILE)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|v| crate::secret::strip_newline(&v).to_string()),
+        // Not readable before the daemon runs (or not this user's to read).
+        SecretRef::Env(_) | SecretRef::Credential(_) => None,
+    };
+    let Some(value) = value else { return };
+    let place = r.describe();
+    if provider == Provider::Azure && looks_like_guid(&value) {
+        d.warn(
+            at,
+            format!("the client secret in {place} looks like a GUID: this looks like the secret's ID, not its Value"),
+            Some("in the Entra portal (App registrations → Certificates & secrets) copy the Value column; it is shown only once, right after the secret is created".to_string()),
+        );
+    }
+    let trimmed = value.trim();
+    if trimmed.len() != value.len() {
+        d.warn(
+            at,
+            format!("the client secret in {place} starts or ends with whitespace"),
+            Some(
+                "a copy-paste may have brought it in: remove it unless the secret really has it"
+                    .to_string(),
+            ),
+        );
+    } else if value.len() >= 2
+        && ((value.starts_with('"') && value.ends_with('"'))
+            || (value.starts_with('\'') && value.ends_with('\'')))
+    {
+        d.warn(
+            at,
+            format!("the client secret in {place} is wrapped in quotes"),
+            Some("a copy-paste may have brought them in: remove them unless the secret really has them".to_string()),
+        );
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex digits.
+fn looks_like_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }

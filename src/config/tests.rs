@@ -147,7 +147,7 @@ fn azure_fills_in_and_checks_scopes() {
     let c = load_str(base, Path::new("t"), None).unwrap();
     let g = &c.sources["graph"];
     assert_eq!(
-        g.token_url.as_str(),
+        g.endpoint.to_string(),
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
     assert_eq!(g.auth_method, AuthMethod::ClientSecretPost);
@@ -183,8 +183,8 @@ fn azure_fills_in_and_checks_scopes() {
     )
     .unwrap();
     assert!(c.sources["graph"]
-        .token_url
-        .as_str()
+        .endpoint
+        .to_string()
         .starts_with("https://login.microsoftonline.us/contoso"));
 }
 
@@ -373,4 +373,253 @@ fn an_inherited_plain_secret_is_judged_by_the_file_it_is_written_in() {
         "{}",
         c.warnings[0]
     );
+}
+
+mod credentials {
+    use super::*;
+    use crate::cert::test_keys;
+    use crate::config::{Credential, Endpoint, SigningAlg};
+
+    const HEAD: &str =
+        "[sources.a]\ntoken_url = \"https://sso.example.com/t\"\nclient_id = \"a\"\n";
+
+    fn cert_line(cert: &Path, key: &Path, extra: &str) -> String {
+        format!(
+            "client_certificate = {{ cert = \"{}\", key = {{ file = \"{}\" }}{extra} }}\n",
+            cert.display(),
+            key.display()
+        )
+    }
+
+    #[test]
+    fn a_certificate_source_infers_private_key_jwt_and_its_alg() {
+        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let c = load_str(
+            &format!("{HEAD}{}", cert_line(&cert, &key, "")),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        let s = &c.sources["a"];
+        assert_eq!(s.auth_method, AuthMethod::PrivateKeyJwt);
+        let Credential::Certificate(cc) = &s.credential else {
+            panic!()
+        };
+        assert_eq!(cc.alg, SigningAlg::Rs256);
+        // notAfter is the credential's expiry unless credential_expires says otherwise.
+        assert_eq!(s.credential_expires, Some(cc.cert.not_after));
+        // Entra signs with PS256 by default.
+        let azure = format!("[sources.a]\nprovider = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"a\"\n{}", cert_line(&cert, &key, ""));
+        let c = load_str(&azure, Path::new("t"), None).unwrap();
+        let Credential::Certificate(cc) = &c.sources["a"].credential else {
+            panic!()
+        };
+        assert_eq!(cc.alg, SigningAlg::Ps256);
+        let (_d, ec, eckey) = test_keys::make("ec", 30);
+        let c = load_str(
+            &format!("{HEAD}{}", cert_line(&ec, &eckey, "")),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        let Credential::Certificate(cc) = &c.sources["a"].credential else {
+            panic!()
+        };
+        assert_eq!(cc.alg, SigningAlg::Es256);
+        let d = one(&format!(
+            "{HEAD}{}",
+            cert_line(&ec, &eckey, ", alg = \"PS256\"")
+        ));
+        assert!(
+            d.message.contains("alg PS256 does not fit") && d.message.contains("ECDSA P-256"),
+            "{d}"
+        );
+        let d = one(&format!(
+            "{HEAD}{}",
+            cert_line(&cert, &key, ", alg = \"HS256\"")
+        ));
+        assert!(d.message.contains("unknown alg `HS256`"), "{d}");
+    }
+
+    #[test]
+    fn a_missing_or_wrong_certificate_file_is_a_config_error_naming_it() {
+        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let d = one(&format!(
+            "{HEAD}{}",
+            cert_line(Path::new("/nonexistent/app.pem"), &key, "")
+        ));
+        assert_eq!(d.line, 4);
+        assert!(
+            d.message
+                .starts_with("cannot read certificate /nonexistent/app.pem"),
+            "{d}"
+        );
+        let d = one(&format!("{HEAD}{}", cert_line(&key, &cert, "")));
+        assert!(d.message.contains("is not a usable certificate"), "{d}");
+        let d = one(&format!(
+            "{HEAD}client_certificate = {{ cert = \"{}\" }}\n",
+            cert.display()
+        ));
+        assert!(
+            d.message.contains("`client_certificate` is malformed"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn one_credential_per_source_and_auth_method_must_fit_it() {
+        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let both = format!(
+            "{HEAD}client_secret = {{ env = \"S\" }}\n{}",
+            cert_line(&cert, &key, "")
+        );
+        let d = one(&both);
+        assert_eq!(
+            d.message,
+            "source `a` has both `client_secret` and `client_certificate`; a source authenticates one way"
+        );
+        let d = one(&format!(
+            "{HEAD}client_secret = {{ env = \"S\" }}\nauth_method = \"private_key_jwt\"\n"
+        ));
+        assert_eq!(
+            d.message,
+            "auth_method `private_key_jwt` does not go with client_secret"
+        );
+        assert!(d
+            .hint
+            .unwrap()
+            .contains("client_secret_basic or client_secret_post"));
+        let d = one(&format!(
+            "{HEAD}client_assertion = {{ file = \"/t\" }}\nauth_method = \"tls_client_auth\"\n"
+        ));
+        assert_eq!(
+            d.message,
+            "auth_method `tls_client_auth` does not go with client_assertion"
+        );
+        let c = load_str(
+            &format!(
+                "{HEAD}{}auth_method = \"tls_client_auth\"\n",
+                cert_line(&cert, &key, "")
+            ),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sources["a"].auth_method, AuthMethod::TlsClientAuth);
+        let c = load_str(
+            &format!("{HEAD}client_assertion = {{ file = \"/var/run/token\" }}\n"),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sources["a"].auth_method, AuthMethod::PrivateKeyJwt);
+        assert!(matches!(
+            c.sources["a"].credential,
+            Credential::Assertion(_)
+        ));
+    }
+
+    #[test]
+    fn a_default_secret_does_not_clash_with_a_sources_certificate() {
+        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let text = format!(
+            "[defaults]\nclient_secret = {{ env = \"S\" }}\n{HEAD}{}[sources.b]\ntoken_url = \"https://x/t\"\nclient_id = \"b\"\n",
+            cert_line(&cert, &key, "")
+        );
+        let c = load_str(&text, Path::new("t"), None).unwrap();
+        assert!(matches!(
+            c.sources["a"].credential,
+            Credential::Certificate(_)
+        ));
+        assert!(matches!(c.sources["b"].credential, Credential::Secret(_)));
+    }
+
+    #[test]
+    fn issuer_instead_of_token_url() {
+        let text = "[sources.a]\nissuer = \"https://sso.example.com/realms/main\"\nclient_id = \"a\"\nclient_secret = { env = \"S\" }\n";
+        let c = load_str(text, Path::new("t"), None).unwrap();
+        assert_eq!(
+            c.sources["a"].endpoint,
+            Endpoint::Issuer(url::Url::parse("https://sso.example.com/realms/main").unwrap())
+        );
+        let d = one(&format!(
+            "{HEAD}issuer = \"https://sso.example.com\"\nclient_secret = {{ env = \"S\" }}\n"
+        ));
+        assert_eq!(d.message, "source `a` has both `token_url` and `issuer`");
+        let d = one(&text.replace("https://sso", "http://sso"));
+        assert!(d.message.starts_with("`issuer` must use https"), "{d}");
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let c = load_str(
+            &format!(
+                "{HEAD}client_secret = {{ env = \"S\" }}\nca_file = \"{}\"\n",
+                cert.display()
+            ),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.sources["a"].ca_file.as_ref().unwrap().path, cert);
+        let d = one(&format!(
+            "{HEAD}client_secret = {{ env = \"S\" }}\nca_file = \"{}\"\n",
+            key.display()
+        ));
+        assert!(d.message.contains("holds no PEM certificate"), "{d}");
+        let d = one(&format!(
+            "{HEAD}client_secret = {{ env = \"S\" }}\nca_file = \"/nonexistent/ca.pem\"\n"
+        ));
+        assert!(
+            d.message
+                .starts_with("cannot read ca_file /nonexistent/ca.pem"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn copy_paste_mistakes_in_secrets_are_warned_about_without_a_request() {
+        let azure = "[sources.g]\nprovider = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"x\"\n";
+        let warn = |secret: &str, base: &str| {
+            let c = load_str(
+                &format!("{base}client_secret = {secret:?}\n"),
+                Path::new("t"),
+                Some(0o600),
+            )
+            .unwrap();
+            c.warnings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        let w = warn("0b6e3a52-8f1d-4c7a-9e4b-2d5f6a7b8c9d", azure);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("looks like a GUID: this looks like the secret's ID, not its Value"),
+            "{w:?}"
+        );
+        assert!(
+            !w[0].contains("0b6e3a52"),
+            "the value is never shown: {w:?}"
+        );
+        assert!(warn("Abc8Q~realLookingValue.Of40chars-xyzxyzxyzxyzx", azure).is_empty());
+        assert!(warn(" padded", azure)[0].contains("starts or ends with whitespace"));
+        assert!(warn("\"quoted\"", HEAD)[0].contains("wrapped in quotes"));
+        // A GUID is a fine secret for other servers.
+        assert!(warn("0b6e3a52-8f1d-4c7a-9e4b-2d5f6a7b8c9d", HEAD).is_empty());
+        // The same holds for a secret file.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "0B6E3A52-8F1D-4C7A-9E4B-2D5F6A7B8C9D\n").unwrap();
+        let c = load_str(
+            &format!("{azure}client_secret = {{ file = \"{}\" }}\n", f.display()),
+            Path::new("t"),
+            None,
+        )
+        .unwrap();
+        assert!(c.warnings[0]
+            .to_string()
+            .contains(&format!("in file {} looks like a GUID", f.display())));
+    }
 }

@@ -8,17 +8,22 @@
 //! files apply to the next fetch. Redirects are not followed: a token endpoint
 //! that redirects would take the client secret elsewhere.
 
+pub mod assertion;
+pub mod discovery;
 pub mod entra;
 pub mod response;
 
-use crate::config::{AuthMethod, SourceConfig};
+use crate::config::{AuthMethod, Credential, Endpoint, Provider, SourceConfig};
 use crate::secret::{ExposeSecret, SecretEnv, SecretError};
 use base64::Engine;
 use response::{EndpointError, MAX_BODY};
 use secrecy::SecretString;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use url::Url;
 
 /// Lifetime assumed when the IdP sends no `expires_in` and the token is not a JWT.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -77,11 +82,15 @@ pub enum FetchError {
     #[error("cannot reach token endpoint {url}: {detail}")]
     Connect { url: String, detail: String },
     #[error("{}", .0.message())]
-    Endpoint(EndpointError, Option<Duration>),
+    Endpoint(Box<EndpointError>, Option<Duration>),
     #[error("token endpoint {url} sent an unusable response: {detail}")]
     BadResponse { url: String, detail: String },
     #[error("token endpoint {url} sent a token that cannot be served: {detail}")]
     Expired { url: String, detail: String },
+    #[error("{0}")]
+    Credential(String),
+    #[error("cannot find the token endpoint of {issuer}: {detail}")]
+    Discovery { issuer: String, detail: String },
 }
 
 impl FetchError {
@@ -94,6 +103,8 @@ impl FetchError {
             FetchError::Endpoint(e, _) => e.code(),
             FetchError::BadResponse { .. } => "bad_response".into(),
             FetchError::Expired { .. } => "token_expired".into(),
+            FetchError::Credential(_) => "credential_unusable".into(),
+            FetchError::Discovery { .. } => "discovery_failed".into(),
         }
     }
 
@@ -107,6 +118,8 @@ impl FetchError {
             FetchError::Endpoint(e, _) => e.hint(),
             FetchError::BadResponse { .. } => Some("check that token_url is the OAuth token endpoint".into()),
             FetchError::Expired { .. } => Some("the identity provider issues tokens that are already expired or nearly so: check that this host's clock is right (timedatectl) and the token lifetime configured on the server".into()),
+            FetchError::Credential(_) => Some("fix the certificate, key or assertion file the message names; tokend reads it again when the file changes".into()),
+            FetchError::Discovery { .. } => Some("check issuer: its discovery document (/.well-known/openid-configuration) must be reachable from this host and name exactly this issuer; or set token_url instead".into()),
         }
     }
 
@@ -120,15 +133,27 @@ impl FetchError {
 
     /// Errors a quick retry will not fix; retried at the slow end of the backoff.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, FetchError::Endpoint(e, _) if e.is_permanent())
+        match self {
+            FetchError::Endpoint(e, _) => e.is_permanent(),
+            // Fixed by editing a file, which a reload notices at once.
+            FetchError::Credential(_) => true,
+            _ => false,
+        }
     }
 }
 
-/// The shared upstream client.
+/// The upstream client: one `reqwest::Client` for the system's CA store,
+/// and one more per distinct TLS setting (a `ca_file`, a certificate for
+/// `tls_client_auth`), made when first needed and shared where equal.
 #[derive(Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
     env: SecretEnv,
+    /// Clients by a hash of their extra CA and identity.
+    tls: Arc<Mutex<HashMap<u64, reqwest::Client>>>,
+    /// Token endpoints found by discovery, by issuer; forgotten on reload
+    /// and when the endpoint cannot be reached.
+    discovered: Arc<Mutex<HashMap<Url, Url>>>,
 }
 
 impl fmt::Debug for TokenClient {
@@ -137,25 +162,189 @@ impl fmt::Debug for TokenClient {
     }
 }
 
+/// Most distinct TLS settings kept at once; beyond, the cache starts over.
+const MAX_TLS_CLIENTS: usize = 64;
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+}
+
+/// How one fetch authenticates, with what it read for it.
+enum ClientAuth {
+    Basic(SecretString),
+    Post(SecretString),
+    /// A signed or ready-made assertion.
+    Assertion(SecretString),
+    /// The certificate (and this key) in the TLS handshake.
+    Tls(SecretString),
+}
+
 impl TokenClient {
     pub fn new(env: SecretEnv) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
-        Ok(TokenClient { http, env })
+        Ok(TokenClient {
+            http: builder().build()?,
+            env,
+            tls: Arc::default(),
+            discovered: Arc::default(),
+        })
     }
 
-    /// The HTTP client, for `check --fetch`'s probe calls.
+    /// The HTTP client with the system's CA store, for `check --fetch`'s probe calls.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
+    /// Forgets discovered endpoints, so each is read again (after a reload).
+    pub fn forget_discovery(&self) {
+        self.discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The HTTP client for `src`: its `ca_file` trusted on top of the
+    /// system's store, and `identity` (a certificate's PEM and its key's)
+    /// presented in the handshake.
+    fn http_for(
+        &self,
+        src: &SourceConfig,
+        identity: Option<&SecretString>,
+    ) -> Result<reqwest::Client, FetchError> {
+        let cert = match (&src.credential, identity) {
+            (Credential::Certificate(c), Some(_)) => Some(c),
+            _ => None,
+        };
+        if src.ca_file.is_none() && cert.is_none() {
+            return Ok(self.http.clone());
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        src.ca_file.as_ref().map(|c| &c.pem).hash(&mut h);
+        cert.map(|c| &c.cert.pem).hash(&mut h);
+        identity.map(|k| k.expose_secret()).hash(&mut h);
+        let key = h.finish();
+        let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let mut b = builder();
+        if let Some(ca) = &src.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&ca.pem).map_err(|e| {
+                FetchError::Credential(format!("ca_file {}: {e}", ca.path.display()))
+            })?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        if let (Some(c), Some(k)) = (cert, identity) {
+            let mut pem = zeroize::Zeroizing::new(c.cert.pem.clone());
+            pem.push(b'\n');
+            pem.extend_from_slice(k.expose_secret().as_bytes());
+            let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                FetchError::Credential(format!(
+                    "certificate {} and the key in {} do not make a TLS client identity (an unencrypted PEM key is needed)",
+                    c.cert_path.display(),
+                    c.key.describe()
+                ))
+            })?;
+            b = b.identity(id);
+        }
+        let client = b.build().map_err(|e| {
+            FetchError::Credential(format!("cannot set up TLS for {}: {e}", src.name))
+        })?;
+        if cache.len() >= MAX_TLS_CLIENTS {
+            cache.clear();
+        }
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The token endpoint of `src`: its `token_url`, or what discovery
+    /// finds for its `issuer` (cached).
+    pub async fn token_endpoint(&self, src: &SourceConfig) -> Result<Url, FetchError> {
+        let http = self.http_for(src, None)?;
+        self.endpoint_with(src, &http).await
+    }
+
+    async fn endpoint_with(
+        &self,
+        src: &SourceConfig,
+        http: &reqwest::Client,
+    ) -> Result<Url, FetchError> {
+        let issuer = match &src.endpoint {
+            Endpoint::Url(u) => return Ok(u.clone()),
+            Endpoint::Issuer(i) => i,
+        };
+        let known = self
+            .discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(issuer)
+            .cloned();
+        if let Some(u) = known {
+            return Ok(u);
+        }
+        let found = discovery::token_endpoint(http, issuer, src.fetch_timeout)
+            .await
+            .map_err(|detail| FetchError::Discovery {
+                issuer: issuer.to_string(),
+                detail,
+            })?;
+        self.discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(issuer.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Reads what `src`'s credential needs for one fetch.
+    async fn client_auth(&self, src: &SourceConfig) -> Result<ClientAuth, FetchError> {
+        Ok(match (&src.credential, src.auth_method) {
+            (Credential::Secret(r), AuthMethod::ClientSecretPost) => {
+                ClientAuth::Post(r.resolve(&self.env).await?)
+            }
+            (Credential::Secret(r), _) => ClientAuth::Basic(r.resolve(&self.env).await?),
+            (Credential::Certificate(c), AuthMethod::TlsClientAuth) => {
+                ClientAuth::Tls(c.key.resolve(&self.env).await?)
+            }
+            // Signed below, once the token endpoint (its audience) is known.
+            (Credential::Certificate(c), _) => {
+                ClientAuth::Assertion(c.key.resolve(&self.env).await?)
+            }
+            (Credential::Assertion(r), _) => {
+                let a = r.resolve(&self.env).await?;
+                assertion::check_federated(&a, &r.describe(), std::time::SystemTime::now())
+                    .map_err(FetchError::Credential)?;
+                ClientAuth::Assertion(a)
+            }
+        })
+    }
+
     /// Requests one token for `src`.
     pub async fn fetch(&self, src: &SourceConfig) -> Result<Token, FetchError> {
-        let secret = src.client_secret.resolve(&self.env).await?;
-        let url = src.token_url.as_str().to_string();
+        let mut auth = self.client_auth(src).await?;
+        let identity = match &auth {
+            ClientAuth::Tls(k) => Some(k),
+            _ => None,
+        };
+        let http = self.http_for(src, identity)?;
+        let endpoint = self.endpoint_with(src, &http).await?;
+        if let (Credential::Certificate(c), ClientAuth::Assertion(key)) = (&src.credential, &auth) {
+            let signed = assertion::sign(
+                c,
+                key,
+                &src.client_id,
+                endpoint.as_str(),
+                src.provider == Provider::Azure,
+                std::time::SystemTime::now(),
+            )
+            .map_err(FetchError::Credential)?;
+            auth = ClientAuth::Assertion(signed);
+        }
+        let url = endpoint.as_str().to_string();
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         let scope = src.scope_param();
         if let Some(s) = &scope {
@@ -164,29 +353,47 @@ impl TokenClient {
         for (k, v) in &src.params {
             form.push((k, v));
         }
-        let mut req = self
-            .http
-            .post(src.token_url.clone())
+        let mut req = http
+            .post(endpoint.clone())
             .timeout(src.fetch_timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        match src.auth_method {
-            AuthMethod::ClientSecretBasic => {
+        // What the server might echo back into an error description.
+        let sent = match &auth {
+            ClientAuth::Basic(secret) => {
                 req = req.header(
                     reqwest::header::AUTHORIZATION,
-                    basic_auth(&src.client_id, &secret),
+                    basic_auth(&src.client_id, secret),
                 );
+                Some(secret)
             }
-            AuthMethod::ClientSecretPost => {
+            ClientAuth::Post(secret) => {
                 form.push(("client_id", &src.client_id));
                 form.push(("client_secret", secret.expose_secret()));
+                Some(secret)
             }
-        }
+            ClientAuth::Assertion(a) => {
+                form.push(("client_id", &src.client_id));
+                form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+                form.push(("client_assertion", a.expose_secret()));
+                Some(a)
+            }
+            ClientAuth::Tls(_) => {
+                form.push(("client_id", &src.client_id));
+                None
+            }
+        };
         let req = req.form(&form);
         let issued_at = Instant::now();
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(&url, src.fetch_timeout, &e))?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(src.endpoint, Endpoint::Issuer(_)) && e.is_connect() {
+                    // The endpoint moved, perhaps: look it up again next time.
+                    self.forget_discovery();
+                }
+                return Err(transport_error(&url, src.fetch_timeout, &e));
+            }
+        };
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -203,8 +410,10 @@ impl TokenClient {
         if !(200..300).contains(&status) {
             let mut e = response::parse_error(status, &body);
             // An IdP that echoes what it was sent must not put the secret in our logs.
-            e.description = e.description.map(|d| scrub(&d, &secret));
-            return Err(FetchError::Endpoint(e, retry_after));
+            if let Some(s) = sent {
+                e.description = e.description.map(|d| scrub(&d, s));
+            }
+            return Err(FetchError::Endpoint(Box::new(e), retry_after));
         }
         let parsed = response::parse_token(&body).map_err(|detail| FetchError::BadResponse {
             url: url.clone(),
@@ -323,6 +532,17 @@ fn transport_error(url: &str, timeout: Duration, e: &reqwest::Error) -> FetchErr
             timeout,
         };
     }
+    FetchError::Connect {
+        url: url.to_string(),
+        detail: transport_detail(e),
+    }
+}
+
+/// What went wrong below HTTP, in words: TLS, DNS, connect.
+fn transport_detail(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_string();
+    }
     // The causes below reqwest's own error explain TLS, DNS and connect
     // failures; reqwest's Display only repeats the URL, and hyper's
     // "client error (Connect)" layer adds nothing.
@@ -341,10 +561,7 @@ fn transport_error(url: &str, timeout: Duration, e: &reqwest::Error) -> FetchErr
     if detail.is_empty() {
         detail = e.to_string();
     }
-    FetchError::Connect {
-        url: url.to_string(),
-        detail: response::clip(&detail, 500),
-    }
+    response::clip(&detail, 500)
 }
 
 enum ReadError {

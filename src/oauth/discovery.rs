@@ -1,0 +1,140 @@
+//! The token endpoint of an `issuer`, from its discovery document: OpenID
+//! Connect Discovery (`{issuer}/.well-known/openid-configuration`), else
+//! RFC 8414 (`/.well-known/oauth-authorization-server` before the issuer's
+//! path). The document must name the configured issuer exactly (RFC 8414
+//! §3.3), so a look-alike cannot point tokend elsewhere.
+
+use std::time::Duration;
+use url::Url;
+
+/// The discovery URLs to try for `issuer`, in order.
+fn candidates(issuer: &Url) -> Vec<Url> {
+    let base = issuer.as_str().trim_end_matches('/');
+    let mut out: Vec<Url> = Url::parse(&format!("{base}/.well-known/openid-configuration"))
+        .into_iter()
+        .collect();
+    let mut rfc8414 = issuer.clone();
+    let path = issuer.path().trim_end_matches('/').to_string();
+    rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
+    rfc8414.set_query(None);
+    out.push(rfc8414);
+    out
+}
+
+/// Reads `issuer`'s discovery document and returns its `token_endpoint`.
+/// The error text says what was tried and what each answered.
+pub async fn token_endpoint(
+    http: &reqwest::Client,
+    issuer: &Url,
+    timeout: Duration,
+) -> Result<Url, String> {
+    let mut tried = Vec::new();
+    for url in candidates(issuer) {
+        match document(http, &url, timeout).await {
+            Ok(doc) => return endpoint_in(&doc, issuer, &url),
+            Err(why) => tried.push(format!("{url} ({why})")),
+        }
+    }
+    Err(format!(
+        "no discovery document for issuer {issuer}: tried {}",
+        tried.join(", ")
+    ))
+}
+
+async fn document(
+    http: &reqwest::Client,
+    url: &Url,
+    timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let resp = http
+        .get(url.clone())
+        .timeout(timeout)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| super::transport_detail(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {}", status.as_u16()));
+    }
+    let body = super::read_limited(resp).await.map_err(|e| match e {
+        super::ReadError::Transport(e) => super::transport_detail(&e),
+        super::ReadError::TooLarge => "larger than 1 MiB".to_string(),
+    })?;
+    serde_json::from_slice(&body).map_err(|_| "not JSON".to_string())
+}
+
+fn endpoint_in(doc: &serde_json::Value, issuer: &Url, from: &Url) -> Result<Url, String> {
+    let named = doc["issuer"].as_str().unwrap_or_default();
+    if named.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
+        return Err(format!(
+            "the discovery document at {from} names issuer {:?}, not {issuer}: set issuer to exactly what the server calls itself",
+            super::response::clip(named, 200)
+        ));
+    }
+    let endpoint = doc["token_endpoint"]
+        .as_str()
+        .ok_or_else(|| format!("the discovery document at {from} has no token_endpoint"))?;
+    let url = Url::parse(endpoint).map_err(|e| {
+        format!("the discovery document at {from} has an unusable token_endpoint ({e})")
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        Ok(url)
+    } else {
+        Err(format!(
+            "the discovery document at {from} names token endpoint {url}, which is not https"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_to_look() {
+        let c = candidates(&Url::parse("https://sso.example.com/realms/main").unwrap());
+        let c: Vec<&str> = c.iter().map(Url::as_str).collect();
+        assert_eq!(
+            c,
+            [
+                "https://sso.example.com/realms/main/.well-known/openid-configuration",
+                "https://sso.example.com/.well-known/oauth-authorization-server/realms/main"
+            ]
+        );
+        let c = candidates(&Url::parse("https://login.example.com/").unwrap());
+        assert_eq!(
+            c[1].as_str(),
+            "https://login.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    #[test]
+    fn the_document_must_name_the_issuer_and_an_https_endpoint() {
+        let issuer = Url::parse("https://sso.example.com/realms/main").unwrap();
+        let from = Url::parse("https://sso.example.com/x").unwrap();
+        let ok = serde_json::json!({"issuer": "https://sso.example.com/realms/main", "token_endpoint": "https://sso.example.com/t"});
+        assert_eq!(
+            endpoint_in(&ok, &issuer, &from).unwrap().as_str(),
+            "https://sso.example.com/t"
+        );
+        let other = serde_json::json!({"issuer": "https://evil.example.com", "token_endpoint": "https://evil.example.com/t"});
+        assert!(endpoint_in(&other, &issuer, &from)
+            .unwrap_err()
+            .contains("names issuer"));
+        let http = serde_json::json!({"issuer": "https://sso.example.com/realms/main", "token_endpoint": "http://sso.example.com/t"});
+        assert!(endpoint_in(&http, &issuer, &from)
+            .unwrap_err()
+            .contains("not https"));
+        let none = serde_json::json!({"issuer": "https://sso.example.com/realms/main"});
+        assert!(endpoint_in(&none, &issuer, &from)
+            .unwrap_err()
+            .contains("no token_endpoint"));
+    }
+}
