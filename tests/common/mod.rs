@@ -10,6 +10,7 @@
 )]
 
 use bytes::Bytes;
+pub mod entra;
 pub mod oidc;
 
 use std::path::{Path, PathBuf};
@@ -335,6 +336,35 @@ pub async fn check_fetch(path: &Path, env: &[(&str, &str)]) -> (i32, String, Str
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Makes a self-signed certificate and its unencrypted key with openssl in
+/// `dir`: `{name}.pem` and `{name}.key` (`kind`: "rsa" or "ec").
+pub fn make_cert(dir: &Path, name: &str, kind: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-nodes", "-days", "30", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-newkey");
+    if kind == "rsa" {
+        cmd.arg("rsa:2048");
+    } else {
+        cmd.args(["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]);
+    }
+    let out = cmd
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
 }
 
 /// Creates a FIFO at `path`: a file whose plain open for reading waits for
