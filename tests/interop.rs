@@ -263,3 +263,130 @@ async fn check_fetch_prints_ok_and_the_decoded_claims() {
     }
     assert!(!stdout.contains(BASIC_SECRET));
 }
+
+/// A source for client `client` of `server` with a certificate credential.
+fn cert_source(
+    name: &str,
+    server: &OidcServer,
+    client: &str,
+    cert: &str,
+    key: &str,
+    extra: &str,
+) -> String {
+    let creds = server.creds.as_ref().unwrap();
+    format!(
+        "[sources.{name}]\ntoken_url = \"{}\"\nclient_id = \"{client}\"\nclient_certificate = {{ cert = \"{}\", key = {{ file = \"{}\" }}{extra} }}\nscopes = [\"read\"]\n",
+        server.token_url(),
+        creds.path(cert).display(),
+        creds.path(key).display()
+    )
+}
+
+#[tokio::test]
+async fn private_key_jwt_with_rs256_and_ps256_and_a_wrong_key_is_invalid_client() {
+    let server = OidcServer::start_with_credentials(300).await;
+    let body = [
+        cert_source("rs", &server, "pkjwt-rs", "pkjwt.pem", "pkjwt.key", ""),
+        cert_source(
+            "ps",
+            &server,
+            "pkjwt-ps",
+            "pkjwt.pem",
+            "pkjwt.key",
+            ", alg = \"PS256\"",
+        ),
+        // A certificate and key the server does not have for this client.
+        cert_source(
+            "wrong",
+            &server,
+            "pkjwt-rs",
+            "stranger.pem",
+            "stranger.key",
+            "",
+        ),
+    ]
+    .concat();
+    let d = daemon(&body).start().await;
+    for (name, client) in [("rs", "pkjwt-rs"), ("ps", "pkjwt-ps")] {
+        let r = wait_for_status(&d, &format!("/v1/tokens/{name}"), 200).await;
+        let claims = server
+            .verify(r.json()["access_token"].as_str().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the server rejects the token tokend serves: {e}"));
+        assert_eq!(claims["client_id"], client);
+        assert_eq!(claims["aud"], RESOURCE);
+    }
+    // The server really checks the signature: a key it does not know is refused.
+    let r = wait_for_status(&d, "/v1/tokens/wrong", 503).await;
+    let st = d.get("/v1/sources/wrong").await.json();
+    assert_eq!(
+        st["last_error"]["error"],
+        "invalid_client",
+        "{st} {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn tls_client_auth_over_https_with_a_private_ca() {
+    let server = OidcServer::start_with_credentials(300).await;
+    let creds = server.creds.as_ref().unwrap();
+    let tls_port = server.tls_port.expect("the HTTPS listener");
+    let source = |name: &str, cert: &str, ca: Option<&str>| {
+        format!(
+            "[sources.{name}]\ntoken_url = \"https://127.0.0.1:{tls_port}/token\"\nclient_id = \"mtls\"\nauth_method = \"tls_client_auth\"\nclient_certificate = {{ cert = \"{}\", key = {{ file = \"{}\" }} }}\nscopes = [\"read\"]\n{}\n",
+            creds.path(&format!("{cert}.pem")).display(),
+            creds.path(&format!("{cert}.key")).display(),
+            ca.map(|c| format!("ca_file = \"{}\"", creds.path(c).display())).unwrap_or_default()
+        )
+    };
+    let body = [
+        source("mtls", "mtls", Some("ca.pem")),
+        source("untrusted", "mtls", None),
+        // A certificate the server's CA did not issue: the server refuses it.
+        source("impostor", "stranger", Some("ca.pem")),
+    ]
+    .concat();
+    let d = daemon(&body).start().await;
+    let r = wait_for_status(&d, "/v1/tokens/mtls", 200).await;
+    let claims = server
+        .verify(r.json()["access_token"].as_str().unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("the server rejects the token tokend serves: {e}"));
+    assert_eq!(claims["client_id"], "mtls");
+    // Without ca_file the private CA is not trusted: a TLS error that says so.
+    wait_for_status(&d, "/v1/tokens/untrusted", 503).await;
+    let st = d.get("/v1/sources/untrusted").await.json();
+    assert_eq!(st["last_error"]["error"], "connect_failed", "{st}");
+    let msg = st["last_error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(msg.contains("certificate"), "{msg}");
+    wait_for_status(&d, "/v1/tokens/impostor", 503).await;
+    let st = d.get("/v1/sources/impostor").await.json();
+    assert_eq!(st["last_error"]["error"], "invalid_client", "{st}");
+}
+
+#[tokio::test]
+async fn issuer_discovery_finds_the_token_endpoint() {
+    let server = OidcServer::start(300).await;
+    let body = format!(
+        "[sources.found]\nissuer = \"{}\"\nclient_id = \"basic\"\nclient_secret = {{ env = \"S\" }}\nscopes = [\"read\"]\n",
+        server.issuer
+    );
+    let d = daemon(&body).env("S", BASIC_SECRET).start().await;
+    let r = wait_for_status(&d, "/v1/tokens/found", 200).await;
+    server
+        .verify(r.json()["access_token"].as_str().unwrap())
+        .await
+        .expect("a token the server issued");
+    // check --fetch says where discovery led.
+    let (code, out, err) = check_fetch(&d.config, &[("S", BASIC_SECRET)]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "found: token endpoint {} (discovered from issuer {}",
+            server.token_url(),
+            server.issuer
+        )),
+        "{out}"
+    );
+}

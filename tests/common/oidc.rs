@@ -67,23 +67,103 @@ pub struct OidcServer {
     pub port: u16,
     pub issuer: String,
     ttl: u64,
-    pub key_dir: tempfile::TempDir,
+    /// The credentials the test made for it (see [`Credentials`]), if any.
+    pub creds: Option<Credentials>,
+    /// The HTTPS listener for `tls_client_auth`, with [`Credentials`].
+    pub tls_port: Option<u16>,
+}
+
+/// Keys and certificates made with openssl for the credential interop tests:
+/// `pkjwt.pem`/`.key` (the private_key_jwt clients' key), `stranger.pem`/
+/// `.key` (a key the server does not know), and a test CA (`ca.pem`) that
+/// signed `server.pem` (for 127.0.0.1) and `mtls.pem` (CN=tokend-mtls).
+pub struct Credentials {
+    pub dir: tempfile::TempDir,
+}
+
+impl Credentials {
+    pub fn make() -> Credentials {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        super::make_cert(d, "pkjwt", "rsa");
+        super::make_cert(d, "stranger", "rsa");
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tokend test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        for (name, subject, ext) in [
+            ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"),
+            ("mtls", "/CN=tokend-mtls", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+            openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+            openssl(d, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
+        }
+        Credentials { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl OidcServer {
     /// Starts on a free port, issuing tokens that live `ttl` seconds.
     pub async fn start(ttl: u64) -> OidcServer {
-        Self::start_on(0, ttl, tempfile::tempdir().unwrap()).await
+        Self::start_on(0, ttl, None).await
     }
 
-    async fn start_on(port: u16, ttl: u64, key_dir: tempfile::TempDir) -> OidcServer {
+    /// Starts with private_key_jwt clients and an mTLS listener, using
+    /// credentials made for it now.
+    pub async fn start_with_credentials(ttl: u64) -> OidcServer {
+        let creds = tokio::task::spawn_blocking(Credentials::make)
+            .await
+            .unwrap();
+        Self::start_on(0, ttl, Some(creds)).await
+    }
+
+    async fn start_on(port: u16, ttl: u64, creds: Option<Credentials>) -> OidcServer {
         tokio::task::spawn_blocking(ensure_installed).await.unwrap();
-        let mut child = Command::new("node")
+        let mut cmd = Command::new("node");
+        if let Some(c) = &creds {
+            cmd.env("CRED_DIR", c.dir.path());
+        }
+        let mut child = cmd
             .arg("server.mjs")
             .current_dir(interop_dir())
             .env("PORT", port.to_string())
             .env("TTL", ttl.to_string())
-            .env("KEY_DIR", key_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -109,7 +189,8 @@ impl OidcServer {
             port,
             issuer: info["issuer"].as_str().unwrap().to_string(),
             ttl,
-            key_dir,
+            creds,
+            tls_port: info["tls_port"].as_u64().map(|p| u16::try_from(p).unwrap()),
         };
         let discovery = format!("{}/.well-known/openid-configuration", server.issuer);
         super::eventually("the discovery document", async || {
@@ -135,8 +216,8 @@ impl OidcServer {
     /// Stops it and starts it again on the same port (new signing keys).
     pub async fn restart(mut self) -> OidcServer {
         self.stop();
-        let key_dir = std::mem::replace(&mut self.key_dir, tempfile::tempdir().unwrap());
-        Self::start_on(self.port, self.ttl, key_dir).await
+        let creds = self.creds.take();
+        Self::start_on(self.port, self.ttl, creds).await
     }
 
     /// Checks `token`'s signature, issuer and audience with the server; the claims if valid.

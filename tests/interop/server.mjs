@@ -5,10 +5,19 @@
 // Environment:
 //   PORT           port on 127.0.0.1 (0 or unset: a free one)
 //   TTL            access token lifetime in seconds (default 300)
-//   KEY_DIR        if set, the private_key_jwt client's private key is written
-//                  there as pkjwt.key.pem (generated now, never committed)
+//   CRED_DIR       if set, a directory the test filled with openssl:
+//                  pkjwt.pem      certificate whose key the private_key_jwt
+//                                 clients `pkjwt-rs` (RS256) and `pkjwt-ps`
+//                                 (PS256) sign with;
+//                  ca.pem, server.pem, server.key
+//                                 a test CA and a server certificate for
+//                                 127.0.0.1: an HTTPS listener is started too,
+//                                 where client `mtls` authenticates with
+//                                 tls_client_auth (a certificate from ca.pem
+//                                 with subject CN=tokend-mtls).
 //
-// Prints one JSON line {"port": N, "issuer": URL} once listening.
+// Prints one JSON line {"port": N, "issuer": URL, "tls_port": N?} once
+// listening.
 //
 // Test-only routes (not part of oidc-provider):
 //   GET /_test/verify?token=T  verifies T's signature against this server's
@@ -22,7 +31,7 @@
 // first rule: `write` is a known scope that the `narrow` client lacks.
 import Provider from 'oidc-provider';
 import * as jose from 'jose';
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const port = Number(process.env.PORT || 0);
@@ -41,17 +50,37 @@ async function signingKeys() {
   return { keys: [{ ...jwk, kid: 'interop-1', use: 'sig', alg: 'RS256' }] };
 }
 
-async function pkjwtClientKey() {
-  const { publicKey, privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
-  if (process.env.KEY_DIR) {
-    writeFileSync(join(process.env.KEY_DIR, 'pkjwt.key.pem'), await jose.exportPKCS8(privateKey), { mode: 0o600 });
+const credDir = process.env.CRED_DIR;
+
+// The private_key_jwt clients' public key, from the test's certificate.
+async function pkjwtClients() {
+  if (!credDir) return [];
+  const pem = readFileSync(join(credDir, 'pkjwt.pem'), 'utf8');
+  const clients = [];
+  for (const alg of ['RS256', 'PS256']) {
+    const key = await jose.exportJWK(await jose.importX509(pem, alg));
+    clients.push({
+      ...machine,
+      client_id: `pkjwt-${alg.slice(0, 2).toLowerCase()}`,
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: alg,
+      jwks: { keys: [{ ...key, use: 'sig', alg }] },
+      scope: 'read write',
+    });
   }
-  return { ...(await jose.exportJWK(publicKey)), kid: 'pkjwt-1', alg: 'RS256', use: 'sig' };
+  return clients;
 }
 
 const jwks = await signingKeys();
-const clientKey = await pkjwtClientKey();
 const machine = { grant_types: ['client_credentials'], redirect_uris: [], response_types: [] };
+const tls = credDir && existsSync(join(credDir, 'server.pem'));
+const mtlsClient = {
+  ...machine,
+  client_id: 'mtls',
+  token_endpoint_auth_method: 'tls_client_auth',
+  tls_client_auth_subject_dn: 'CN=tokend-mtls',
+  scope: 'read write',
+};
 
 
 async function start() {
@@ -68,11 +97,23 @@ async function start() {
       { ...machine, client_id: 'basic', client_secret: SECRETS.basic, token_endpoint_auth_method: 'client_secret_basic', scope: 'read write' },
       { ...machine, client_id: 'post', client_secret: SECRETS.post, token_endpoint_auth_method: 'client_secret_post', scope: 'read write' },
       { ...machine, client_id: 'narrow', client_secret: SECRETS.narrow, token_endpoint_auth_method: 'client_secret_basic', scope: 'read' },
-      { ...machine, client_id: 'pkjwt', token_endpoint_auth_method: 'private_key_jwt', token_endpoint_auth_signing_alg: 'RS256', jwks: { keys: [clientKey] }, scope: 'read write' },
+      ...(await pkjwtClients()),
+      ...(tls ? [mtlsClient] : []),
     ],
     scopes: ['read', 'write'],
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', ...(tls ? ['tls_client_auth'] : [])],
     features: {
       devInteractions: { enabled: false },
+      // tls_client_auth: the HTTPS listener asks for a client certificate
+      // and Node checks it against the test CA; the provider reads it here.
+      mTLS: {
+        enabled: Boolean(tls),
+        tlsClientAuth: true,
+        getCertificate: (ctx) => ctx.socket.getPeerX509Certificate?.(),
+        certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+        certificateSubjectMatches: (ctx, property, expected) => property === 'tls_client_auth_subject_dn'
+          && ctx.socket.getPeerX509Certificate?.()?.subject === expected,
+      },
       clientCredentials: { enabled: true },
       introspection: { enabled: true },
       resourceIndicators: {
@@ -113,8 +154,21 @@ async function start() {
     await next();
   });
 
+  let tlsPort;
+  if (tls) {
+    const https = await import('node:https');
+    const server = https.createServer({
+      key: readFileSync(join(credDir, 'server.key')),
+      cert: readFileSync(join(credDir, 'server.pem')),
+      ca: readFileSync(join(credDir, 'ca.pem')),
+      requestCert: true,
+      rejectUnauthorized: false,
+    }, provider.callback());
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    tlsPort = server.address().port;
+  }
   provider.listen(actual, '127.0.0.1', () => {
-    process.stdout.write(`${JSON.stringify({ port: actual, issuer })}\n`);
+    process.stdout.write(`${JSON.stringify({ port: actual, issuer, tls_port: tlsPort })}\n`);
   });
 }
 
