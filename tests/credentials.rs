@@ -121,15 +121,24 @@ async fn a_key_that_is_not_the_certificates_is_a_clear_error_before_any_request(
 }
 
 #[tokio::test]
-async fn check_fetch_shows_the_certificate() {
+async fn check_fetch_shows_the_certificate_and_probes_with_every_credential_kind() {
     let entra = EntraDouble::start().await;
     let keys = tempfile::tempdir().unwrap();
     let (cert, key) = make_cert(keys.path(), "tokend-check", "ec");
     entra.register("app-id", &cert);
+    entra.federate("wi-app");
+    let assertion = keys.path().join("assertion");
+    write_private(&assertion, &federated_token(4_000_000_000, 1));
     let path = keys.path().join("tokend.toml");
+    let probe = format!("probe_url = \"{}\"\n", entra.probe_url());
     write_private(
         &path,
-        &entra_cert_source("graph", "app-id", &entra, &cert, &key),
+        &format!(
+            "{}{probe}[sources.wi]\nprovider = \"azure\"\ntenant = \"contoso\"\nauthority = \"{}\"\nclient_id = \"wi-app\"\nclient_assertion = {{ file = \"{}\" }}\n{probe}",
+            entra_cert_source("graph", "app-id", &entra, &cert, &key),
+            entra.authority(),
+            assertion.display()
+        ),
     );
     let (code, out, err) = check_fetch(&path, &[]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -144,6 +153,13 @@ async fn check_fetch_shows_the_certificate() {
         "{out}"
     );
     assert!(out.contains("graph: ok, lifetime 59m 59s"), "{out}");
+    // probe_url is called with the token, whatever the credential.
+    assert_eq!(
+        out.matches(&format!("probe {}: HTTP 200", entra.probe_url()))
+            .count(),
+        2,
+        "{out}"
+    );
 }
 
 /// A JWT as a Kubernetes projected service-account token looks, expiring at `exp`.

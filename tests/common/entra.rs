@@ -78,6 +78,11 @@ impl EntraDouble {
         format!("http://{}/contoso/oauth2/v2.0/token", self.addr)
     }
 
+    /// An API URL that answers 200 to a token this endpoint issued, else 401.
+    pub fn probe_url(&self) -> String {
+        format!("http://{}/probe", self.addr)
+    }
+
     /// The `authority` to configure with `tenant = "contoso"`.
     pub fn authority(&self) -> String {
         format!("http://{}", self.addr)
@@ -144,6 +149,15 @@ async fn answer(
     addr: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/probe" {
+        // An API that accepts the tokens this endpoint issued.
+        let ok = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Bearer entra-token-"));
+        return reply(if ok { 200 } else { 401 }, serde_json::json!({}));
+    }
     let url = format!("http://{addr}{}", req.uri().path());
     let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
         return reply(400, serde_json::json!({"error": "invalid_request"}));
