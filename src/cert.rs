@@ -154,6 +154,18 @@ pub(crate) mod test_keys {
     use std::path::PathBuf;
     use std::process::Command;
 
+    /// A certificate and key of `kind` ("rsa" or "ec"), valid 30 days, made
+    /// once per test run and shared: RSA key generation is slow.
+    pub fn shared(kind: &str) -> (PathBuf, PathBuf) {
+        static RSA: std::sync::OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> =
+            std::sync::OnceLock::new();
+        static EC: std::sync::OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> =
+            std::sync::OnceLock::new();
+        let cell = if kind == "rsa" { &RSA } else { &EC };
+        let (_, cert, key) = cell.get_or_init(|| make(kind, 30));
+        (cert.clone(), key.clone())
+    }
+
     /// Writes `cert.pem` and `key.pem` (kind: "rsa" or "ec") into a new
     /// temp dir with openssl; returns the dir and both paths.
     pub fn make(kind: &str, days: i32) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -193,7 +205,7 @@ mod tests {
 
     #[test]
     fn describes_a_certificate() {
-        let (_dir, cert, _key) = test_keys::make("rsa", 30);
+        let (cert, _key) = test_keys::shared("rsa");
         let c = Certificate::load(&cert).unwrap();
         assert_eq!(c.key_kind, KeyKind::Rsa);
         assert_eq!(c.subject, "CN=tokend-test");
@@ -203,13 +215,13 @@ mod tests {
         assert_eq!(c.x5t().len(), 27);
         assert_eq!(c.x5t_s256().len(), 43);
         assert!(!format!("{c:?}").contains("BEGIN"));
-        let (_dir, cert, _key) = test_keys::make("ec", 30);
+        let (cert, _key) = test_keys::shared("ec");
         assert_eq!(Certificate::load(&cert).unwrap().key_kind, KeyKind::EcP256);
     }
 
     #[test]
     fn a_key_or_garbage_is_not_a_certificate() {
-        let (_dir, _cert, key) = test_keys::make("rsa", 30);
+        let (_cert, key) = test_keys::shared("rsa");
         let e = Certificate::load(&key).unwrap_err();
         assert!(e.message.contains("is not a usable certificate"), "{e:?}");
         let e = Certificate::load(Path::new("/nonexistent.pem")).unwrap_err();

@@ -63,13 +63,12 @@ pub(super) fn source(
     };
 
     let endpoint = match (&raw.token_url, &raw.issuer, provider, &raw.tenant) {
-        (Some(u), Some(i), _, _) => {
+        (Some(_), Some(i), _, _) => {
             d.error(
                 &At::of(file, i),
                 format!("source `{name}` has both `token_url` and `issuer`"),
                 Some("keep token_url (used as is) or issuer (its discovery document names the token endpoint), not both".to_string()),
             );
-            let _ = u;
             None
         }
         (Some(u), None, _, _) => url(d, file, u, "token_url").map(Endpoint::Url),

@@ -393,7 +393,7 @@ mod credentials {
 
     #[test]
     fn a_certificate_source_infers_private_key_jwt_and_its_alg() {
-        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let (cert, key) = test_keys::shared("rsa");
         let c = load_str(
             &format!("{HEAD}{}", cert_line(&cert, &key, "")),
             Path::new("t"),
@@ -415,7 +415,7 @@ mod credentials {
             panic!()
         };
         assert_eq!(cc.alg, SigningAlg::Ps256);
-        let (_d, ec, eckey) = test_keys::make("ec", 30);
+        let (ec, eckey) = test_keys::shared("ec");
         let c = load_str(
             &format!("{HEAD}{}", cert_line(&ec, &eckey, "")),
             Path::new("t"),
@@ -443,7 +443,7 @@ mod credentials {
 
     #[test]
     fn a_missing_or_wrong_certificate_file_is_a_config_error_naming_it() {
-        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let (cert, key) = test_keys::shared("rsa");
         let d = one(&format!(
             "{HEAD}{}",
             cert_line(Path::new("/nonexistent/app.pem"), &key, "")
@@ -468,7 +468,7 @@ mod credentials {
 
     #[test]
     fn one_credential_per_source_and_auth_method_must_fit_it() {
-        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let (cert, key) = test_keys::shared("rsa");
         let both = format!(
             "{HEAD}client_secret = {{ env = \"S\" }}\n{}",
             cert_line(&cert, &key, "")
@@ -521,7 +521,7 @@ mod credentials {
 
     #[test]
     fn a_default_secret_does_not_clash_with_a_sources_certificate() {
-        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let (cert, key) = test_keys::shared("rsa");
         let text = format!(
             "[defaults]\nclient_secret = {{ env = \"S\" }}\n{HEAD}{}[sources.b]\ntoken_url = \"https://x/t\"\nclient_id = \"b\"\n",
             cert_line(&cert, &key, "")
@@ -552,7 +552,7 @@ mod credentials {
 
     #[test]
     fn ca_file_must_hold_certificates() {
-        let (_d, cert, key) = test_keys::make("rsa", 30);
+        let (cert, key) = test_keys::shared("rsa");
         let c = load_str(
             &format!(
                 "{HEAD}client_secret = {{ env = \"S\" }}\nca_file = \"{}\"\n",

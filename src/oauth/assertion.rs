@@ -133,8 +133,16 @@ mod tests {
     use crate::secret::SecretRef;
     use std::sync::Arc;
 
-    fn cert(kind: &str, alg: SigningAlg) -> (tempfile::TempDir, ClientCertificate, SecretString) {
-        let (dir, cert, key) = test_keys::make(kind, 30);
+    fn cert(kind: &str, alg: SigningAlg) -> (ClientCertificate, SecretString) {
+        let (cert, key) = test_keys::shared(kind);
+        from_files(cert, key, alg)
+    }
+
+    fn from_files(
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        alg: SigningAlg,
+    ) -> (ClientCertificate, SecretString) {
         let c = ClientCertificate {
             cert: Arc::new(crate::cert::Certificate::load(&cert).unwrap()),
             cert_path: cert,
@@ -142,7 +150,7 @@ mod tests {
             alg,
         };
         let pem = SecretString::from(std::fs::read_to_string(key).unwrap());
-        (dir, c, pem)
+        (c, pem)
     }
 
     fn decode_part(jwt: &str, i: usize) -> serde_json::Value {
@@ -163,7 +171,7 @@ mod tests {
             ("rsa", SigningAlg::Ps256),
             ("ec", SigningAlg::Es256),
         ] {
-            let (_d, c, key) = cert(kind, alg);
+            let (c, key) = cert(kind, alg);
             let now = SystemTime::now();
             let a = sign(&c, &key, "app-1", "https://idp/token", true, now).unwrap();
             let a = a.expose_secret();
@@ -195,8 +203,9 @@ mod tests {
 
     #[test]
     fn a_key_from_another_certificate_is_caught_before_sending() {
-        let (_d1, c, _) = cert("rsa", SigningAlg::Rs256);
-        let (_d2, _, other_key) = cert("rsa", SigningAlg::Rs256);
+        let (c, _) = cert("rsa", SigningAlg::Rs256);
+        let (_dir, other, other_key) = test_keys::make("rsa", 30);
+        let (_, other_key) = from_files(other, other_key, SigningAlg::Rs256);
         let e = sign(&c, &other_key, "a", "aud", false, SystemTime::now()).unwrap_err();
         assert!(e.contains("does not belong to certificate"), "{e}");
         let e = sign(
@@ -213,7 +222,7 @@ mod tests {
 
     #[test]
     fn an_expired_certificate_is_an_error_naming_it() {
-        let (_d, c, key) = cert("rsa", SigningAlg::Rs256);
+        let (c, key) = cert("rsa", SigningAlg::Rs256);
         let later = c.cert.not_after + Duration::from_secs(1);
         let e = sign(&c, &key, "a", "aud", false, later).unwrap_err();
         assert!(

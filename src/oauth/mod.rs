@@ -176,6 +176,9 @@ fn builder() -> reqwest::ClientBuilder {
 enum ClientAuth {
     Basic(SecretString),
     Post(SecretString),
+    /// A certificate's key, to sign an assertion with once the token
+    /// endpoint (its audience) is known.
+    Sign(SecretString),
     /// A signed or ready-made assertion.
     Assertion(SecretString),
     /// The certificate (and this key) in the TLS handshake.
@@ -310,10 +313,7 @@ impl TokenClient {
             (Credential::Certificate(c), AuthMethod::TlsClientAuth) => {
                 ClientAuth::Tls(c.key.resolve(&self.env).await?)
             }
-            // Signed below, once the token endpoint (its audience) is known.
-            (Credential::Certificate(c), _) => {
-                ClientAuth::Assertion(c.key.resolve(&self.env).await?)
-            }
+            (Credential::Certificate(c), _) => ClientAuth::Sign(c.key.resolve(&self.env).await?),
             (Credential::Assertion(r), _) => {
                 let a = r.resolve(&self.env).await?;
                 assertion::check_federated(&a, &r.describe(), std::time::SystemTime::now())
@@ -332,7 +332,7 @@ impl TokenClient {
         };
         let http = self.http_for(src, identity)?;
         let endpoint = self.endpoint_with(src, &http).await?;
-        if let (Credential::Certificate(c), ClientAuth::Assertion(key)) = (&src.credential, &auth) {
+        if let (Credential::Certificate(c), ClientAuth::Sign(key)) = (&src.credential, &auth) {
             let signed = assertion::sign(
                 c,
                 key,
@@ -377,7 +377,8 @@ impl TokenClient {
                 form.push(("client_assertion", a.expose_secret()));
                 Some(a)
             }
-            ClientAuth::Tls(_) => {
+            // (A key is always signed into an assertion above.)
+            ClientAuth::Tls(_) | ClientAuth::Sign(_) => {
                 form.push(("client_id", &src.client_id));
                 None
             }
