@@ -39,10 +39,9 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
-    // The watcher exists before anything else, and the first pass of the
-    // loop below compares the files with the bytes `config` was parsed
-    // from: an edit made since that read (before any watch existed) is
-    // applied, and every later one raises an event.
+    // The watcher exists before anything else; once the sources run, the
+    // files are compared with the bytes `config` was parsed from (see
+    // `catch_up` below), and every later edit raises an event.
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut watcher = match &from {
         ConfigSource::File(main) => match Watcher::new(events_tx) {
@@ -90,6 +89,11 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         own_uid: crate::acl::own_uid(),
     };
     let mut reloader = Reloader::start(from, broker.clone(), env, config).await;
+    // The watch is in place: an edit made since the start-up read shows as
+    // a difference now (asked before any client is served, so no test or
+    // writer can be half-way yet) and is applied first thing. Anything
+    // later raises events, so nothing is read half-written.
+    let mut catch_up = watcher.is_some() && reloader.changed_on_disk().await;
     let server = tokio::spawn(server::serve(
         listener,
         broker.clone(),
@@ -101,7 +105,6 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut last_status = String::new();
     let mut expiry = ExpiryWarner::default();
-    let mut catch_up = watcher.is_some();
     // A settled file change is pending, to be read at `quiet_at`.
     let mut settled = false;
     let mut quiet_at: Option<Instant> = None;
@@ -155,8 +158,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         systemd::reloading();
         if reloader.finish(reading) {
             expiry.retain(reloader.running().sources.keys());
-            // The new config may name new files: watch them, then look once more.
-            catch_up = watcher.is_some();
+            // The new config may name files in directories not watched so
+            // far: watch them, and look once more for an edit made there
+            // between the read and the watch.
+            if let Some(w) = watcher.as_mut() {
+                catch_up = w.follow(reloader.relevant());
+            }
         }
         systemd::ready(&broker.summary());
     }

@@ -80,8 +80,7 @@ pub struct Reading {
 impl Reloader {
     /// Applies `running` to the broker (start-up). `seen` starts from the
     /// bytes `running` was parsed from, so a change that landed after that
-    /// read (before the watcher existed) is found by the first
-    /// [`Trigger::Files`] check.
+    /// read (before the watcher existed) shows in [`Reloader::changed_on_disk`].
     pub async fn start(
         from: ConfigSource,
         broker: Arc<Broker>,
@@ -129,10 +128,7 @@ impl Reloader {
         };
         let (running, env, seen) = (self.running.clone(), self.env.clone(), self.seen);
         let reading = tokio::task::spawn_blocking(move || {
-            let state = state_of(
-                config::disk_digest(&path, &include_dir(&path, &running)),
-                &fingerprints(&running, &env),
-            );
+            let state = disk_state(&path, &running, &env);
             if trigger == Trigger::Files && state == seen {
                 return (state, None);
             }
@@ -153,6 +149,25 @@ impl Reloader {
                 None
             }
         }
+    }
+
+    /// True if the files or secrets differ from what the running config
+    /// was read from: an edit landed between that read and the watch. Ask
+    /// right after the watch is set up (a later answer could catch a writer
+    /// half-way, which only events should report).
+    pub async fn changed_on_disk(&self) -> bool {
+        let ConfigSource::File(path) = &self.from else {
+            return false;
+        };
+        let (path, running, env, seen) = (
+            path.clone(),
+            self.running.clone(),
+            self.env.clone(),
+            self.seen,
+        );
+        tokio::task::spawn_blocking(move || disk_state(&path, &running, &env) != seen)
+            .await
+            .unwrap_or(true)
     }
 
     /// Applies what [`Reloader::read`] found: a valid config replaces the
@@ -238,6 +253,15 @@ fn include_dir(main: &Path, config: &Config) -> PathBuf {
         .include_dir
         .clone()
         .unwrap_or_else(|| parent(main).join("sources.d"))
+}
+
+/// The state of what loading `path` with `running`'s include directory and
+/// secrets would read now. Reads files: off the async runtime.
+fn disk_state(path: &Path, running: &Config, env: &SecretEnv) -> u64 {
+    state_of(
+        config::disk_digest(path, &include_dir(path, running)),
+        &fingerprints(running, env),
+    )
 }
 
 /// What a reload would read: the config files' digest and the secrets' fingerprints.
@@ -338,7 +362,8 @@ impl Watcher {
     }
 
     /// Watches exactly `relevant.dirs` (those that exist) from now on.
-    pub fn follow(&mut self, relevant: Relevant) {
+    /// Returns true if a directory is watched that was not before.
+    pub fn follow(&mut self, relevant: Relevant) -> bool {
         let want: BTreeSet<PathBuf> = relevant
             .dirs
             .iter()
@@ -348,13 +373,16 @@ impl Watcher {
         for gone in self.watched.difference(&want) {
             let _ = self.debouncer.unwatch(gone);
         }
+        let mut grew = false;
         for new in want.difference(&self.watched) {
+            grew = true;
             if let Err(e) = self.debouncer.watch(new, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; changes there need SIGHUP");
             }
         }
         self.watched = want;
         *self.relevant.write().unwrap_or_else(|p| p.into_inner()) = relevant;
+        grew
     }
 }
 
