@@ -10,7 +10,7 @@ use crate::oauth::TokenClient;
 pub use crate::reload::ConfigSource;
 use crate::reload::{Change, Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
-use crate::server::{self, ListenError, Listener, ServerSettings};
+use crate::server::{self, Door, ListenError, Listener, ServerSettings};
 use crate::systemd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +29,12 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("cannot use the socket systemd passed: {0}")]
     Activation(#[source] std::io::Error),
+    #[error("cannot listen on {addr} for the managed-identity endpoint: {source} (is another tokend running, or change [managed_identity] listen)")]
+    ManagedIdentity {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. The socket file is
@@ -69,6 +75,18 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
             config.server.socket_group,
         )?,
     };
+    // The managed-identity endpoint, if configured: loopback TCP.
+    let mi_listener = match &config.managed_identity {
+        Some(mi) => Some(
+            tokio::net::TcpListener::bind(mi.listen)
+                .await
+                .map_err(|source| DaemonError::ManagedIdentity {
+                    addr: mi.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let broker = Broker::new(
         Arc::new(TokenClient::new(env.clone())?),
@@ -94,8 +112,17 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     // writer can be half-way yet) and is applied first thing. Anything
     // later raises events, so nothing is read half-written.
     let mut catch_up = watcher.is_some() && reloader.changed_on_disk().await;
+    let mi_server = mi_listener.map(|l| {
+        tracing::info!(listen = %config_listen(&reloader), "managed-identity endpoint listening");
+        tokio::spawn(server::serve(
+            Door::ManagedIdentity(l),
+            broker.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        ))
+    });
     let server = tokio::spawn(server::serve(
-        listener,
+        Door::Socket(listener),
         broker.clone(),
         settings,
         shutdown.clone(),
@@ -170,11 +197,20 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     tracing::info!("shutting down");
     systemd::stopping();
     shutdown.cancel();
-    if let Err(e) = server.await {
-        tracing::error!(error = %e, "server task failed");
+    for task in std::iter::once(server).chain(mi_server) {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "server task failed");
+        }
     }
     broker.shutdown();
     Ok(())
+}
+
+fn config_listen(r: &Reloader) -> String {
+    r.running()
+        .managed_identity
+        .as_ref()
+        .map_or_else(String::new, |m| m.listen.to_string())
 }
 
 /// Each connection needs a descriptor: raise the soft limit to the hard one

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app
+    /// (for a systemd EnvironmentFile=; root only: it prints a secret).
+    MiEnv {
+        /// The app, as in [managed_identity.apps.APP].
+        app: String,
+        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Show the state of every source.
     Status {
         #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
@@ -132,6 +140,28 @@ async fn dispatch(command: Command) -> u8 {
             json,
         } => tokend::client::token(&socket, &name, min_ttl, json).await,
         Command::Status { socket, json } => tokend::client::status(&socket, json).await,
+        Command::MiEnv { app, config } => mi_env(&app, &config),
+    }
+}
+
+fn mi_env(app: &str, path: &Path) -> u8 {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("tokend mi-env prints the app's header, a secret: run it as root (e.g. sudo tokend mi-env {app} > /etc/tokend/mi/{app}.env)");
+        return 1;
+    }
+    let Some(config) = tokend::check::validate(path) else {
+        return 1;
+    };
+    match tokend::server::mi::env_lines(&config, app, &SecretEnv::process()) {
+        Ok(lines) => {
+            print!("{lines}");
+            0
+        }
+        Err(e) => {
+            eprintln!("tokend mi-env: {e}");
+            1
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};
 use crate::secret::SecretEnv;
+use crate::server::mi::MiState;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
@@ -64,17 +65,24 @@ pub struct Reloader {
 /// Each source's credential fingerprint (see [`crate::config::Credential::fingerprint`]).
 /// Reads secret files: call it off the async runtime.
 pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
+    let apps = config
+        .managed_identity
+        .iter()
+        .flat_map(|mi| mi.apps.values());
     config
         .sources
         .iter()
         .map(|(n, s)| (n.clone(), s.credential.fingerprint(env)))
+        // Managed-identity headers too, so a changed header file is a
+        // change (`:` cannot be in a source name).
+        .chain(apps.map(|a| (format!("mi:{}", a.name), a.header.fingerprint(env))))
         .collect()
 }
 
 /// What a reload read, off the async runtime: the new config and its
 /// secrets' fingerprints, or why it is invalid.
 pub struct Reading {
-    loaded: Result<(Config, BTreeMap<String, u64>), ConfigError>,
+    loaded: Result<(Config, BTreeMap<String, u64>, MiState), ConfigError>,
 }
 
 impl Reloader {
@@ -87,13 +95,16 @@ impl Reloader {
         env: SecretEnv,
         running: Config,
     ) -> Reloader {
-        let fps = {
+        let (fps, mi) = {
             let (config, env) = (running.clone(), env.clone());
-            tokio::task::spawn_blocking(move || fingerprints(&config, &env))
-                .await
-                .unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                (fingerprints(&config, &env), MiState::load(&config, &env))
+            })
+            .await
+            .unwrap_or_default()
         };
         broker.apply(&running, &fps);
+        broker.set_managed_identity(mi);
         let seen = state_of(running.digest, &fps);
         Reloader {
             from,
@@ -121,8 +132,9 @@ impl Reloader {
                 }
                 let new = (**c).clone();
                 let fps = fingerprints(&new, &self.env);
+                let mi = MiState::load(&new, &self.env);
                 return Some(Reading {
-                    loaded: Ok((new, fps)),
+                    loaded: Ok((new, fps, mi)),
                 });
             }
         };
@@ -134,7 +146,8 @@ impl Reloader {
             }
             let loaded = config::load(&path).map(|new| {
                 let fps = fingerprints(&new, &env);
-                (new, fps)
+                let mi = MiState::load(&new, &env);
+                (new, fps, mi)
             });
             (state, Some(loaded))
         })
@@ -175,7 +188,7 @@ impl Reloader {
     /// true if a new config was applied.
     pub fn finish(&mut self, reading: Reading) -> bool {
         match reading.loaded {
-            Ok((new, fps)) => self.apply(new, fps),
+            Ok((new, fps, mi)) => self.apply(new, fps, mi),
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!("reload failed, keeping the running configuration: {p}");
@@ -187,10 +200,15 @@ impl Reloader {
         }
     }
 
-    fn apply(&mut self, new: Config, fps: BTreeMap<String, u64>) -> bool {
+    fn apply(&mut self, new: Config, fps: BTreeMap<String, u64>, mi: MiState) -> bool {
         if new.server != self.running.server {
             tracing::warn!("[server] settings changed; they take effect after a restart");
         }
+        let listen = |c: &Config| c.managed_identity.as_ref().map(|m| m.listen);
+        if listen(&new) != listen(&self.running) {
+            tracing::warn!("[managed_identity] listen changed; the endpoint moves after a restart (its apps change now)");
+        }
+        self.broker.set_managed_identity(mi);
         for w in new
             .warnings
             .iter()
@@ -231,6 +249,15 @@ pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
     r.dirs.insert(parent(main));
     r.toml_dirs.insert(include.clone());
     r.dirs.insert(include);
+    let headers = config
+        .managed_identity
+        .iter()
+        .flat_map(|mi| mi.apps.values())
+        .filter_map(|a| a.header.path(env));
+    for p in headers {
+        r.dirs.insert(parent(&p));
+        r.files.insert(p);
+    }
     for s in config.sources.values() {
         let ca = s.ca_file.as_ref().map(|c| c.path.clone());
         for p in s.credential.paths(env).into_iter().chain(ca) {

@@ -51,6 +51,9 @@ impl PartialEq for SecretRef {
     }
 }
 
+/// Largest secret file read: a client secret or key is a few KiB at most.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 impl SecretRef {
     /// A secret reference as written for `key`: a plain string, or a table
     /// naming exactly one of `file`, `env`, `credential`. The problem never
@@ -173,17 +176,35 @@ impl SecretRef {
 
     /// Reads the secret now. A single trailing newline (`\n` or `\r\n`) is stripped.
     pub async fn resolve(&self, env: &SecretEnv) -> Result<SecretString, SecretError> {
+        match self {
+            SecretRef::Inline(_) | SecretRef::Env(_) => self.resolve_now(env),
+            // Files are read in the blocking pool.
+            SecretRef::File(_) | SecretRef::Credential(_) => {
+                let (r, moved) = (self.clone(), env.clone());
+                tokio::task::spawn_blocking(move || r.resolve_now(&moved))
+                    .await
+                    .map_err(|e| SecretError::File {
+                        path: self.path(env).unwrap_or_default(),
+                        source: std::io::Error::other(e.to_string()).into(),
+                    })?
+            }
+        }
+    }
+
+    /// [`SecretRef::resolve`] for a blocking context: reads a file here
+    /// and now (a regular file of at most 64 KiB, never a blocking read).
+    pub fn resolve_now(&self, env: &SecretEnv) -> Result<SecretString, SecretError> {
         let raw = match self {
             SecretRef::Inline(s) => return non_empty(s.expose_secret().to_string(), self),
             SecretRef::Env(name) => env
                 .var(name)
                 .ok_or_else(|| SecretError::Env(name.clone()))?,
-            SecretRef::File(path) => read_file(path.clone()).await?,
+            SecretRef::File(path) => read_file(path)?,
             SecretRef::Credential(name) => {
                 let dir = env
                     .var("CREDENTIALS_DIRECTORY")
                     .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
-                read_file(PathBuf::from(dir).join(name)).await?
+                read_file(&PathBuf::from(dir).join(name))?
             }
         };
         let trimmed = strip_newline(&raw).to_string();
@@ -241,26 +262,16 @@ fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {
     }
 }
 
-/// Largest secret file read: a client secret or key is a few KiB at most.
-pub const MAX_SECRET_FILE: u64 = 64 * 1024;
-
-/// Reads a secret file off the async runtime. It must be a regular file of
-/// at most [`MAX_SECRET_FILE`] bytes: a FIFO, a device or a huge file is an
-/// error at once, never a read that blocks.
-async fn read_file(path: PathBuf) -> Result<String, SecretError> {
-    let read = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || crate::files::read_regular(&path, MAX_SECRET_FILE))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .map_err(crate::files::ReadError::from)
-            .and_then(|r| r)
-    };
-    let bytes = read.map_err(|source| SecretError::File {
-        path: path.clone(),
-        source,
-    })?;
-    String::from_utf8(bytes).map_err(|_| SecretError::NotText(path))
+/// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE`]
+/// bytes. A FIFO, a device or a huge file is an error at once, never a read
+/// that blocks.
+fn read_file(path: &std::path::Path) -> Result<String, SecretError> {
+    let bytes =
+        crate::files::read_regular(path, MAX_SECRET_FILE).map_err(|source| SecretError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    String::from_utf8(bytes).map_err(|_| SecretError::NotText(path.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod tests;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, Token, TokenClient};
+use crate::server::mi::MiState;
 use crate::timefmt::{rfc3339, rfc3339_at};
 use serde_json::{json, Value};
 use source::{SourceHandle, State};
@@ -90,6 +91,8 @@ pub struct Broker {
     shutdown: CancellationToken,
     reload: Mutex<ReloadStatus>,
     metrics: Arc<Metrics>,
+    /// The managed-identity apps, swapped whole on reload.
+    managed_identity: RwLock<Arc<MiState>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -123,7 +126,24 @@ impl Broker {
                 errors: 0,
             }),
             metrics,
+            managed_identity: RwLock::default(),
         })
+    }
+
+    /// The managed-identity apps in force.
+    pub fn managed_identity(&self) -> Arc<MiState> {
+        self.managed_identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `state` in force for the next managed-identity request.
+    pub fn set_managed_identity(&self, state: MiState) {
+        *self
+            .managed_identity
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
     }
 
     /// Makes the running sources match `config` (SPEC §8). `fingerprints`
@@ -340,22 +360,25 @@ impl Broker {
 /// What callers other than root and the daemon's uid see of a reload error.
 pub const RELOAD_ERROR_REDACTED: &str = "the last reload failed; details in the log";
 
-/// One element of `/v1/sources`: never a token or a secret.
-pub fn status_json(handle: &SourceHandle) -> Value {
-    let now = Instant::now();
-    let s = handle.snapshot();
-    let state: State = s.state(now);
-    json!({
-        "name": handle.name(),
-        "state": state,
-        "expires_at": s.token.as_ref().map(|t| rfc3339_at(t.expires_at)),
-        "refreshed_at": s.refreshed_at.map(rfc3339),
-        "next_refresh_at": s.next_refresh_at.map(rfc3339_at),
-        "consecutive_failures": s.consecutive_failures,
-        "last_error": s.last_error.as_ref().map(last_error_json),
-        "credential_expires_at": handle.config().credential_expires.map(rfc3339),
-        "warnings": s.warnings,
-    })
+impl Broker {
+    /// One element of `/v1/sources`: never a token or a secret.
+    pub fn status_json(&self, handle: &SourceHandle) -> Value {
+        let now = Instant::now();
+        let s = handle.snapshot();
+        let state: State = s.state(now);
+        json!({
+            "name": handle.name(),
+            "state": state,
+            "expires_at": s.token.as_ref().map(|t| rfc3339_at(t.expires_at)),
+            "refreshed_at": s.refreshed_at.map(rfc3339),
+            "next_refresh_at": s.next_refresh_at.map(rfc3339_at),
+            "consecutive_failures": s.consecutive_failures,
+            "last_error": s.last_error.as_ref().map(last_error_json),
+            "credential_expires_at": handle.config().credential_expires.map(rfc3339),
+            "warnings": s.warnings,
+            "managed_identity_apps": self.managed_identity().apps_using(handle.name()),
+        })
+    }
 }
 
 pub fn last_error_json(e: &LastError) -> Value {

@@ -658,11 +658,11 @@ async fn tokens_that_are_already_dead_are_fetch_errors_retried_with_backoff() {
 async fn far_future_expiry_is_capped_and_status_still_renders() {
     for exp in ["18446744073709551000", "253402300900"] {
         let script = Script::new(vec![], body_with_exp(exp));
-        let (_b, h) = start(&script, "").await;
+        let (broker, h) = start(&script, "").await;
         settle().await;
         let t = h.token(None).await.unwrap();
         assert_eq!(t.lifetime(), crate::oauth::MAX_LIFETIME, "exp {exp}");
-        let status = status_json(&h);
+        let status = broker.status_json(&h);
         assert_eq!(status["state"], "ready");
         assert!(
             status["expires_at"].as_str().unwrap().ends_with('Z'),
@@ -893,7 +893,7 @@ mod served_tokens_are_never_dead {
                         let dead_by = dead_by.unwrap_or_else(|| panic!("served a token that was dead on arrival: {t:?}"));
                         assert!(now + crate::oauth::SERVE_MARGIN < dead_by, "served {t:?} at {now:?}, dead by {dead_by:?}");
                     }
-                    let _ = status_json(&h);
+                    let _ = broker.status_json(&h);
                 }
                 let restarts = broker
                     .metrics()

@@ -4,7 +4,7 @@
 //! One run collects every problem.
 
 use super::diag::{At, Diagnostics, File};
-use super::raw::{RawServer, RawSource};
+use super::raw::{RawManagedIdentity, RawServer, RawSource};
 use super::{Config, ConfigError};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-const TOP_LEVEL_KEYS: &[&str] = &["server", "defaults", "sources", "include_dir"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "defaults",
+    "sources",
+    "include_dir",
+    "managed_identity",
+];
 
 /// Source names: `[a-z0-9][a-z0-9._-]{0,63}`. Checked before any lookup, so a
 /// request for `../etc` never reaches the registry or the filesystem.
@@ -48,6 +54,7 @@ pub(super) fn include_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 #[derive(Default)]
 struct MainParts {
     server: Option<RawServer>,
+    managed_identity: Option<RawManagedIdentity>,
     defaults: Option<RawSource>,
     include_dir: Option<Result<Spanned<String>, ()>>,
 }
@@ -114,6 +121,9 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             sources.insert(name, s);
         }
     }
+    let managed_identity = main
+        .managed_identity
+        .and_then(|raw| super::mi::managed_identity(&mut d, raw, &sources, &defined));
     if !d.errors.is_empty() {
         d.errors
             .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
@@ -131,6 +141,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         sources,
         include_dir,
         include_files,
+        managed_identity,
         warnings: d.warnings,
     })
 }
@@ -166,6 +177,7 @@ fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> Main
             ("sources", _) => collect_sources(d, idx, value, found),
             ("server", true) => parts.server = d.deserialize(idx, value),
             ("defaults", true) => parts.defaults = d.deserialize(idx, value),
+            ("managed_identity", true) => parts.managed_identity = d.deserialize(idx, value),
             ("include_dir", true) => {
                 parts.include_dir = Some(d.deserialize::<Spanned<String>>(idx, value).ok_or(()));
             }

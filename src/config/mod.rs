@@ -8,6 +8,7 @@
 
 mod diag;
 mod load;
+mod mi;
 mod raw;
 mod server;
 mod source;
@@ -25,6 +26,7 @@ use url::Url;
 
 pub use diag::Problem;
 pub use load::valid_source_name;
+pub use mi::resource_of;
 
 /// Default config path when neither `-c` nor `$TOKEND_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "/etc/tokend/tokend.toml";
@@ -42,6 +44,8 @@ pub struct Config {
     pub include_dir: Option<PathBuf>,
     /// The `*.toml` files loaded from it, in load order.
     pub include_files: Vec<PathBuf>,
+    /// The Azure SDK drop-in endpoint, if configured.
+    pub managed_identity: Option<ManagedIdentity>,
     /// Things that work but deserve a look (a plain secret in a readable file).
     pub warnings: Vec<Diagnostic>,
     /// A hash of the files exactly as they were parsed (see [`disk_digest`]).
@@ -251,6 +255,24 @@ impl SourceConfig {
             && self.params == other.params
             && self.auth_method == other.auth_method
     }
+}
+
+/// `[managed_identity]`: an App Service managed-identity endpoint on
+/// loopback for unmodified Azure SDK programs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagedIdentity {
+    pub listen: std::net::SocketAddr,
+    pub apps: BTreeMap<String, MiApp>,
+}
+
+/// One program allowed on the managed-identity endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MiApp {
+    pub name: String,
+    /// Its `IDENTITY_HEADER` value.
+    pub header: SecretRef,
+    /// The sources it may get tokens from.
+    pub sources: Vec<String>,
 }
 
 /// One problem (or warning), pinned to a place in a file.

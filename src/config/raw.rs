@@ -17,6 +17,22 @@ pub(super) struct RawServer {
     pub max_concurrent_fetches: Option<Spanned<i64>>,
 }
 
+/// `[managed_identity]`: the Azure SDK drop-in endpoint.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawManagedIdentity {
+    pub listen: Option<Spanned<String>>,
+    pub apps: Option<BTreeMap<Spanned<String>, Spanned<RawMiApp>>>,
+}
+
+/// `[managed_identity.apps.NAME]`: one consuming program.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMiApp {
+    pub header: Option<Spanned<toml::Value>>,
+    pub sources: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
 /// One `[sources.NAME]` table, or `[defaults]` (which may hold any source key).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

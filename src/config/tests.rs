@@ -623,3 +623,48 @@ mod credentials {
             .contains(&format!("in file {} looks like a GUID", f.display())));
     }
 }
+
+#[test]
+fn managed_identity_is_loopback_only_and_names_real_sources() {
+    let mi = |listen: &str, app: &str| {
+        format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"{listen}\"\n{app}")
+    };
+    let app = "[managed_identity.apps.jira]\nheader = { env = \"H\" }\nsources = [\"api\"]\n";
+    let c = load_str(&mi("127.0.0.1:42356", app), Path::new("t"), None).unwrap();
+    let m = c.managed_identity.unwrap();
+    assert_eq!(m.listen.to_string(), "127.0.0.1:42356");
+    assert_eq!(m.apps["jira"].sources, vec!["api".to_string()]);
+    assert!(load_str(&mi("[::1]:42356", app), Path::new("t"), None).is_ok());
+
+    let d = one(&mi("0.0.0.0:42356", app));
+    assert_eq!((d.line, d.col), (8, 10));
+    assert_eq!(
+        d.message,
+        "`listen` 0.0.0.0:42356 is not a loopback address"
+    );
+    let d = one(&mi("10.0.0.5:42356", app));
+    assert!(d
+        .hint
+        .unwrap()
+        .contains("must not be reachable from the network"));
+    let d = one(&mi("localhost", app));
+    assert!(d.message.contains("is not an address and port"), "{d}");
+    let d = one(&mi("127.0.0.1:1", &app.replace("[\"api\"]", "[\"apii\"]")));
+    assert_eq!(d.message, "app `jira` names unknown source `apii`");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `api`?"));
+    let d = one(&mi(
+        "127.0.0.1:1",
+        "[managed_identity.apps.jira]\nsources = [\"api\"]\n",
+    ));
+    assert!(d.message.contains("app `jira` has no `header`"), "{d}");
+    // A source an SDK could not name by resource.
+    let text = mi("127.0.0.1:1", app).replace(
+        "scopes = [\"https://graph.microsoft.com/.default\"]",
+        "scopes = [\"read\", \"write\"]",
+    );
+    let d = one(&text);
+    assert!(
+        d.message.contains("cannot be served to Azure SDK programs"),
+        "{d}"
+    );
+}

@@ -10,6 +10,7 @@
 //! wait in the kernel backlog while existing ones are served.
 
 pub mod listener;
+pub mod mi;
 pub mod routes;
 mod stall;
 
@@ -50,11 +51,27 @@ pub struct ServerSettings {
     pub own_uid: u32,
 }
 
+/// Where requests come in: the Unix socket (the whole API, callers known by
+/// their peer credentials), or the managed-identity endpoint's loopback TCP
+/// listener (`/msi/token` only, callers known by their header).
+pub enum Door {
+    Socket(Listener),
+    ManagedIdentity(tokio::net::TcpListener),
+}
+
+/// Who answers a connection's requests.
+#[derive(Clone)]
+enum Handler {
+    Api(Option<Arc<Peer>>),
+    ManagedIdentity,
+}
+
 /// Serves until `shutdown` fires, then stops accepting and drains in-flight
 /// requests for at most [`DRAIN_TIMEOUT`]. The listener (and with it, the
-/// socket file it owns) is dropped before this returns.
+/// socket file it owns) is dropped before this returns. Both doors have the
+/// same limits.
 pub async fn serve(
-    listener: Listener,
+    door: Door,
     broker: Arc<Broker>,
     settings: ServerSettings,
     shutdown: CancellationToken,
@@ -67,56 +84,104 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = listener.listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            r = accept(&door) => r,
         };
-        // Taken once per connection, at accept (SPEC §4).
-        let peer = Peer::of(&stream).map(Arc::new);
-        let broker = broker.clone();
-        let request_timeout = settings.request_timeout;
-        let settings = settings.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let broker = broker.clone();
-            let settings = settings.clone();
-            let peer = peer.clone();
-            async move {
-                // request_timeout bounds the whole request, body included: a
-                // request still unanswered then loses its connection (waits
-                // on a fetch answer 504 at the deadline itself, just before).
-                let deadline = crate::timefmt::later(Instant::now(), settings.request_timeout);
-                let answer = routes::handle(req, &broker, peer.as_deref(), &settings, deadline);
-                tokio::time::timeout_at(crate::timefmt::later(deadline, DEADLINE_GRACE), answer)
-                    .await
-                    .map_err(|_| RequestTimedOut)
+        match accepted {
+            Ok(Accepted::Unix(stream)) => {
+                // Taken once per connection, at accept.
+                let peer = Peer::of(&stream).map(Arc::new);
+                let conn = connection(stream, Handler::Api(peer), &broker, &settings, &graceful);
+                tokio::spawn(drive(conn, permit));
             }
-        });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .max_buf_size(MAX_HEAD)
-            .keep_alive(true);
-        let io = TokioIo::new(stall::StallGuard::new(stream, request_timeout));
-        let conn = graceful.watch(builder.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            Ok(Accepted::Tcp(stream)) => {
+                let conn = connection(
+                    stream,
+                    Handler::ManagedIdentity,
+                    &broker,
+                    &settings,
+                    &graceful,
+                );
+                tokio::spawn(drive(conn, permit));
             }
-            drop(permit);
-        });
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
-    drop(listener);
+    drop(door);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("requests still in flight after the drain timeout; closing them"),
     }
+}
+
+/// Runs one connection to its end, holding its `max_connections` slot.
+async fn drive(
+    conn: impl std::future::Future<Output = Result<(), hyper::Error>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    drop(permit);
+}
+
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(door: &Door) -> std::io::Result<Accepted> {
+    match door {
+        Door::Socket(l) => l.listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        Door::ManagedIdentity(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+    }
+}
+
+/// One client connection: hyper's HTTP/1 with the limits above.
+fn connection<S>(
+    stream: S,
+    handler: Handler,
+    broker: &Arc<Broker>,
+    settings: &Arc<ServerSettings>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) -> impl std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let broker = broker.clone();
+    let request_timeout = settings.request_timeout;
+    let settings = settings.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (broker, settings, handler) = (broker.clone(), settings.clone(), handler.clone());
+        async move {
+            // request_timeout bounds the whole request, body included: a
+            // request still unanswered then loses its connection (waits
+            // on a fetch answer 504 at the deadline itself, just before).
+            let deadline = crate::timefmt::later(Instant::now(), settings.request_timeout);
+            let answer = async {
+                match &handler {
+                    Handler::Api(peer) => {
+                        routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
+                    }
+                    Handler::ManagedIdentity => mi::handle(req, &broker, &settings, deadline).await,
+                }
+            };
+            tokio::time::timeout_at(crate::timefmt::later(deadline, DEADLINE_GRACE), answer)
+                .await
+                .map_err(|_| RequestTimedOut)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(true);
+    let io = TokioIo::new(stall::StallGuard::new(stream, request_timeout));
+    graceful.watch(builder.serve_connection(io, service))
 }

@@ -133,7 +133,7 @@ pub async fn handle(
                 .list()
                 .iter()
                 .filter(|h| acl::permits(h.config().allow.as_ref(), peer, settings.own_uid))
-                .map(|h| broker::status_json(h))
+                .map(|h| broker.status_json(h))
                 .collect();
             json_response(
                 StatusCode::OK,
@@ -141,17 +141,17 @@ pub async fn handle(
             )
         }
         Route::Source(name) => match readable(broker, name, peer, settings) {
-            Ok(h) => json_response(StatusCode::OK, &broker::status_json(&h)),
-            Err(r) => *r,
+            Ok(h) => json_response(StatusCode::OK, &broker.status_json(&h)),
+            Err(f) => f.render(),
         },
         Route::Refresh(name) => match readable(broker, name, peer, settings) {
             Ok(h) => refresh(req, h, broker, peer, settings, deadline).await,
-            Err(r) => *r,
+            Err(f) => f.render(),
         },
         Route::Token(name) => {
             let r = match readable(broker, name, peer, settings) {
                 Ok(h) => token(h, &query, broker, peer, settings, deadline).await,
-                Err(r) => *r,
+                Err(f) => f.render(),
             };
             // Unknown names are not counted: callers must not mint label values.
             if let Some(outcome) = request_outcome(r.status()) {
@@ -204,14 +204,14 @@ fn readable(
     name: &str,
     peer: Option<&Peer>,
     settings: &ServerSettings,
-) -> Result<Arc<SourceHandle>, Box<Resp>> {
+) -> Result<Arc<SourceHandle>, Failure> {
     let found = if valid_source_name(name) {
         broker.get(name)
     } else {
         None
     };
     let Some(h) = found else {
-        return Err(Box::new(unknown_source(name)));
+        return Err(unknown_source(name));
     };
     if acl::permits(h.config().allow.as_ref(), peer, settings.own_uid) {
         return Ok(h);
@@ -223,16 +223,16 @@ fn readable(
         pid = peer.and_then(|p| p.pid),
         "access denied"
     );
-    Err(Box::new(error(
+    Err(Failure::new(
         StatusCode::FORBIDDEN,
         "forbidden",
         format!("this caller may not read source {name}"),
         Some("ask the administrator to add your user or one of your groups to the source's allow list".into()),
-    )))
+    ))
 }
 
-fn unknown_source(name: &str) -> Resp {
-    error(
+fn unknown_source(name: &str) -> Failure {
+    Failure::new(
         StatusCode::NOT_FOUND,
         "unknown_source",
         format!("no source named {:?}", printable(name)),
@@ -318,43 +318,109 @@ fn parse_token_query(query: &str) -> Result<TokenQuery, String> {
     Ok(q)
 }
 
-/// The source called `name` once the one in `gone` was stopped by a reload
-/// that changed its identity: a source that still exists by that name is
-/// waited for, never answered 404. `Err` is the answer when there is none.
-fn successor(
-    gone: &Arc<SourceHandle>,
-    broker: &Broker,
-    peer: Option<&Peer>,
-    settings: &ServerSettings,
-) -> Result<Arc<SourceHandle>, Box<Resp>> {
-    let name = gone.name();
-    let next = readable(broker, name, peer, settings)?;
-    if Arc::ptr_eq(&next, gone) {
-        // Stopped but still listed: the daemon is shutting down.
-        return Err(Box::new(error(
+/// Why a request gets no token, the same for both doors; each renders it
+/// in its own body shape.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Failure {
+        Failure {
+            status,
+            code,
+            message: message.into(),
+            hint,
+            retry_after: None,
+        }
+    }
+
+    /// The API's error body, with `Retry-After` when known.
+    fn render(self) -> Resp {
+        let retry_after = self.retry_after;
+        with_retry_after(
+            error(self.status, self.code, self.message, self.hint),
+            retry_after,
+        )
+    }
+
+    /// A source that is stopped but still listed: the daemon is shutting down.
+    pub fn stopping(name: &str) -> Failure {
+        Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "token_unavailable",
             format!("source {name} is stopping"),
             None,
-        )));
+        )
     }
-    Ok(next)
 }
 
-fn fetch_timeout(name: &str, settings: &ServerSettings) -> Resp {
-    error(
-        StatusCode::GATEWAY_TIMEOUT,
-        "fetch_timeout",
-        format!(
-            "no token for {name} within {}",
-            humantime::format_duration(settings.request_timeout)
-        ),
-        Some("the identity provider is slow; tokend keeps trying, retry shortly".into()),
-    )
+/// Waits, until `deadline`, for a token of `handle` that stays valid for
+/// `min_ttl`. A source replaced by a reload (its identity changed) is
+/// followed by name: `next` looks it up again under the door's access rule,
+/// so a source that still exists is never answered "unknown".
+pub(super) async fn wait_for_token(
+    mut handle: Arc<SourceHandle>,
+    min_ttl: Option<Duration>,
+    deadline: Instant,
+    settings: &ServerSettings,
+    next: impl Fn(&str) -> Result<Arc<SourceHandle>, Failure>,
+) -> Result<(Arc<SourceHandle>, Arc<crate::oauth::Token>), Failure> {
+    loop {
+        let name = handle.name();
+        match tokio::time::timeout_at(deadline, handle.token(min_ttl)).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "fetch_timeout",
+                    format!(
+                        "no token for {name} within {}",
+                        humantime::format_duration(settings.request_timeout)
+                    ),
+                    Some("the identity provider is slow; tokend keeps trying, retry shortly".into()),
+                ))
+            }
+            Ok(Err(ServeError::Unavailable { retry_after, last_error })) => {
+                let (message, hint) = match last_error {
+                    Some(e) => (format!("no valid token for {name}: {}", e.message), e.hint),
+                    None => (format!("no valid token for {name} yet"), None),
+                };
+                let mut f = Failure::new(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", message, hint);
+                f.retry_after = retry_after;
+                return Err(f);
+            }
+            Ok(Err(ServeError::MinTtlUnsatisfiable { lifetime })) => {
+                return Err(Failure::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "min_ttl_unsatisfiable",
+                    format!("the identity provider issues {name} tokens for {}, shorter than the requested min_ttl", humantime::format_duration(crate::timefmt::whole_secs(lifetime))),
+                    Some("ask for a smaller min_ttl".into()),
+                ))
+            }
+            Ok(Err(ServeError::Gone)) => {
+                let again = next(name)?;
+                if Arc::ptr_eq(&again, &handle) {
+                    return Err(Failure::stopping(name));
+                }
+                handle = again;
+            }
+            Ok(Ok(t)) => return Ok((handle, t)),
+        }
+    }
 }
 
 async fn token(
-    mut handle: Arc<SourceHandle>,
+    handle: Arc<SourceHandle>,
     query: &str,
     broker: &Broker,
     peer: Option<&Peer>,
@@ -365,31 +431,10 @@ async fn token(
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
     };
-    let tok = loop {
-        let name = handle.name();
-        match tokio::time::timeout_at(deadline, handle.token(q.min_ttl)).await {
-            Err(_) => return fetch_timeout(name, settings),
-            Ok(Err(ServeError::Unavailable { retry_after, last_error })) => {
-                let (message, hint) = match last_error {
-                    Some(e) => (format!("no valid token for {name}: {}", e.message), e.hint),
-                    None => (format!("no valid token for {name} yet"), None),
-                };
-                return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", message, hint), retry_after);
-            }
-            Ok(Err(ServeError::MinTtlUnsatisfiable { lifetime })) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "min_ttl_unsatisfiable",
-                    format!("the identity provider issues {name} tokens for {}, shorter than the requested min_ttl", humantime::format_duration(crate::timefmt::whole_secs(lifetime))),
-                    Some("ask for a smaller min_ttl".into()),
-                )
-            }
-            Ok(Err(ServeError::Gone)) => match successor(&handle, broker, peer, settings) {
-                Ok(next) => handle = next,
-                Err(r) => return *r,
-            },
-            Ok(Ok(t)) => break t,
-        }
+    let next = |name: &str| readable(broker, name, peer, settings);
+    let (handle, tok) = match wait_for_token(handle, q.min_ttl, deadline, settings, next).await {
+        Ok(t) => t,
+        Err(f) => return f.render(),
     };
     let name = handle.name();
     let secret = tok.access_token.expose_secret();
@@ -473,17 +518,20 @@ async fn refresh(
                     None,
                 )
             }
-            Ok(Ok(_)) => return json_response(StatusCode::OK, &broker::status_json(&handle)),
+            Ok(Ok(_)) => return json_response(StatusCode::OK, &broker.status_json(&handle)),
             // A reload replaced the source meanwhile: the new one's fetch answers.
-            Ok(Err(RefreshError::Gone)) => match successor(&handle, broker, peer, settings) {
+            Ok(Err(RefreshError::Gone)) => match readable(broker, handle.name(), peer, settings) {
+                Ok(next) if Arc::ptr_eq(&next, &handle) => {
+                    return Failure::stopping(handle.name()).render()
+                }
                 Ok(next) => handle = next,
-                Err(r) => return *r,
+                Err(f) => return f.render(),
             },
             Ok(Err(RefreshError::Failed(last))) => {
                 let (message, hint) = last
                     .map(|e| (e.message, e.hint))
                     .unwrap_or_else(|| (format!("the refresh of {name} failed"), None));
-                let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker::status_json(&handle) });
+                let mut body = json!({ "error": "refresh_failed", "message": message, "source": broker.status_json(&handle) });
                 if let Some(h) = hint {
                     body["hint"] = Value::String(h);
                 }

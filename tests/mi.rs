@@ -1,0 +1,237 @@
+//! The managed-identity endpoint (the Azure SDK drop-in): the App Service
+//! protocol on loopback, answered from tokend's sources, with every error
+//! the SDKs can meet. Real SDK clients are in tests/azure_sdk.rs.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+pub const GRAPH: &str = "https://graph.microsoft.com";
+pub const VAULT: &str = "https://vault.azure.net";
+
+/// A free port on 127.0.0.1 for the endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two apps: `jira` may use graph and vault, `billing` only vault2 (a
+/// second identity for vault).
+fn config(idp: &DevIdp, port: u16, dir: &std::path::Path) -> String {
+    write_private(&dir.join("jira.key"), "jira-header-value\n");
+    write_private(&dir.join("billing.key"), "billing-header-value\n");
+    format!(
+        "{}{}{}[managed_identity]\nlisten = \"127.0.0.1:{port}\"\n[managed_identity.apps.jira]\nheader = {{ file = \"{}\" }}\nsources = [\"graph\", \"vault\"]\n[managed_identity.apps.billing]\nheader = {{ file = \"{}\" }}\nsources = [\"vault\", \"vault2\"]\n",
+        source("graph", idp, &format!("scopes = [\"{GRAPH}/.default\"]")),
+        source("vault", idp, &format!("scopes = [\"{VAULT}/.default\"]")),
+        source("vault2", idp, &format!("scopes = [\"{VAULT}/.default\"]")),
+        dir.join("jira.key").display(),
+        dir.join("billing.key").display(),
+    )
+}
+
+async fn mi_get(port: u16, header: Option<&str>, query: &str) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/msi/token?{query}"));
+    if let Some(h) = header {
+        req = req.header("X-IDENTITY-HEADER", h);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+fn q(resource: &str) -> String {
+    format!(
+        "api-version=2019-08-01&resource={}",
+        url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
+    )
+}
+
+#[tokio::test]
+async fn an_app_gets_its_sources_tokens_in_the_app_service_shape() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    let expected = wait_for_status(&d, "/v1/tokens/graph", 200).await.json();
+
+    let (status, j) = mi_get(port, Some("jira-header-value"), &q(GRAPH)).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(
+        j["access_token"], expected["access_token"],
+        "the token tokend holds"
+    );
+    assert_eq!(j["token_type"], "Bearer");
+    assert_eq!(j["resource"], GRAPH);
+    assert_eq!(j["client_id"], "graph");
+    let expires_on: u64 = j["expires_on"].as_str().unwrap().parse().unwrap();
+    let at = tokend::timefmt::parse_rfc3339(expected["expires_at"].as_str().unwrap()).unwrap();
+    let at = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(expires_on.abs_diff(at) <= 1, "{expires_on} vs {at}");
+    assert!(j["expires_in"].as_u64().unwrap() > 3500);
+    // A trailing slash on the resource is the same resource (Python sends none, .NET one).
+    let (status, _) = mi_get(port, Some("jira-header-value"), &q(&format!("{VAULT}/"))).await;
+    assert_eq!(status, 200);
+
+    // Status says which apps use each source.
+    let st = d.get("/v1/sources/vault").await.json();
+    assert_eq!(
+        st["managed_identity_apps"],
+        serde_json::json!(["billing", "jira"])
+    );
+    assert!(d
+        .get("/metrics")
+        .await
+        .text()
+        .contains("tokend_token_requests_total{source=\"graph\",outcome=\"ok\"}"));
+}
+
+#[tokio::test]
+async fn every_refusal_says_what_to_configure() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    wait_for_status(&d, "/v1/tokens/graph", 200).await;
+
+    // No header, or a wrong one: 401, in the shape SDKs read.
+    for header in [None, Some("guess")] {
+        let (status, j) = mi_get(port, header, &q(GRAPH)).await;
+        assert_eq!(status, 401, "{j}");
+        assert_eq!(j["statusCode"], 401);
+        assert!(
+            j["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("matches no managed-identity app"),
+            "{j}"
+        );
+        assert_eq!(j["message"], j["error_description"]);
+    }
+    // billing may not use graph: the message lists what it can get.
+    let (status, j) = mi_get(port, Some("billing-header-value"), &q(GRAPH)).await;
+    assert_eq!(status, 400, "{j}");
+    let msg = j["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("app billing has no source for resource {GRAPH}")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("app billing can get: {VAULT}, {VAULT}")),
+        "{msg}"
+    );
+    // Two vault identities: client_id chooses, and is required.
+    let (status, j) = mi_get(port, Some("billing-header-value"), &q(VAULT)).await;
+    assert_eq!(status, 400, "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap()
+            .contains("pass client_id (AZURE_CLIENT_ID) to choose one of vault, vault2"),
+        "{j}"
+    );
+    let (status, j) = mi_get(
+        port,
+        Some("billing-header-value"),
+        &format!("{}&client_id=vault2", q(VAULT)),
+    )
+    .await;
+    assert_eq!(
+        (status, j["client_id"].as_str()),
+        (200, Some("vault2")),
+        "{j}"
+    );
+    // Other ways of naming an identity are not tokend's.
+    let (status, j) = mi_get(
+        port,
+        Some("jira-header-value"),
+        &format!("{}&object_id=x", q(GRAPH)),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap()
+            .contains("by client_id, not object_id"),
+        "{j}"
+    );
+    let (status, _) = mi_get(
+        port,
+        Some("jira-header-value"),
+        "api-version=2017-09-01&resource=x",
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Denials are logged with the app (or its absence).
+    assert!(d.log().contains("app=\"no app\""), "{}", d.log());
+    assert!(d.log().contains("app=billing"), "{}", d.log());
+}
+
+#[tokio::test]
+async fn the_cached_token_is_served_while_the_idp_is_down() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    let token = wait_for_status(&d, "/v1/tokens/graph?format=raw", 200)
+        .await
+        .text();
+    idp.fail_with(Some(Failure {
+        status: 503,
+        body: "{}".into(),
+        retry_after: None,
+    }));
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/graph/refresh")
+        .await;
+    assert_eq!(r.status(), 502);
+    let (status, j) = mi_get(port, Some("jira-header-value"), &q(GRAPH)).await;
+    assert_eq!(
+        (status, j["access_token"].as_str()),
+        (200, Some(token.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn mi_env_prints_the_lines_for_environmentfile() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping mi_env_prints_the_lines_for_environmentfile: mi-env is root only");
+        return;
+    }
+    let idp = idp(S(3600), &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.toml");
+    write_private(&path, &config(&idp, 42356, dir.path()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["mi-env", "jira", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "IDENTITY_ENDPOINT=http://127.0.0.1:42356/msi/token\nIDENTITY_HEADER=jira-header-value\n"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["mi-env", "nope", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the apps are: billing, jira"));
+}
