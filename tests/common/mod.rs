@@ -11,6 +11,7 @@
 
 use bytes::Bytes;
 pub mod entra;
+pub mod mi;
 pub mod oidc;
 
 use std::path::{Path, PathBuf};

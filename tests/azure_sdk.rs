@@ -1,0 +1,254 @@
+//! The real Azure SDKs as clients of the managed-identity endpoint:
+//! azure-identity (Python, from PyPI, in a venv the harness makes) and
+//! @azure/identity (JavaScript, from npm), each run as an unmodified
+//! program with only IDENTITY_ENDPOINT and IDENTITY_HEADER set. Versions
+//! are pinned in tests/azure/requirements.txt and package-lock.json.
+
+mod common;
+
+use common::mi::{config, free_port, GRAPH, VAULT};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn azure_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/azure")
+}
+
+static INSTALL: Mutex<()> = Mutex::new(());
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: {e} (install python3 with venv and pip, and Node.js with npm)")
+    });
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The venv's python, with azure-identity as pinned (made once, kept in
+/// the target directory).
+fn python() -> PathBuf {
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("azure-identity-venv");
+    let python = venv.join("bin/python");
+    let reqs = azure_dir().join("requirements.txt");
+    let stamp = venv.join("requirements.txt");
+    if std::fs::read(&stamp).ok() != std::fs::read(&reqs).ok() {
+        let _ = std::fs::remove_dir_all(&venv);
+        run_ok(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        );
+        run_ok(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&reqs),
+            "pip install azure-identity",
+        );
+        std::fs::copy(&reqs, &stamp).unwrap();
+    }
+    python
+}
+
+/// Installs @azure/identity (npm ci) once.
+fn node_sdk() {
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if !azure_dir()
+        .join("node_modules/@azure/identity/package.json")
+        .exists()
+    {
+        run_ok(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(azure_dir()),
+            "npm ci in tests/azure",
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Python,
+    JavaScript,
+}
+
+/// What the SDK returned: `Ok((token, expires_on))` or `Err((class, message))`.
+type Got = Result<(String, u64), (String, String)>;
+
+/// Runs the SDK script as an unmodified program would run: a clean
+/// environment with only the managed-identity variables.
+async fn get_token(
+    sdk: Sdk,
+    port: u16,
+    header: &str,
+    credential: &str,
+    scope: &str,
+    client_id: Option<&str>,
+) -> Got {
+    let mut cmd = match sdk {
+        Sdk::Python => {
+            let python = tokio::task::spawn_blocking(python).await.unwrap();
+            let mut c = Command::new(python);
+            c.arg(azure_dir().join("sdk.py"));
+            c
+        }
+        Sdk::JavaScript => {
+            tokio::task::spawn_blocking(node_sdk).await.unwrap();
+            let mut c = Command::new("node");
+            c.arg(azure_dir().join("sdk.mjs"));
+            c
+        }
+    };
+    cmd.args([credential, scope])
+        .args(client_id)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .env(
+            "IDENTITY_ENDPOINT",
+            format!("http://127.0.0.1:{port}/msi/token"),
+        )
+        .env("IDENTITY_HEADER", header);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let j: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "{sdk:?} printed {stdout:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    match j["token"].as_str() {
+        Some(t) => Ok((t.to_string(), j["expires_on"].as_u64().unwrap())),
+        None => Err((
+            j["error"].as_str().unwrap_or_default().to_string(),
+            j["message"].as_str().unwrap_or_default().to_string(),
+        )),
+    }
+}
+
+async fn sdk_cases(sdk: Sdk) {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    let held = |name: &'static str| {
+        let d = &d;
+        async move {
+            let j = wait_for_status(d, &format!("/v1/tokens/{name}"), 200)
+                .await
+                .json();
+            let at = tokend::timefmt::parse_rfc3339(j["expires_at"].as_str().unwrap()).unwrap();
+            let at = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            (j["access_token"].as_str().unwrap().to_string(), at)
+        }
+    };
+    let graph_scope = format!("{GRAPH}/.default");
+    let (graph, graph_exp) = held("graph").await;
+
+    // ManagedIdentityCredential and DefaultAzureCredential: the token tokend holds.
+    for credential in ["managed", "default"] {
+        let got = get_token(
+            sdk,
+            port,
+            "jira-header-value",
+            credential,
+            &graph_scope,
+            None,
+        )
+        .await;
+        let (token, expires_on) = got.unwrap_or_else(|e| panic!("{sdk:?} {credential}: {e:?}"));
+        assert_eq!(token, graph, "{sdk:?} {credential}");
+        assert!(
+            expires_on.abs_diff(graph_exp) <= 2,
+            "{sdk:?} {credential}: {expires_on} vs {graph_exp}"
+        );
+    }
+    // A user-assigned identity, chosen by client_id.
+    let (vault2, _) = held("vault2").await;
+    let got = get_token(
+        sdk,
+        port,
+        "billing-header-value",
+        "managed",
+        &format!("{VAULT}/.default"),
+        Some("vault2"),
+    )
+    .await;
+    assert_eq!(got.map(|g| g.0), Ok(vault2), "{sdk:?} user-assigned");
+
+    // A wrong header: the SDK raises its credential error.
+    let got = get_token(sdk, port, "not-the-header", "managed", &graph_scope, None).await;
+    let (class, message) = got.expect_err("a wrong header must not get a token");
+    assert!(
+        class.contains("Credential") || class.contains("Authentication"),
+        "{sdk:?}: {class}: {message}"
+    );
+    // billing may not have graph: an error that names what it can get.
+    let got = get_token(
+        sdk,
+        port,
+        "billing-header-value",
+        "managed",
+        &graph_scope,
+        None,
+    )
+    .await;
+    let (class, message) = got.expect_err("app billing must not get graph's token");
+    assert!(
+        message.contains("app billing can get"),
+        "{sdk:?}: {class}: {message}"
+    );
+
+    // The IdP down with a cached token: the SDK still gets it.
+    idp.fail_with(Some(Failure {
+        status: 503,
+        body: "{}".into(),
+        retry_after: None,
+    }));
+    assert_eq!(
+        d.request(hyper::Method::POST, "/v1/sources/graph/refresh")
+            .await
+            .status(),
+        502
+    );
+    let got = get_token(
+        sdk,
+        port,
+        "jira-header-value",
+        "managed",
+        &graph_scope,
+        None,
+    )
+    .await;
+    assert_eq!(got.map(|g| g.0), Ok(graph), "{sdk:?} while the IdP is down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_azure_identity() {
+    sdk_cases(Sdk::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_azure_identity() {
+    sdk_cases(Sdk::JavaScript).await;
+}

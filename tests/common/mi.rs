@@ -1,0 +1,31 @@
+//! The managed-identity setup the endpoint tests share: a free port and a
+//! config with two apps.
+
+use super::{source, write_private, DevIdp};
+
+pub const GRAPH: &str = "https://graph.microsoft.com";
+pub const VAULT: &str = "https://vault.azure.net";
+
+/// A free port on 127.0.0.1 for the endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two apps: `jira` may use graph and vault, `billing` only vault2 (a
+/// second identity for vault).
+pub fn config(idp: &DevIdp, port: u16, dir: &std::path::Path) -> String {
+    write_private(&dir.join("jira.key"), "jira-header-value\n");
+    write_private(&dir.join("billing.key"), "billing-header-value\n");
+    format!(
+        "{}{}{}[managed_identity]\nlisten = \"127.0.0.1:{port}\"\n[managed_identity.apps.jira]\nheader = {{ file = \"{}\" }}\nsources = [\"graph\", \"vault\"]\n[managed_identity.apps.billing]\nheader = {{ file = \"{}\" }}\nsources = [\"vault\", \"vault2\"]\n",
+        source("graph", idp, &format!("scopes = [\"{GRAPH}/.default\"]")),
+        source("vault", idp, &format!("scopes = [\"{VAULT}/.default\"]")),
+        source("vault2", idp, &format!("scopes = [\"{VAULT}/.default\"]")),
+        dir.join("jira.key").display(),
+        dir.join("billing.key").display(),
+    )
+}
