@@ -186,6 +186,18 @@ pub fn render_table(doc: &Value, now: SystemTime) -> String {
         for w in s["warnings"].as_array().unwrap_or(&empty) {
             notes.push(format!("{name}: warning: {}", w.as_str().unwrap_or("")));
         }
+        let apps: Vec<&str> = s["managed_identity_apps"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if !apps.is_empty() {
+            notes.push(format!(
+                "{name}: served to managed-identity apps: {}",
+                apps.join(", ")
+            ));
+        }
     }
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -226,7 +238,8 @@ mod tests {
                 "expires_at": "2026-11-29T10:30:00Z", "refreshed_at": "2026-11-29T09:30:00Z",
                 "next_refresh_at": "2026-11-29T10:00:05Z", "consecutive_failures": 2,
                 "last_error": {"error": "invalid_client", "message": "HTTP 401", "hint": "check the secret", "at": "2026-11-29T09:59:00Z"},
-                "credential_expires_at": null, "warnings": []
+                "credential_expires_at": null, "warnings": [],
+                "managed_identity_apps": ["jira-sync"]
             }],
             "config": {"last_reload": {"ok": true, "error": null}}
         });
@@ -239,5 +252,9 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("hint: check the secret"), "{t}");
+        assert!(
+            t.contains("graph: served to managed-identity apps: jira-sync"),
+            "{t}"
+        );
     }
 }

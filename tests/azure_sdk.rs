@@ -219,6 +219,22 @@ async fn sdk_cases(sdk: Sdk) {
         "{sdk:?}: {class}: {message}"
     );
 
+    // A resource no source serves: the same kind of error.
+    let got = get_token(
+        sdk,
+        port,
+        "jira-header-value",
+        "managed",
+        "https://storage.azure.com/.default",
+        None,
+    )
+    .await;
+    let (class, message) = got.expect_err("no source serves storage");
+    assert!(
+        message.contains(&format!("app jira can get: {GRAPH}, {VAULT}")),
+        "{sdk:?}: {class}: {message}"
+    );
+
     // The IdP down with a cached token: the SDK still gets it.
     idp.fail_with(Some(Failure {
         status: 503,
