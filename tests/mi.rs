@@ -210,3 +210,47 @@ async fn mi_env_prints_the_lines_for_environmentfile() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the apps are: billing, jira"));
 }
+
+#[tokio::test]
+async fn app_changes_apply_on_reload() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let key = dir.path().join("jira.key");
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    wait_for_status(&d, "/v1/tokens/graph", 200).await;
+    assert_eq!(
+        mi_get(port, Some("jira-header-value"), &q(GRAPH)).await.0,
+        200
+    );
+    // A new header in the watched file: the old one stops working, the new one works.
+    write_private(&key, "rotated-header\n");
+    eventually("the rotated header to be accepted", async || {
+        (mi_get(port, Some("rotated-header"), &q(GRAPH)).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        mi_get(port, Some("jira-header-value"), &q(GRAPH)).await.0,
+        401
+    );
+    // jira loses graph in the config: refused, and told what it can still get.
+    write_private(
+        &d.config,
+        &d.config_text()
+            .replace("sources = [\"graph\", \"vault\"]", "sources = [\"vault\"]"),
+    );
+    let j = eventually("graph to be withdrawn from jira", async || {
+        let (status, j) = mi_get(port, Some("rotated-header"), &q(GRAPH)).await;
+        (status == 400).then_some(j)
+    })
+    .await;
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("app jira can get: {VAULT}")),
+        "{j}"
+    );
+}
