@@ -1,4 +1,4 @@
-//! Credential expiry warnings (SPEC §6): from 30 days before a source's
+//! Credential expiry warnings: from 30 days before a source's
 //! `credential_expires`, a WARN once a day until it is renewed.
 
 use std::collections::HashMap;

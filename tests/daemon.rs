@@ -377,7 +377,7 @@ async fn idp_with_429() -> DevIdp {
     idp
 }
 
-/// SPEC §10: one 10 s header timeout bounds slow clients and idle keep-alive
+/// One 10 s header timeout bounds slow clients and idle keep-alive
 /// connections alike, and a head over 8 KiB gets 431.
 #[tokio::test]
 async fn slow_heads_idle_keepalive_and_huge_heads_are_cut_off() {

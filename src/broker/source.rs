@@ -51,7 +51,7 @@ impl From<&FetchError> for LastError {
     }
 }
 
-/// Lifecycle state, as in SPEC §3.
+/// Lifecycle state, as `/v1/sources` shows it (README "HTTP API").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {

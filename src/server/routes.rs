@@ -1,4 +1,4 @@
-//! Routes of the HTTP API (SPEC §3): path and query parsing, status codes,
+//! Routes of the HTTP API (README "HTTP API"): path and query parsing, status codes,
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
 use super::ServerSettings;
