@@ -1,0 +1,412 @@
+//! How fast tokend serves a cached token, next to a bare hyper server that
+//! serves the same bytes; and what it costs to hold many sources.
+//!
+//!     cargo bench --bench serve            # the full run (about 2 minutes)
+//!     cargo bench --bench serve -- --smoke # seconds: CI runs this
+//!
+//! Both servers run as their own processes on Unix sockets; one load
+//! generator (a hyper client with N keep-alive connections, in this process)
+//! drives them in turn for a fixed time, two rounds, at 16 and 64
+//! connections. Then: tokend's RSS after a million requests; start-to-
+//! listening time and RSS with 10,000 sources; and 10,000 concurrent cold
+//! requests to one lazy source, which must cause one upstream fetch.
+//! Figures, not assertions: nothing here fails on a slow machine.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Plan {
+    run: Duration,
+    rounds: usize,
+    million: u64,
+    many_sources: usize,
+    cold: usize,
+}
+
+const FULL: Plan = Plan {
+    run: Duration::from_secs(8),
+    rounds: 2,
+    million: 1_000_000,
+    many_sources: 10_000,
+    cold: 10_000,
+};
+
+const SMOKE: Plan = Plan {
+    run: Duration::from_millis(500),
+    rounds: 1,
+    million: 20_000,
+    many_sources: 500,
+    cold: 300,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    // Re-executed as the baseline server: `serve --baseline SOCKET BODYFILE`.
+    if let Some(i) = args.iter().position(|a| a == "--baseline") {
+        return baseline(Path::new(&args[i + 1]), Path::new(&args[i + 2]));
+    }
+    let plan = if args.iter().any(|a| a == "--smoke") {
+        &SMOKE
+    } else {
+        &FULL
+    };
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(plan))
+}
+
+async fn run(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
+    let idp = tokend::dev::DevIdp::start(Duration::from_secs(3600)).await?;
+    idp.add_client("bench", "bench-secret");
+    let dir = tempfile::tempdir()?;
+
+    // tokend with one eager source.
+    let tokend_socket = dir.path().join("tokend.sock");
+    let source = |name: &str, extra: &str| {
+        format!(
+            "[sources.{name}]\ntoken_url = \"{}\"\nclient_id = \"bench\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\nscopes = [\"api://bench/.default\"]\n{extra}\n",
+            idp.token_url()
+        )
+    };
+    let mut daemon = Daemon::start(dir.path(), "one", &source("bench", ""), "")?;
+    wait_listening(&daemon.socket).await;
+    let path = "/v1/tokens/bench";
+    let body = get(&daemon.socket, path).await.map_err(|e| e.to_string())?;
+    println!("tokend {} answer: {} bytes", path, body.len());
+
+    // The baseline: bare hyper 1 on tokio, serving the same bytes.
+    let body_file = dir.path().join("body.json");
+    std::fs::write(&body_file, &body)?;
+    let base_socket = dir.path().join("baseline.sock");
+    let mut base = Command::new(std::env::current_exe()?)
+        .arg("--baseline")
+        .arg(&base_socket)
+        .arg(&body_file)
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_listening(&base_socket).await;
+    let _ = tokend_socket;
+
+    println!();
+    println!(
+        "{:<8} {:>5} {:>12} {:>10} {:>10}",
+        "server", "conns", "req/s", "p50 ms", "p99 ms"
+    );
+    let mut results = Vec::new();
+    for conns in [16usize, 64] {
+        for round in 0..plan.rounds {
+            for (name, socket) in [("tokend", &daemon.socket), ("baseline", &base_socket)] {
+                let r = load(socket, path, conns, plan.run).await;
+                println!(
+                    "{:<8} {:>5} {:>12.0} {:>10.3} {:>10.3}   (round {})",
+                    name,
+                    conns,
+                    r.rate,
+                    r.p50,
+                    r.p99,
+                    round + 1
+                );
+                results.push((name, conns, r));
+            }
+        }
+    }
+    println!();
+    for conns in [16usize, 64] {
+        let best = |who: &str| {
+            results
+                .iter()
+                .filter(|(n, c, _)| *n == who && *c == conns)
+                .map(|(_, _, r)| r)
+                .fold(None::<&Load>, |acc, r| match acc {
+                    Some(a) if a.rate >= r.rate => Some(a),
+                    _ => Some(r),
+                })
+        };
+        if let (Some(t), Some(b)) = (best("tokend"), best("baseline")) {
+            println!(
+                "c={conns}: tokend/baseline throughput {:.2}×, p99 {:.2}× (best round of each)",
+                t.rate / b.rate,
+                t.p99 / b.p99
+            );
+        }
+    }
+    let _ = base.kill();
+    let _ = base.wait();
+
+    // RSS after a million requests.
+    let before = rss_kib(daemon.pid());
+    let started = Instant::now();
+    let done = load_count(&daemon.socket, path, 64, plan.million).await;
+    println!(
+        "\ntokend RSS: {} KiB at start, {} KiB after {done} requests ({:.1} s)",
+        before,
+        rss_kib(daemon.pid()),
+        started.elapsed().as_secs_f64()
+    );
+    daemon.stop();
+
+    // Many lazy sources: start to listening, and RSS.
+    let many: String = (0..plan.many_sources)
+        .map(|i| source(&format!("s{i}"), "eager = false"))
+        .collect();
+    let started = Instant::now();
+    let mut daemon = Daemon::start(dir.path(), "many", &many, "")?;
+    wait_listening(&daemon.socket).await;
+    let listening = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "{} sources: listening {:.1} ms after start, RSS {} KiB",
+        plan.many_sources,
+        listening.as_secs_f64() * 1000.0,
+        rss_kib(daemon.pid())
+    );
+    daemon.stop();
+
+    // Many concurrent cold requests to one lazy source: one upstream fetch.
+    idp.set_delay(Duration::from_secs(2));
+    let before = idp.requests();
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "cold",
+        &source("cold", "eager = false"),
+        &format!(
+            "max_connections = {}\nrequest_timeout = \"30s\"",
+            plan.cold + 16
+        ),
+    )?;
+    wait_listening(&daemon.socket).await;
+    let tasks: Vec<_> = (0..plan.cold)
+        .map(|_| {
+            let socket = daemon.socket.clone();
+            tokio::spawn(async move { get(&socket, "/v1/tokens/cold?format=raw").await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if matches!(t.await, Ok(Ok(_))) {
+            ok += 1;
+        }
+    }
+    println!(
+        "{} concurrent cold requests to one lazy source: {ok} answered, {} upstream fetch(es)",
+        plan.cold,
+        idp.requests() - before
+    );
+    daemon.stop();
+    Ok(())
+}
+
+/// tokend as its own process, on a socket in `dir`.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, name: &str, sources: &str, server: &str) -> std::io::Result<Daemon> {
+        let socket = dir.join(format!("{name}.sock"));
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nsocket = \"{}\"\nsocket_mode = \"0600\"\n{server}\n{sources}",
+                socket.display()
+            ),
+        )?;
+        let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env("BENCH_SECRET", "bench-secret")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+            .spawn()?;
+        Ok(Daemon { child, socket })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_listening(socket: &Path) {
+    while tokio::net::UnixStream::connect(socket).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn get(socket: &Path, path: &str) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+struct Load {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// `conns` keep-alive connections sending `path` for `run`.
+async fn load(socket: &Path, path: &str, conns: usize, run: Duration) -> Load {
+    let deadline = Instant::now() + run;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let socket = socket.to_path_buf();
+            let path = path.to_string();
+            tokio::spawn(async move {
+                connection(&socket, &path, |n, _| n > 0 && Instant::now() >= deadline).await
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |us| f64::from(*us) / 1000.0)
+    };
+    Load {
+        rate: lat.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+/// `total` requests over `conns` connections; returns how many were answered.
+async fn load_count(socket: &Path, path: &str, conns: usize, total: u64) -> u64 {
+    let per = total / conns as u64;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let socket = socket.to_path_buf();
+            let path = path.to_string();
+            tokio::spawn(async move {
+                connection(&socket, &path, |n, _| n as u64 >= per)
+                    .await
+                    .len() as u64
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap_or(0);
+    }
+    n
+}
+
+/// One keep-alive connection sending requests until `done(count, last)`;
+/// returns each request's latency in microseconds.
+async fn connection(socket: &Path, path: &str, done: impl Fn(usize, u32) -> bool) -> Vec<u32> {
+    let mut lat = Vec::with_capacity(1 << 16);
+    let Ok(stream) = tokio::net::UnixStream::connect(socket).await else {
+        return lat;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return lat;
+    };
+    tokio::spawn(conn);
+    let mut last = 0;
+    while !done(lat.len(), last) {
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
+        let t = Instant::now();
+        let Ok(resp) = sender.send_request(req).await else {
+            break;
+        };
+        if resp.into_body().collect().await.is_err() {
+            break;
+        }
+        last = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+        lat.push(last);
+    }
+    lat
+}
+
+/// The baseline: bare hyper 1 + tokio answering every request with the
+/// same bytes and headers tokend sends.
+fn baseline(socket: &Path, body: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let body = Bytes::from(std::fs::read(body)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(socket)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let mut r = hyper::Response::new(Full::new(body.clone()));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    r.headers_mut().insert(
+                        hyper::header::CACHE_CONTROL,
+                        hyper::header::HeaderValue::from_static("no-store"),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
