@@ -3,6 +3,8 @@
 //!
 //!     cargo bench --bench serve            # the full run (about 2 minutes)
 //!     cargo bench --bench serve -- --smoke # seconds: CI runs this
+//!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
+//!                                          # load only, to profile a server
 //!
 //! Both servers run as their own processes on Unix sockets; one load
 //! generator (a hyper client with N keep-alive connections, in this process)
@@ -48,6 +50,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Re-executed as the baseline server: `serve --baseline SOCKET BODYFILE`.
     if let Some(i) = args.iter().position(|a| a == "--baseline") {
         return baseline(Path::new(&args[i + 1]), Path::new(&args[i + 2]));
+    }
+    // Load only, against a running server (for profiling it):
+    // `serve --load SOCKET PATH SECONDS CONNS`.
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        let (socket, path) = (PathBuf::from(&args[i + 1]), args[i + 2].clone());
+        let secs: u64 = args[i + 3].parse()?;
+        let conns: usize = args[i + 4].parse()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let r = rt.block_on(load(&socket, &path, conns, Duration::from_secs(secs)));
+        println!(
+            "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
+            r.rate, r.p50, r.p99
+        );
+        return Ok(());
     }
     let plan = if args.iter().any(|a| a == "--smoke") {
         &SMOKE

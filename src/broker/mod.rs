@@ -14,6 +14,7 @@ use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, Token, TokenClient};
 use crate::server::mi::MiState;
 use crate::timefmt::{rfc3339, rfc3339_at};
+use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 use source::{SourceHandle, State};
 use std::collections::BTreeMap;
@@ -85,7 +86,10 @@ impl ApplySummary {
 
 /// All running sources.
 pub struct Broker {
-    sources: RwLock<BTreeMap<String, Arc<SourceHandle>>>,
+    /// The running sources by name: read without a lock on every request,
+    /// replaced whole by `apply` (whose callers `applying` serializes).
+    sources: ArcSwap<BTreeMap<String, Arc<SourceHandle>>>,
+    applying: Mutex<()>,
     client: Arc<dyn Fetcher>,
     fetch_limit: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -113,7 +117,8 @@ impl Broker {
     ) -> Arc<Self> {
         let now = SystemTime::now();
         Arc::new(Broker {
-            sources: RwLock::new(BTreeMap::new()),
+            sources: ArcSwap::default(),
+            applying: Mutex::new(()),
             client,
             fetch_limit: Arc::new(Semaphore::new(max_concurrent_fetches)),
             shutdown: CancellationToken::new(),
@@ -160,14 +165,18 @@ impl Broker {
     pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
         self.client.reloaded();
         let mut summary = ApplySummary::default();
-        let mut map = self.sources.write().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = BTreeMap::clone(&self.sources.load());
+        // Stopped only once the new map is in place: a request that finds a
+        // stopped source then finds its successor by name.
+        let mut stopped = Vec::new();
         map.retain(|name, handle| {
             let keep = config
                 .sources
                 .get(name)
                 .is_some_and(|c| c.same_identity(&handle.config()));
             if !keep {
-                handle.stop();
+                stopped.push(handle.clone());
                 if config.sources.contains_key(name) {
                     summary.restarted.push(name.clone());
                 } else {
@@ -207,6 +216,10 @@ impl Broker {
         self.metrics
             .sources
             .set(i64::try_from(map.len()).unwrap_or(i64::MAX));
+        self.sources.store(Arc::new(map));
+        for handle in stopped {
+            handle.stop();
+        }
         for (name, cfg) in &config.sources {
             let l = SourceLabel {
                 source: name.clone(),
@@ -298,21 +311,13 @@ impl Broker {
         format!("{} {noun}: {}", list.len(), parts.join(", "))
     }
 
+    /// The source called `name` (no lock: the hot path).
     pub fn get(&self, name: &str) -> Option<Arc<SourceHandle>> {
-        self.sources
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.sources.load().get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<SourceHandle>> {
-        self.sources
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.sources.load().values().cloned().collect()
     }
 
     /// Stops every source actor.

@@ -134,7 +134,8 @@ impl Fetcher for Script {
                     lifetime,
                     refresh_in,
                 } => Ok(Token {
-                    access_token: SecretString::from(format!("token-{n}")),
+                    access_token: crate::oauth::AccessToken::new(format!("token-{n}")),
+                    json_head: bytes::Bytes::new(),
                     token_type: "Bearer".into(),
                     scope: None,
                     issued_at: start,

@@ -28,9 +28,65 @@ use url::Url;
 /// Lifetime assumed when the IdP sends no `expires_in` and the token is not a JWT.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// The bytes of an access token. Held once per token: a slice of one
+/// allocation that is zeroed when its last holder drops it. `Debug` hides
+/// it; [`ExposeSecret`] shows it where it is to be sent.
+#[derive(Clone)]
+pub struct AccessToken(bytes::Bytes);
+
+/// Owns secret bytes and zeroes them when dropped.
+struct Zeroed(Vec<u8>);
+
+impl AsRef<[u8]> for Zeroed {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Zeroed {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl AccessToken {
+    pub fn new(token: String) -> AccessToken {
+        AccessToken(zeroed(token.into_bytes()))
+    }
+
+    /// The token at `range` of `buf`, a buffer from [`zeroed`] that holds it
+    /// among other things: one allocation for both, no second copy.
+    pub fn within(buf: &bytes::Bytes, range: std::ops::Range<usize>) -> AccessToken {
+        AccessToken(buf.slice(range))
+    }
+
+    /// The token's bytes, for writing it to a client.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.0
+    }
+}
+
+/// `buf` as shared bytes that are zeroed when the last holder drops them.
+pub fn zeroed(buf: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Zeroed(buf))
+}
+
+impl ExposeSecret<str> for AccessToken {
+    fn expose_secret(&self) -> &str {
+        // Built from a String (or a slice of one at a char boundary).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// An access token and what we know of its life. `Debug` hides the token.
 pub struct Token {
-    pub access_token: SecretString,
+    pub access_token: AccessToken,
     pub token_type: String,
     /// What the IdP said it granted, if it said.
     pub scope: Option<String>,
@@ -39,6 +95,9 @@ pub struct Token {
     pub expires_at: Instant,
     /// The IdP's `refresh_in` hint.
     pub refresh_in: Option<Duration>,
+    /// What the API answers with, rendered once for this token (empty until
+    /// its source prepares it): the JSON body up to `"expires_in":`.
+    pub json_head: bytes::Bytes,
 }
 
 impl fmt::Debug for Token {
@@ -489,7 +548,8 @@ pub fn token_from_response(
         issued_at,
         expires_at,
         refresh_in: parsed.refresh_in,
-        access_token: SecretString::from(parsed.access_token),
+        access_token: AccessToken::new(parsed.access_token),
+        json_head: bytes::Bytes::new(),
     })
 }
 
@@ -607,7 +667,8 @@ mod tests {
     #[test]
     fn debug_hides_the_token() {
         let t = Token {
-            access_token: SecretString::from("eyJsecret"),
+            access_token: AccessToken::new("eyJsecret".into()),
+            json_head: bytes::Bytes::new(),
             token_type: "Bearer".into(),
             scope: None,
             issued_at: Instant::now(),

@@ -12,12 +12,11 @@
 //! for many callers, never a token with 5 s or less left, 503 while the
 //! source backs off. Answers carry every field some SDK reads.
 
+use super::body::Body;
 use super::routes::{wait_for_token, Failure};
 use super::ServerSettings;
 use crate::broker::Broker;
 use crate::secret::ExposeSecret;
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -134,7 +133,7 @@ pub fn env_lines(
     ))
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<Body>;
 
 /// An error the way App Service answers one, which every SDK parses.
 fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Resp {
@@ -145,7 +144,7 @@ fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Res
         "statusCode": status.as_u16(),
         "message": description,
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -337,7 +336,7 @@ pub async fn handle(
         "token_type": tok.token_type,
         "client_id": handle.config().client_id,
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Body::from(body.to_string()));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut()

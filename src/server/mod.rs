@@ -9,6 +9,7 @@
 //! writes); at `max_connections` the loop stops accepting, so new clients
 //! wait in the kernel backlog while existing ones are served.
 
+mod body;
 pub mod listener;
 pub mod mi;
 pub mod routes;
@@ -32,15 +33,6 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// After `request_timeout`, how long a route has to send its own 504 before
-/// the connection is closed instead.
-const DEADLINE_GRACE: Duration = Duration::from_millis(50);
-
-/// A request outlived `request_timeout` (a body that never arrived, say);
-/// hyper closes its connection.
-#[derive(Debug, thiserror::Error)]
-#[error("the request took longer than request_timeout")]
-struct RequestTimedOut;
 
 /// Settings the server takes from `[server]`.
 #[derive(Debug, Clone)]
@@ -159,21 +151,17 @@ where
     let service = hyper::service::service_fn(move |req| {
         let (broker, settings, handler) = (broker.clone(), settings.clone(), handler.clone());
         async move {
-            // request_timeout bounds the whole request, body included: a
-            // request still unanswered then loses its connection (waits
-            // on a fetch answer 504 at the deadline itself, just before).
+            // request_timeout bounds the whole request: every wait in the
+            // handlers ends at this deadline (504 for a fetch, else 408 and
+            // the connection closed), and the stall guard bounds writing the
+            // answer. A request that waits for nothing sets no timer.
             let deadline = crate::timefmt::later(Instant::now(), settings.request_timeout);
-            let answer = async {
-                match &handler {
-                    Handler::Api(peer) => {
-                        routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
-                    }
-                    Handler::ManagedIdentity => mi::handle(req, &broker, &settings, deadline).await,
+            Ok::<_, std::convert::Infallible>(match &handler {
+                Handler::Api(peer) => {
+                    routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
                 }
-            };
-            tokio::time::timeout_at(crate::timefmt::later(deadline, DEADLINE_GRACE), answer)
-                .await
-                .map_err(|_| RequestTimedOut)
+                Handler::ManagedIdentity => mi::handle(req, &broker, &settings, deadline).await,
+            })
         }
     });
     let mut builder = http1::Builder::new();

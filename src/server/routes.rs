@@ -1,6 +1,7 @@
 //! Routes of the HTTP API (README "HTTP API"): path and query parsing, status codes,
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
+use super::body::Body;
 use super::ServerSettings;
 use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
@@ -9,7 +10,7 @@ use crate::config::valid_source_name;
 use crate::secret::ExposeSecret;
 use crate::timefmt::{ceil_secs, rfc3339_at};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,10 +22,23 @@ use tokio::time::Instant;
 /// Largest POST body accepted.
 pub const MAX_POST_BODY: usize = 1024;
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<Body>;
+
+/// 408 with `Connection: close`: the request did not arrive in time.
+fn request_timeout() -> Resp {
+    let mut r = error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive within request_timeout",
+        None,
+    );
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
 
 fn json_response(status: StatusCode, body: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(Body::from(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -44,12 +58,6 @@ fn with_retry_after(mut r: Resp, after: Option<Duration>) -> Resp {
         r.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
     }
-    r
-}
-
-fn no_store(mut r: Resp) -> Resp {
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -87,8 +95,9 @@ fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
 }
 
 /// Answers one request. Never panics on input; every outcome is a response.
-/// A wait for a token or a forced refresh ends at `deadline` (the end of
-/// `request_timeout`) with 504.
+/// Anything that waits (for a token, a forced refresh, a request body) ends
+/// at `deadline`, the end of `request_timeout`: 504 for a fetch, else 408
+/// and the connection is closed.
 pub async fn handle(
     req: Request<Incoming>,
     broker: &Broker,
@@ -96,21 +105,22 @@ pub async fn handle(
     settings: &ServerSettings,
     deadline: Instant,
 ) -> Resp {
-    let path = req.uri().path().to_string();
-    let method = req.method().clone();
-    let Some((route, methods)) = route(&path) else {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let method = &parts.method;
+    let Some((route, methods)) = route(path) else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no such path: {}", printable(&path)),
+            format!("no such path: {}", printable(path)),
             Some("the API is under /v1/ (tokens, sources), plus /healthz, /readyz and /metrics; see README".into()),
         );
     };
-    if !methods.contains(req.method()) {
+    if !methods.contains(method) {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{} is not allowed here", req.method()),
+            format!("{method} is not allowed here"),
             None,
         );
         let allow = methods
@@ -123,7 +133,7 @@ pub async fn handle(
         }
         return r;
     }
-    let query = req.uri().query().unwrap_or_default().to_string();
+    let query = parts.uri.query().unwrap_or_default();
     let resp = match route {
         Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         Route::Ready => ready(broker, peer, settings),
@@ -145,22 +155,24 @@ pub async fn handle(
             Err(f) => f.render(),
         },
         Route::Refresh(name) => match readable(broker, name, peer, settings) {
-            Ok(h) => refresh(req, h, broker, peer, settings, deadline).await,
+            Ok(h) => refresh(&parts.headers, body, h, broker, peer, settings, deadline).await,
             Err(f) => f.render(),
         },
         Route::Token(name) => {
             let r = match readable(broker, name, peer, settings) {
-                Ok(h) => token(h, &query, broker, peer, settings, deadline).await,
+                Ok(h) => token(h, query, broker, peer, settings, deadline).await,
                 Err(f) => f.render(),
             };
-            // Unknown names are not counted: callers must not mint label values.
-            if let Some(outcome) = request_outcome(r.status()) {
-                broker.metrics().count_request(name, outcome);
+            // Unknown names are not counted: callers must not mint label
+            // values. A served token was counted on the fast path already.
+            match request_outcome(r.status()) {
+                Some("ok") | None => {}
+                Some(outcome) => broker.metrics().count_request(name, outcome),
             }
             r
         }
         Route::Metrics => {
-            let mut r = Response::new(Full::new(Bytes::from(broker.metrics().encode())));
+            let mut r = Response::new(Body::from(broker.metrics().encode()));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
@@ -170,7 +182,7 @@ pub async fn handle(
     };
     tracing::debug!(
         method = %method,
-        path = %printable(&path),
+        path = %printable(path),
         status = resp.status().as_u16(),
         uid = peer.map(|p| p.uid),
         pid = peer.and_then(|p| p.pid),
@@ -431,37 +443,102 @@ async fn token(
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
     };
+    // The hot path: a cached token, no lock, no wait, no timer.
+    if let Some(tok) = handle.try_token(q.min_ttl) {
+        handle.count_served();
+        return token_answer(&handle, &tok, q.raw);
+    }
     let next = |name: &str| readable(broker, name, peer, settings);
-    let (handle, tok) = match wait_for_token(handle, q.min_ttl, deadline, settings, next).await {
-        Ok(t) => t,
-        Err(f) => return f.render(),
-    };
-    let name = handle.name();
-    let secret = tok.access_token.expose_secret();
-    let resp = if q.raw {
-        let mut r = Response::new(Full::new(Bytes::copy_from_slice(secret.as_bytes())));
+    match wait_for_token(handle, q.min_ttl, deadline, settings, next).await {
+        Ok((handle, tok)) => {
+            handle.count_served();
+            token_answer(&handle, &tok, q.raw)
+        }
+        Err(f) => f.render(),
+    }
+}
+
+/// The answer with `tok`: the bare token, or its JSON rendered once (see
+/// [`prepare`]) and the live `expires_in`.
+fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> Resp {
+    let mut r = if raw {
+        let mut r = Response::new(Body::from(tok.access_token.bytes().clone()));
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         r
-    } else {
-        let now = Instant::now();
+    } else if tok.json_head.is_empty() {
+        // Not prepared (a token made outside a source): render it all now.
         let mut body = json!({
-            "access_token": secret,
+            "access_token": tok.access_token.expose_secret(),
             "token_type": tok.token_type,
-            "expires_in": tok.remaining_at(now).as_secs(),
+            "expires_in": tok.remaining_at(Instant::now()).as_secs(),
             "expires_at": rfc3339_at(tok.expires_at),
-            "source": name,
+            "source": handle.name(),
         });
         if let Some(s) = &tok.scope {
             body["scope"] = Value::String(s.clone());
         }
         json_response(StatusCode::OK, &body)
+    } else {
+        use std::io::Write;
+        let mut tail = [0u8; 24];
+        let mut w = &mut tail[..];
+        let _ = write!(w, "{}}}", tok.remaining_at(Instant::now()).as_secs());
+        let len = 24 - w.len();
+        let mut r = Response::new(Body::two(
+            tok.json_head.clone(),
+            Bytes::copy_from_slice(&tail[..len]),
+        ));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
     };
-    no_store(resp)
+    // Every answer that carries a token says so.
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Renders, once per token, what every `/v1/tokens` answer repeats: the
+/// JSON body up to `"expires_in":`. The token itself then lives only in
+/// that buffer (zeroed when dropped): the raw answer is a slice of it.
+pub fn prepare(source: &str, token: crate::oauth::Token) -> crate::oauth::Token {
+    let secret = token.access_token.expose_secret();
+    let mut head = Vec::with_capacity(secret.len() + 160);
+    head.extend_from_slice(b"{\"access_token\":");
+    let start = head.len();
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut head, secret);
+    let end = head.len();
+    head.extend_from_slice(b",\"token_type\":");
+    let _ = serde_json::to_writer(&mut head, &token.token_type);
+    head.extend_from_slice(b",\"expires_at\":");
+    let _ = serde_json::to_writer(&mut head, &rfc3339_at(token.expires_at));
+    if let Some(scope) = &token.scope {
+        head.extend_from_slice(b",\"scope\":");
+        let _ = serde_json::to_writer(&mut head, scope);
+    }
+    head.extend_from_slice(b",\"source\":");
+    let _ = serde_json::to_writer(&mut head, source);
+    head.extend_from_slice(b",\"expires_in\":");
+    // Unescaped (as tokens are): the token is the quoted part of the head.
+    let plain = end - start == secret.len() + 2;
+    let head = crate::oauth::zeroed(head);
+    let access_token = if plain {
+        crate::oauth::AccessToken::within(&head, start + 1..end - 1)
+    } else {
+        token.access_token.clone()
+    };
+    crate::oauth::Token {
+        access_token,
+        json_head: head,
+        ..token
+    }
 }
 
 async fn refresh(
-    req: Request<Incoming>,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
     mut handle: Arc<SourceHandle>,
     broker: &Broker,
     peer: Option<&Peer>,
@@ -477,22 +554,18 @@ async fn refresh(
             None,
         )
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_POST_BODY as u64) {
         return too_large();
     }
-    // Reading the body counts against request_timeout like everything else
-    // (the server closes a connection whose request outlives it).
-    if Limited::new(req.into_body(), MAX_POST_BODY)
-        .collect()
-        .await
-        .is_err()
-    {
-        return too_large();
+    // Reading the body counts against request_timeout like everything else.
+    match tokio::time::timeout_at(deadline, Limited::new(body, MAX_POST_BODY).collect()).await {
+        Err(_) => return request_timeout(),
+        Ok(Err(_)) => return too_large(),
+        Ok(Ok(_)) => {}
     }
     if let Err(wait) = handle.claim_forced_refresh() {
         return with_retry_after(
