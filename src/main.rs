@@ -172,6 +172,7 @@ async fn run(path: &Path) -> u8 {
     else {
         return 1;
     };
+    let cfg = daemon::rehome(cfg);
     init_logging(cfg.server.log_format);
     match daemon::run(
         cfg,

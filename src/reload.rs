@@ -56,7 +56,7 @@ pub struct Reloader {
     from: ConfigSource,
     broker: Arc<Broker>,
     env: SecretEnv,
-    running: Config,
+    running: Arc<Config>,
     /// The on-disk state (files and secrets) last acted on: file events that
     /// find it unchanged are free.
     seen: u64,
@@ -95,6 +95,7 @@ impl Reloader {
         env: SecretEnv,
         running: Config,
     ) -> Reloader {
+        let running = Arc::new(running);
         let (fps, mi) = {
             let (config, env) = (running.clone(), env.clone());
             tokio::task::spawn_blocking(move || {
@@ -188,7 +189,7 @@ impl Reloader {
     /// true if a new config was applied.
     pub fn finish(&mut self, reading: Reading) -> bool {
         match reading.loaded {
-            Ok((new, fps, mi)) => self.apply(new, fps, mi),
+            Ok((new, fps, mi)) => self.apply(crate::daemon::rehome(new), fps, mi),
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!("reload failed, keeping the running configuration: {p}");
@@ -228,7 +229,7 @@ impl Reloader {
             "configuration reloaded"
         );
         self.seen = state_of(new.digest, &fps);
-        self.running = new;
+        self.running = Arc::new(new);
         true
     }
 

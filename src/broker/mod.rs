@@ -196,10 +196,10 @@ impl Broker {
                         old.credential != cfg.credential || fp != handle.fingerprint();
                     if credential_changed {
                         summary.credential_changed.push(name.clone());
-                        handle.reconfigure(Arc::new(cfg.clone()), fp, true);
-                    } else if *old != *cfg {
+                        handle.reconfigure(cfg.clone(), fp, true);
+                    } else if *old != **cfg {
                         summary.updated.push(name.clone());
-                        handle.reconfigure(Arc::new(cfg.clone()), fp, false);
+                        handle.reconfigure(cfg.clone(), fp, false);
                     }
                 }
                 None => {
@@ -269,9 +269,9 @@ impl Broker {
         r.error = Some(message);
     }
 
-    fn start(&self, cfg: SourceConfig, fingerprint: u64) -> Arc<SourceHandle> {
+    fn start(&self, cfg: Arc<SourceConfig>, fingerprint: u64) -> Arc<SourceHandle> {
         source::spawn(
-            Arc::new(cfg),
+            cfg,
             fingerprint,
             source::Deps {
                 metrics: self.metrics.clone(),

@@ -176,6 +176,23 @@ struct Shared {
     cancel: CancellationToken,
     /// Fingerprint of the credential's value when last applied.
     fingerprint: AtomicU64,
+    /// A lazy source's task is started by its first request: until then it
+    /// costs no task and no timer (thousands of idle sources are cheap).
+    unstarted: Mutex<Option<Deps>>,
+}
+
+impl Shared {
+    /// Starts the source's task (under its supervisor) if not yet running.
+    fn ensure_started(self: &Arc<Self>) {
+        let deps = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(deps) = deps {
+            tokio::spawn(supervise(self.clone(), deps, None));
+        }
+    }
 }
 
 /// What the server holds for one source.
@@ -254,6 +271,7 @@ impl SourceHandle {
         let level = if force { WANT_FORCE } else { WANT_FETCH };
         self.shared.wanted.fetch_max(level, Ordering::SeqCst);
         self.shared.wake.notify_one();
+        self.shared.ensure_started();
     }
 
     /// A token valid for at least `min_ttl` (and always more than 5 s),
@@ -354,6 +372,12 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
     }
 }
 
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deps")
+    }
+}
+
 pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 
 /// What an actor needs besides the shared state.
@@ -399,8 +423,11 @@ pub(crate) fn spawn(
         wake: Notify::new(),
         cancel,
         fingerprint: AtomicU64::new(fingerprint),
+        unstarted: Mutex::new((!eager).then(|| deps.clone())),
     });
-    tokio::spawn(supervise(shared.clone(), deps, eager.then(Instant::now)));
+    if eager {
+        tokio::spawn(supervise(shared.clone(), deps, Some(Instant::now())));
+    }
     Arc::new(SourceHandle {
         shared,
         last_forced: Mutex::new(None),

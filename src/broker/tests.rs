@@ -682,9 +682,9 @@ trait WithSecret {
 impl WithSecret for Config {
     fn with_secret(mut self, secret: &str) -> Config {
         for s in self.sources.values_mut() {
-            s.credential = crate::config::Credential::Secret(crate::secret::SecretRef::Inline(
-                SecretString::from(secret.to_string()),
-            ));
+            Arc::make_mut(s).credential = crate::config::Credential::Secret(
+                crate::secret::SecretRef::Inline(SecretString::from(secret.to_string())),
+            );
         }
         self
     }

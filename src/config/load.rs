@@ -118,7 +118,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         }
         defined.insert(name.clone(), header.clone());
         if let Some(s) = super::source::source(&mut d, &name, &header, raw, &defaults) {
-            sources.insert(name, s);
+            sources.insert(name, std::sync::Arc::new(s));
         }
     }
     let managed_identity = main

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 pub(super) fn managed_identity(
     d: &mut Diagnostics,
     raw: RawManagedIdentity,
-    valid: &BTreeMap<String, SourceConfig>,
+    valid: &BTreeMap<String, std::sync::Arc<SourceConfig>>,
     defined: &BTreeMap<String, At>,
 ) -> Option<ManagedIdentity> {
     const MAIN: usize = 0;

@@ -39,7 +39,8 @@ pub struct Config {
     /// The main file it was loaded from.
     pub path: PathBuf,
     pub server: ServerConfig,
-    pub sources: BTreeMap<String, SourceConfig>,
+    /// Shared with the running sources, so a config holds each once.
+    pub sources: BTreeMap<String, Arc<SourceConfig>>,
     /// The include directory in force, if any.
     pub include_dir: Option<PathBuf>,
     /// The `*.toml` files loaded from it, in load order.
