@@ -15,7 +15,7 @@
 
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};
-use crate::secret::SecretEnv;
+use crate::secret::{Fingerprinter, SecretEnv};
 use crate::server::mi::MiState;
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
@@ -69,14 +69,16 @@ pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
         .managed_identity
         .iter()
         .flat_map(|mi| mi.apps.values());
-    config
+    let mut secrets = Fingerprinter::new(env);
+    let mut fps: BTreeMap<String, u64> = config
         .sources
         .iter()
-        .map(|(n, s)| (n.clone(), s.credential.fingerprint(env)))
-        // Managed-identity headers too, so a changed header file is a
-        // change (`:` cannot be in a source name).
-        .chain(apps.map(|a| (format!("mi:{}", a.name), a.header.fingerprint(env))))
-        .collect()
+        .map(|(n, s)| (n.clone(), s.credential.fingerprint(&mut secrets)))
+        .collect();
+    // Managed-identity headers too, so a changed header file is a change
+    // (`:` cannot be in a source name).
+    fps.extend(apps.map(|a| (format!("mi:{}", a.name), secrets.of(&a.header))));
+    fps
 }
 
 /// What a reload read, off the async runtime: the new config and its

@@ -8,6 +8,8 @@
 
 use crate::config::Problem;
 use secrecy::SecretString;
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -272,6 +274,37 @@ fn read_file(path: &std::path::Path) -> Result<String, SecretError> {
             source,
         })?;
     String::from_utf8(bytes).map_err(|_| SecretError::NotText(path.to_path_buf()))
+}
+
+/// Fingerprints secrets for one look at the configuration, reading each
+/// file or variable once however many sources share it (thousands of
+/// sources often share one secret).
+pub struct Fingerprinter<'a> {
+    env: &'a SecretEnv,
+    seen: HashMap<(u8, &'a OsStr), u64>,
+}
+
+impl<'a> Fingerprinter<'a> {
+    pub fn new(env: &'a SecretEnv) -> Self {
+        Fingerprinter {
+            env,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// [`SecretRef::fingerprint`], remembered by where the secret is.
+    pub fn of(&mut self, r: &'a SecretRef) -> u64 {
+        let key = match r {
+            SecretRef::File(p) => (0, p.as_os_str()),
+            SecretRef::Env(n) => (1, OsStr::new(n.as_str())),
+            SecretRef::Credential(n) => (2, OsStr::new(n.as_str())),
+            SecretRef::Inline(_) => return r.fingerprint(self.env),
+        };
+        *self
+            .seen
+            .entry(key)
+            .or_insert_with(|| r.fingerprint(self.env))
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ mod source;
 mod tests;
 mod values;
 
-use crate::secret::{SecretEnv, SecretRef};
+use crate::secret::{Fingerprinter, SecretEnv, SecretRef};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -168,15 +168,15 @@ impl Credential {
     /// A hash of the credential's current content (or of why it cannot be
     /// read), so a reload can tell a rotated one from an unchanged one.
     /// Reads files: call it off the async runtime.
-    pub fn fingerprint(&self, env: &SecretEnv) -> u64 {
+    pub fn fingerprint<'a>(&'a self, secrets: &mut Fingerprinter<'a>) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         match self {
-            Credential::Secret(r) => (0u8, r.fingerprint(env)).hash(&mut h),
+            Credential::Secret(r) => (0u8, secrets.of(r)).hash(&mut h),
             Credential::Certificate(c) => {
-                (1u8, &c.cert.der, c.key.fingerprint(env)).hash(&mut h);
+                (1u8, &c.cert.der, secrets.of(&c.key)).hash(&mut h);
             }
-            Credential::Assertion(r) => (2u8, r.fingerprint(env)).hash(&mut h),
+            Credential::Assertion(r) => (2u8, secrets.of(r)).hash(&mut h),
         }
         h.finish()
     }
