@@ -67,8 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "write → new source served, {n} reloads (debounce {} ms): min {:.1} ms, median {:.1} ms, max {:.1} ms",
-        tokend::reload::DEBOUNCE.as_millis(),
+        "write → new source served, {n} reloads (quiet wait {} ms): min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        tokend::reload::QUIET.as_millis(),
         ms(samples[0]),
         ms(samples[n / 2]),
         ms(samples[n - 1])

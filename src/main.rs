@@ -71,7 +71,7 @@ enum Command {
 /// directory is watched, so with their lines on and the log written into
 /// that directory, every line would be an event that logs another line.
 /// They stay at `warn` unless `RUST_LOG` names them itself.
-const WATCHER_CRATES: &[&str] = &["notify", "notify_debouncer_full", "inotify"];
+const WATCHER_CRATES: &[&str] = &["notify", "inotify"];
 
 fn init_logging(format: LogFormat) {
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());

@@ -3,8 +3,8 @@
 //! The watcher watches the *directories* holding the main file, the include
 //! directory and every secret file the config names, so editor renames,
 //! delete-and-recreate and a Kubernetes ConfigMap's `..data` symlink swap are
-//! all seen; events are debounced and filtered to the paths that matter, and
-//! only settled ones (a close after writing, a rename, a creation, a
+//! all seen; events are filtered to the paths that matter, and only settled
+//! ones (a close after writing, a rename, a creation, a
 //! removal) call for a reload. A digest of what the running config was
 //! parsed from (and of its secrets) makes the rest free, and lets the first
 //! check after start-up find an edit made before the watcher existed.
@@ -17,9 +17,8 @@ use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};
 use crate::secret::{Fingerprinter, SecretEnv};
 use crate::server::mi::MiState;
-use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -27,11 +26,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long the file system must be quiet before a reload.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// After a settled change, how long no further change may arrive before
-/// the files are read: a writer that is still at it is waited for.
-pub const QUIET: Duration = Duration::from_millis(50);
+/// the files are read: a writer that is still at it is waited for, and a
+/// burst of events (an editor's save, a ConfigMap swap) makes one reload.
+pub const QUIET: Duration = Duration::from_millis(100);
 
 /// Where a reload reads its configuration from.
 #[derive(Debug, Clone)]
@@ -352,32 +350,28 @@ pub enum Change {
     Activity,
 }
 
-/// The file watcher: debounced events for relevant paths arrive on a channel.
+/// The file watcher: events for relevant paths arrive on a channel. It
+/// sleeps in the kernel until one comes (no polling, no ticking timer);
+/// the daemon's loop waits for quiet before it reads (see [`QUIET`]).
 pub struct Watcher {
-    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    inner: RecommendedWatcher,
     relevant: Arc<RwLock<Relevant>>,
     watched: BTreeSet<PathBuf>,
 }
 
 impl Watcher {
-    /// Starts watching; each debounced batch with a relevant path sends a
-    /// [`Change`]. Events on other paths are dropped here, unlogged.
-    pub fn new(
-        tx: mpsc::UnboundedSender<Change>,
-    ) -> Result<Watcher, notify_debouncer_full::notify::Error> {
+    /// Starts watching; each event on a relevant path sends a [`Change`].
+    /// Events on other paths are dropped here, unlogged.
+    pub fn new(tx: mpsc::UnboundedSender<Change>) -> Result<Watcher, notify::Error> {
         let relevant = Arc::new(RwLock::new(Relevant::default()));
         let filter = relevant.clone();
-        let debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
-            let Ok(events) = res else { return };
+        let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
             let r = filter.read().unwrap_or_else(|p| p.into_inner());
-            let mut ours = events
-                .iter()
-                .filter(|e| e.paths.iter().any(|p| r.matches(p)))
-                .peekable();
-            if ours.peek().is_none() {
+            if !event.paths.iter().any(|p| r.matches(p)) {
                 return;
             }
-            let change = if ours.any(|e| settled(&e.kind)) {
+            let change = if settled(&event.kind) {
                 Change::Settled
             } else {
                 Change::Activity
@@ -385,7 +379,7 @@ impl Watcher {
             let _ = tx.send(change);
         })?;
         Ok(Watcher {
-            debouncer,
+            inner,
             relevant,
             watched: BTreeSet::new(),
         })
@@ -401,12 +395,12 @@ impl Watcher {
             .cloned()
             .collect();
         for gone in self.watched.difference(&want) {
-            let _ = self.debouncer.unwatch(gone);
+            let _ = self.inner.unwatch(gone);
         }
         let mut grew = false;
         for new in want.difference(&self.watched) {
             grew = true;
-            if let Err(e) = self.debouncer.watch(new, RecursiveMode::NonRecursive) {
+            if let Err(e) = self.inner.watch(new, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; changes there need SIGHUP");
             }
         }
