@@ -35,6 +35,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} for metrics: {source} (is another tokend or exporter using it? change [server] metrics_listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. The socket file is
@@ -87,6 +93,15 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         ),
         None => None,
     };
+    // The metrics listener, if configured: TCP for Prometheus.
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let broker = Broker::new(
         Arc::new(TokenClient::new(env.clone())?),
@@ -116,6 +131,18 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         tracing::info!(listen = %config_listen(&reloader), "managed-identity endpoint listening");
         tokio::spawn(server::serve(
             Door::ManagedIdentity(l),
+            broker.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(
+            listen = %l.local_addr().map_or_else(|_| String::new(), |a| a.to_string()),
+            "metrics listening (/metrics, /healthz, /readyz)"
+        );
+        tokio::spawn(server::serve(
+            Door::Metrics(l),
             broker.clone(),
             settings.clone(),
             shutdown.clone(),
@@ -197,7 +224,10 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     tracing::info!("shutting down");
     systemd::stopping();
     shutdown.cancel();
-    for task in std::iter::once(server).chain(mi_server) {
+    for task in std::iter::once(server)
+        .chain(mi_server)
+        .chain(metrics_server)
+    {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "server task failed");
         }

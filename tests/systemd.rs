@@ -284,12 +284,92 @@ async fn scrape(d: &Daemon) -> prometheus_parse::Scrape {
         .header("content-type")
         .unwrap()
         .contains("openmetrics-text"));
-    let lines = r
-        .text()
-        .lines()
-        .map(|l| Ok(l.to_string()))
-        .collect::<Vec<_>>();
+    parse_metrics(&r.text())
+}
+
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_string())).collect::<Vec<_>>();
     prometheus_parse::Scrape::parse(lines.into_iter()).expect("parses as Prometheus text")
+}
+
+/// `metrics_listen`: a TCP port Prometheus can scrape, with nothing else on it.
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_and_health_but_no_tokens() {
+    let idp = idp(S(3600), &["a"]).await;
+    let port = common::mi::free_port();
+    let d = daemon(&format!(
+        "{}{}",
+        source("a", &idp, ""),
+        source_as("down", "nobody", &idp, "allow = { uids = [4242] }")
+    ))
+    .server(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+    .start()
+    .await;
+    let token = wait_for_status(&d, "/v1/tokens/a", 200).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://127.0.0.1:{port}{path}")).send();
+
+    let r = get("/metrics").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("openmetrics-text"));
+    let scrape = parse_metrics(&r.text().await.unwrap());
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|x| x.metric == "tokend_token_requests_total"
+            && x.labels.get("source") == Some("a")
+            && x.labels.get("outcome") == Some("ok")));
+    assert!(scrape
+        .samples
+        .iter()
+        .any(|x| x.metric == "tokend_build_info"));
+
+    for path in [
+        "/v1/tokens/a",
+        "/v1/tokens/a?format=raw",
+        "/v1/sources",
+        "/v1/sources/a",
+        "/msi/token",
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("not_found") && body.contains("Unix socket"),
+            "{path}: {body}"
+        );
+        assert!(!body.contains(&token));
+    }
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/sources/a/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no forced refresh from the network");
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    // `down` never gets a token: not ready. The anonymous caller is not
+    // told its name (it is not open to all).
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let j: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(j["ready"], false);
+    assert_eq!(j["not_ready"], serde_json::json!([]));
+    // The socket still tells root which one.
+    let j = d.get("/readyz").await.json();
+    assert_eq!(j["not_ready"], serde_json::json!(["down"]));
 }
 
 #[tokio::test]

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Token requests in flight at once across all sources.
     pub max_concurrent_fetches: usize,
+    /// A TCP listener for Prometheus: `/metrics`, `/healthz` and `/readyz`
+    /// only, no tokens.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             max_concurrent_fetches: 8,
+            metrics_listen: None,
         }
     }
 }

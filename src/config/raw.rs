@@ -15,6 +15,7 @@ pub(super) struct RawServer {
     pub request_timeout: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub max_concurrent_fetches: Option<Spanned<i64>>,
+    pub metrics_listen: Option<Spanned<String>>,
 }
 
 /// `[managed_identity]`: the Azure SDK drop-in endpoint.

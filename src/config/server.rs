@@ -83,6 +83,19 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
             }
         },
     };
+    let metrics_listen = raw.metrics_listen.and_then(|l| {
+        match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                d.error(
+                    &At::of(MAIN, &l),
+                    format!("`metrics_listen` {:?} is not an address and port: {e}", l.get_ref()),
+                    Some("write it as \"127.0.0.1:9464\" (or [::1]:9464, or an address Prometheus can reach)".to_string()),
+                );
+                None
+            }
+        }
+    });
     ServerConfig {
         socket,
         socket_mode,
@@ -91,6 +104,7 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         request_timeout,
         log_format,
         max_concurrent_fetches,
+        metrics_listen,
     }
 }
 

@@ -222,13 +222,16 @@ fn credential_expires_date_or_string() {
 
 #[test]
 fn server_section() {
-    let c = load_str(&format!("[server]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0600\"\nsocket_group = 0\nlog_format = \"json\"\nrequest_timeout = \"3s\"\n{GOOD}"), Path::new("t"), None).unwrap();
+    let c = load_str(&format!("[server]\nsocket = \"/tmp/x.sock\"\nsocket_mode = \"0600\"\nsocket_group = 0\nlog_format = \"json\"\nrequest_timeout = \"3s\"\nmetrics_listen = \"[::1]:9464\"\n{GOOD}"), Path::new("t"), None).unwrap();
     assert_eq!(c.server.socket_mode, 0o600);
+    assert_eq!(c.server.metrics_listen, Some("[::1]:9464".parse().unwrap()));
     assert_eq!(c.server.socket_group, Some(0));
     assert_eq!(c.server.log_format, LogFormat::Json);
     assert_eq!(c.server.request_timeout, Duration::from_secs(3));
-    let p = problems(&format!("[server]\nsocket_mode = \"999\"\nsocket_group = \"no-such-group-xyz\"\nmax_connections = 0\n{GOOD}"));
-    assert_eq!(p.len(), 3, "{p:#?}");
+    let p = problems(&format!("[server]\nsocket_mode = \"999\"\nsocket_group = \"no-such-group-xyz\"\nmax_connections = 0\nmetrics_listen = \"localhost\"\n{GOOD}"));
+    assert_eq!(p.len(), 4, "{p:#?}");
+    assert!(p[3].message.contains("`metrics_listen`"), "{p:#?}");
+    assert!(p[3].hint.as_deref().unwrap().contains("127.0.0.1:9464"));
 }
 
 #[test]

@@ -44,11 +44,13 @@ pub struct ServerSettings {
 }
 
 /// Where requests come in: the Unix socket (the whole API, callers known by
-/// their peer credentials), or the managed-identity endpoint's loopback TCP
-/// listener (`/msi/token` only, callers known by their header).
+/// their peer credentials), the managed-identity endpoint's loopback TCP
+/// listener (`/msi/token` only, callers known by their header), or the
+/// metrics listener (`/metrics`, `/healthz`, `/readyz` only, anonymous).
 pub enum Door {
     Socket(Listener),
     ManagedIdentity(tokio::net::TcpListener),
+    Metrics(tokio::net::TcpListener),
 }
 
 /// Who answers a connection's requests.
@@ -56,6 +58,7 @@ pub enum Door {
 enum Handler {
     Api(Option<Arc<Peer>>),
     ManagedIdentity,
+    Metrics,
 }
 
 /// Serves until `shutdown` fires, then stops accepting and drains in-flight
@@ -88,13 +91,11 @@ pub async fn serve(
                 tokio::spawn(drive(conn, permit));
             }
             Ok(Accepted::Tcp(stream)) => {
-                let conn = connection(
-                    stream,
-                    Handler::ManagedIdentity,
-                    &broker,
-                    &settings,
-                    &graceful,
-                );
+                let handler = match &door {
+                    Door::Metrics(_) => Handler::Metrics,
+                    _ => Handler::ManagedIdentity,
+                };
+                let conn = connection(stream, handler, &broker, &settings, &graceful);
                 tokio::spawn(drive(conn, permit));
             }
             Err(e) => {
@@ -130,7 +131,9 @@ enum Accepted {
 async fn accept(door: &Door) -> std::io::Result<Accepted> {
     match door {
         Door::Socket(l) => l.listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
-        Door::ManagedIdentity(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Door::ManagedIdentity(l) | Door::Metrics(l) => {
+            l.accept().await.map(|(s, _)| Accepted::Tcp(s))
+        }
     }
 }
 
@@ -161,6 +164,7 @@ where
                     routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
                 }
                 Handler::ManagedIdentity => mi::handle(req, &broker, &settings, deadline).await,
+                Handler::Metrics => routes::handle_metrics_door(&req, &broker, &settings),
             })
         }
     });

@@ -113,29 +113,15 @@ pub async fn handle(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no such path: {}", printable(path)),
-            Some("the API is under /v1/ (tokens, sources), plus /healthz, /readyz and /metrics; see README".into()),
+            Some("the API is under /v1/ (tokens, sources), plus /healthz, /readyz and /metrics; see docs/api.md".into()),
         );
     };
     if !methods.contains(method) {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed here"),
-            None,
-        );
-        let allow = methods
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(v) = HeaderValue::from_str(&allow) {
-            r.headers_mut().insert(ALLOW, v);
-        }
-        return r;
+        return method_not_allowed(method, methods);
     }
     let query = parts.uri.query().unwrap_or_default();
     let resp = match route {
-        Route::Health => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        Route::Health => health(),
         Route::Ready => ready(broker, peer, settings),
         Route::Sources => {
             // Only the sources this caller may read are listed.
@@ -171,14 +157,7 @@ pub async fn handle(
             }
             r
         }
-        Route::Metrics => {
-            let mut r = Response::new(Body::from(broker.metrics().encode()));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-            );
-            r
-        }
+        Route::Metrics => metrics(broker),
     };
     tracing::debug!(
         method = %method,
@@ -189,6 +168,69 @@ pub async fn handle(
         "request"
     );
     resp
+}
+
+fn method_not_allowed(method: &Method, methods: &[Method]) -> Resp {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here"),
+        None,
+    );
+    let allow = methods
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        r.headers_mut().insert(ALLOW, v);
+    }
+    r
+}
+
+fn health() -> Resp {
+    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+}
+
+fn metrics(broker: &Broker) -> Resp {
+    let mut r = Response::new(Body::from(broker.metrics().encode()));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+/// Answers a request on the metrics listener (`[server] metrics_listen`):
+/// `/metrics`, `/healthz` and `/readyz` only, for an anonymous caller, so
+/// `/readyz` names only sources open to all and never a reload error's
+/// text. Everything else, tokens included, is a 404.
+pub fn handle_metrics_door<B>(
+    req: &Request<B>,
+    broker: &Broker,
+    settings: &ServerSettings,
+) -> Resp {
+    let path = req.uri().path();
+    let found = route(path).and_then(|(r, methods)| match r {
+        Route::Metrics | Route::Health | Route::Ready => Some((r, methods)),
+        _ => None,
+    });
+    let Some((route, methods)) = found else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such path here: {}", printable(path)),
+            Some("this listener serves only /metrics, /healthz and /readyz; tokens and sources are on the Unix socket (see docs/api.md)".into()),
+        );
+    };
+    if !methods.contains(req.method()) {
+        return method_not_allowed(req.method(), methods);
+    }
+    match route {
+        Route::Metrics => metrics(broker),
+        Route::Health => health(),
+        _ => ready(broker, None, settings),
+    }
 }
 
 /// The `outcome` label of `tokend_token_requests_total` for a token answer.
