@@ -71,26 +71,56 @@ enum Route<'a> {
     Token(&'a str),
 }
 
+#[derive(Clone, Copy)]
+enum Kind {
+    Metrics,
+    Health,
+    Ready,
+    Sources,
+    Source,
+    Refresh,
+    Token,
+}
+
+const GET: &[Method] = &[Method::GET];
+const POST: &[Method] = &[Method::POST];
+
+/// The socket API's routes, which the router reads (first match wins;
+/// `{name}` is the rest of the path up to the suffix). `docs/api.md`
+/// documents each one; a test keeps the two in step.
+const ROUTES: &[(&str, Kind, &[Method])] = &[
+    ("/v1/tokens/{name}", Kind::Token, GET),
+    ("/v1/sources/{name}/refresh", Kind::Refresh, POST),
+    ("/v1/sources/{name}", Kind::Source, GET),
+    ("/v1/sources", Kind::Sources, GET),
+    ("/healthz", Kind::Health, GET),
+    ("/readyz", Kind::Ready, GET),
+    ("/metrics", Kind::Metrics, GET),
+];
+
+/// Every route as `METHOD /path`, for the documentation test.
+pub fn routes() -> impl Iterator<Item = String> {
+    ROUTES
+        .iter()
+        .flat_map(|(path, _, methods)| methods.iter().map(move |m| format!("{m} {path}")))
+}
+
 fn route(path: &str) -> Option<(Route<'_>, &'static [Method])> {
-    const GET: &[Method] = &[Method::GET];
-    const POST: &[Method] = &[Method::POST];
-    Some(match path {
-        "/healthz" => (Route::Health, GET),
-        "/readyz" => (Route::Ready, GET),
-        "/v1/sources" => (Route::Sources, GET),
-        "/metrics" => (Route::Metrics, GET),
-        _ => {
-            if let Some(rest) = path.strip_prefix("/v1/tokens/") {
-                (Route::Token(rest), GET)
-            } else if let Some(rest) = path.strip_prefix("/v1/sources/") {
-                match rest.strip_suffix("/refresh") {
-                    Some(name) => (Route::Refresh(name), POST),
-                    None => (Route::Source(rest), GET),
-                }
-            } else {
-                return None;
-            }
-        }
+    ROUTES.iter().find_map(|&(template, kind, methods)| {
+        let name = match template.split_once("{name}") {
+            None => (path == template).then_some("")?,
+            Some((prefix, suffix)) => path.strip_prefix(prefix)?.strip_suffix(suffix)?,
+        };
+        let route = match kind {
+            Kind::Metrics => Route::Metrics,
+            Kind::Health => Route::Health,
+            Kind::Ready => Route::Ready,
+            Kind::Sources => Route::Sources,
+            Kind::Source => Route::Source(name),
+            Kind::Refresh => Route::Refresh(name),
+            Kind::Token => Route::Token(name),
+        };
+        Some((route, methods))
     })
 }
 

@@ -1,0 +1,164 @@
+//! The reference docs cannot drift from the code: every key the config
+//! parser accepts is in docs/config.md, every route the server answers is in
+//! docs/api.md, and the project cites only its own docs.
+
+use std::path::{Path, PathBuf};
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// What the real parser says about an unknown key in `toml` (the key is
+/// `zzzzzzzzzz`, far from every real one, so the hint lists them all).
+fn problems(toml: &str) -> Vec<String> {
+    match tokend::config::load_str(toml, Path::new("docs-test.toml"), Some(0o600)) {
+        Ok(_) => panic!("accepted:\n{toml}"),
+        Err(e) => e.problems(),
+    }
+}
+
+/// The keys the parser lists in its hint for an unknown key in `toml`.
+fn accepted_keys(toml: &str) -> Vec<String> {
+    let text = problems(toml).join("\n");
+    let list = ["valid keys here: ", "top-level keys are "]
+        .iter()
+        .find_map(|p| {
+            text.split_once(p)
+                .map(|(_, rest)| rest.lines().next().unwrap())
+        })
+        .map(|l| l.split(", ").map(str::to_string).collect::<Vec<_>>())
+        .or_else(|| {
+            // serde's own wording, for the inline tables.
+            let (_, rest) = text.split_once("expected one of ")?;
+            let rest = rest.split(" — ").next()?;
+            Some(
+                rest.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect(),
+            )
+        })
+        .unwrap_or_else(|| panic!("no key list in:\n{text}"));
+    assert!(list.len() > 1, "{text}");
+    list
+}
+
+const SOURCE: &str = "token_url = \"https://idp.example/t\"\nclient_id = \"a\"\n";
+
+#[test]
+fn every_config_key_is_in_docs_config_md() {
+    let doc = read("docs/config.md");
+    let tables = [
+        ("top level", "zzzzzzzzzz = 1\n".to_string()),
+        ("[server]", "[server]\nzzzzzzzzzz = 1\n".to_string()),
+        ("[sources.NAME]", format!("[sources.a]\n{SOURCE}zzzzzzzzzz = 1\n")),
+        ("[defaults]", "[defaults]\nzzzzzzzzzz = 1\n".to_string()),
+        (
+            "client_certificate",
+            format!("[sources.a]\n{SOURCE}client_certificate = {{ zzzzzzzzzz = 1 }}\n"),
+        ),
+        (
+            "allow",
+            format!("[sources.a]\n{SOURCE}client_secret = \"s\"\nallow = {{ zzzzzzzzzz = [] }}\n"),
+        ),
+        (
+            "[managed_identity]",
+            "[managed_identity]\nlisten = \"127.0.0.1:1\"\nzzzzzzzzzz = 1\n".to_string(),
+        ),
+        (
+            "[managed_identity.apps.NAME]",
+            "[managed_identity]\nlisten = \"127.0.0.1:1\"\n[managed_identity.apps.x]\nzzzzzzzzzz = 1\n"
+                .to_string(),
+        ),
+    ];
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for (table, toml) in &tables {
+        for key in accepted_keys(toml) {
+            seen += 1;
+            if !doc.contains(&format!("`{key}`")) {
+                missing.push(format!("{table}: {key}"));
+            }
+        }
+    }
+    // Secret references: the kinds the parser names when given another.
+    let text = problems(&format!(
+        "[sources.a]\n{SOURCE}client_secret = {{ zzzzzzzzzz = \"x\" }}\n"
+    ))
+    .join("\n");
+    let kinds: Vec<&str> = text
+        .split("{ ")
+        .skip(1)
+        .filter_map(|s| s.split(" =").next())
+        .collect();
+    assert_eq!(kinds, ["file", "env", "credential"], "{text}");
+    for kind in kinds {
+        if !doc.contains(&format!("{{ {kind} = ")) {
+            missing.push(format!("secret reference: {kind}"));
+        }
+    }
+    assert!(seen > 40, "only {seen} keys found: the probe broke");
+    assert!(
+        missing.is_empty(),
+        "keys the parser accepts but docs/config.md does not mention:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn every_route_is_in_docs_api_md() {
+    let doc = read("docs/api.md");
+    let routes: Vec<String> = tokend::server::routes::routes().collect();
+    assert!(routes.len() >= 7, "{routes:?}");
+    let missing: Vec<&String> = routes
+        .iter()
+        .filter(|r| !doc.contains(&format!("`{r}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from docs/api.md: {missing:?}"
+    );
+    let mi = format!("`GET {}", tokend::server::mi::PATH);
+    assert!(doc.contains(&mi), "docs/api.md lacks {mi}");
+}
+
+/// The project's text, code and tests cite `docs/`, never a document
+/// that is not part of it.
+#[test]
+fn nothing_cites_an_outside_spec() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = vec![root.join("README.md")];
+    for dir in [
+        "docs", "src", "tests", "config", "systemd", "benches", "examples",
+    ] {
+        collect(&root.join(dir), &mut files);
+    }
+    let needle = ["SPEC", ".md"].concat();
+    let section = ["SPEC", " §"].concat();
+    let citing: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| t.contains(&needle) || t.contains(&section))
+        })
+        .map(|f| f.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert!(citing.is_empty(), "cite docs/ instead: {citing:?}");
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.file_name().is_some_and(|n| n == "node_modules") {
+            continue;
+        }
+        if p.is_dir() {
+            collect(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
