@@ -15,6 +15,7 @@ pub mod acl;
 pub mod broker;
 pub mod cert;
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -1,71 +1,14 @@
 //! The `tokend` binary: CLI parsing, logging setup, dispatch and exit codes.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokend::config::{self, LogFormat};
+use tokend::cli::{Cli, Command};
+use tokend::config::LogFormat;
 use tokend::daemon::{self, ConfigSource};
 use tokend::secret::SecretEnv;
-
-#[derive(Parser)]
-#[command(
-    name = "tokend",
-    version,
-    about = "OAuth 2.0 client-credentials token broker on a Unix socket"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon in the foreground.
-    Run {
-        /// Config file.
-        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Development mode: a built-in local IdP, a demo source, socket ./tokend.sock.
-    Dev,
-    /// Validate the config; with --fetch, also get one token per source.
-    Check {
-        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// Request a token per source and show its claims.
-        #[arg(long)]
-        fetch: bool,
-    },
-    /// Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`).
-    Token {
-        name: String,
-        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// The token must stay valid at least this long (e.g. 5m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        min_ttl: Option<Duration>,
-        /// Print the JSON body instead of the bare token.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app
-    /// (for a systemd EnvironmentFile=; root only: it prints a secret).
-    MiEnv {
-        /// The app, as in [managed_identity.apps.APP].
-        app: String,
-        #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Show the state of every source.
-    Status {
-        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 /// Crates that log every file-system event they see. The config's
 /// directory is watched, so with their lines on and the log written into

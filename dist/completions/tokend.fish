@@ -1,0 +1,57 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_tokend_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_tokend_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_tokend_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_tokend_using_subcommand
+    set -l cmd (__fish_tokend_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c tokend -n "__fish_tokend_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_needs_command" -s V -l version -d 'Print version'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "run" -d 'Run the daemon in the foreground'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "dev" -d 'Development mode: a built-in local IdP, a demo source, socket ./tokend.sock'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "check" -d 'Validate the config; with --fetch, also get one token per source'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "token" -d 'Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`)'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "mi-env" -d 'Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "status" -d 'Show the state of every source'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tokend -n "__fish_tokend_using_subcommand run" -s c -l config -d 'Config file' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand dev" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand check" -s c -l config -d 'Config file' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand check" -l fetch -d 'Request a token per source and show its claims'
+complete -c tokend -n "__fish_tokend_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand token" -l socket -d 'The daemon\'s socket' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand token" -l min-ttl -d 'The token must stay valid at least this long (e.g. 5m)' -r
+complete -c tokend -n "__fish_tokend_using_subcommand token" -l json -d 'Print the JSON body instead of the bare token'
+complete -c tokend -n "__fish_tokend_using_subcommand token" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand mi-env" -s c -l config -d 'Config file' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand mi-env" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand status" -l socket -d 'The daemon\'s socket' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand status" -l json -d 'Print the /v1/sources document'
+complete -c tokend -n "__fish_tokend_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "run" -d 'Run the daemon in the foreground'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "dev" -d 'Development mode: a built-in local IdP, a demo source, socket ./tokend.sock'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "check" -d 'Validate the config; with --fetch, also get one token per source'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "token" -d 'Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`)'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "mi-env" -d 'Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "status" -d 'Show the state of every source'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
