@@ -29,13 +29,7 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
-    let names: Vec<&str> = config.sources.keys().map(String::as_str).collect();
-    println!(
-        "{}: OK, {} source(s): {}",
-        path.display(),
-        names.len(),
-        names.join(", ")
-    );
+    println!("{}: OK, {}", path.display(), source_list(&config));
     if !fetch {
         return 0;
     }
@@ -161,4 +155,26 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
         }
     }
     u8::from(failed)
+}
+
+/// "no sources", or "2 source(s): a, b", naming at most 20.
+fn source_list(config: &Config) -> String {
+    const SHOWN: usize = 20;
+    let n = config.sources.len();
+    if n == 0 {
+        return "no sources".to_string();
+    }
+    let names: Vec<&str> = config
+        .sources
+        .keys()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect();
+    let more = n.saturating_sub(SHOWN);
+    let rest = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{n} source(s): {}{rest}", names.join(", "))
 }

@@ -46,10 +46,9 @@ fn accepted_keys(toml: &str) -> Vec<String> {
 
 const SOURCE: &str = "token_url = \"https://idp.example/t\"\nclient_id = \"a\"\n";
 
-#[test]
-fn every_config_key_is_in_docs_config_md() {
-    let doc = read("docs/config.md");
-    let tables = [
+/// Every table the parser knows, with an unknown key in it.
+fn probes() -> Vec<(&'static str, String)> {
+    vec![
         ("top level", "zzzzzzzzzz = 1\n".to_string()),
         ("[server]", "[server]\nzzzzzzzzzz = 1\n".to_string()),
         ("[sources.NAME]", format!("[sources.a]\n{SOURCE}zzzzzzzzzz = 1\n")),
@@ -71,10 +70,15 @@ fn every_config_key_is_in_docs_config_md() {
             "[managed_identity]\nlisten = \"127.0.0.1:1\"\n[managed_identity.apps.x]\nzzzzzzzzzz = 1\n"
                 .to_string(),
         ),
-    ];
+    ]
+}
+
+#[test]
+fn every_config_key_is_in_docs_config_md() {
+    let doc = read("docs/config.md");
     let mut missing = Vec::new();
     let mut seen = 0;
-    for (table, toml) in &tables {
+    for (table, toml) in &probes() {
         for key in accepted_keys(toml) {
             seen += 1;
             if !doc.contains(&format!("`{key}`")) {
@@ -161,4 +165,47 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// The configuration the Debian package installs as a conffile defines no
+/// sources, so the daemon starts healthy, and shows every key, commented.
+#[test]
+fn the_packaged_config_defines_no_sources_and_shows_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/tokend.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK, no sources"), "{stdout}");
+    let text = read("debian/tokend.toml");
+    assert!(
+        text.lines()
+            .all(|l| l.trim().is_empty() || l.starts_with('#')),
+        "every line of the packaged config is a comment"
+    );
+    let mut missing = Vec::new();
+    for (table, toml) in &probes() {
+        for key in accepted_keys(toml) {
+            let shown = [
+                format!("{key} ="),
+                format!("[{key}]"),
+                format!("[{key}."),
+                format!(".{key}."),
+            ];
+            if !shown.iter().any(|s| text.contains(s.as_str())) {
+                missing.push(format!("{table}: {key}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "debian/tokend.toml does not show: {missing:?}"
+    );
 }
