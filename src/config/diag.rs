@@ -35,8 +35,9 @@ impl Problem {
 pub(super) struct File {
     pub path: PathBuf,
     pub text: String,
-    /// Permission bits, when read from disk (decides the inline-secret warning).
-    pub mode: Option<u32>,
+    /// Whether anyone but root and the file's owner may read it (decides
+    /// the inline-secret warning); `None` when it was not read from disk.
+    pub shared: Option<bool>,
 }
 
 /// Largest config file read.
@@ -45,18 +46,37 @@ pub const MAX_CONFIG_FILE: u64 = 16 * 1024 * 1024;
 impl File {
     /// Reads `path` from disk: a regular file of at most [`MAX_CONFIG_FILE`].
     pub fn read(path: &Path) -> Result<File, ReadError> {
-        use std::os::unix::fs::PermissionsExt;
         let bytes = read_regular(path, MAX_CONFIG_FILE)?;
-        let mode = std::fs::metadata(path)?.permissions().mode();
+        let shared = shared(&std::fs::metadata(path)?);
         let text = String::from_utf8(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
         })?;
         Ok(File {
             path: path.to_path_buf(),
             text,
-            mode: Some(mode),
+            shared: Some(shared),
         })
     }
+}
+
+/// Whether a file's mode lets anyone but root and its owner read it. A
+/// group with no members but the users it is the primary group of (a user
+/// private group, such as the `tokend` group the package makes for the
+/// daemon's configuration) shares nothing.
+fn shared(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode();
+    if mode & 0o007 != 0 {
+        return true;
+    }
+    mode & 0o070 != 0 && !private_group(meta.gid())
+}
+
+fn private_group(gid: u32) -> bool {
+    matches!(
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Ok(Some(group)) if group.mem.is_empty()
+    )
 }
 
 /// Where a value was written: a file (index into [`Diagnostics::files`])
@@ -132,8 +152,8 @@ impl Diagnostics {
     }
 
     /// The permission bits of the file `at` points into, if read from disk.
-    pub fn mode(&self, at: &At) -> Option<u32> {
-        self.files[at.file].mode
+    pub fn shared(&self, at: &At) -> bool {
+        self.files[at.file].shared == Some(true)
     }
 
     /// Deserializes one table of file `file`, turning a serde error into a

@@ -376,12 +376,13 @@ pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
 }
 
 /// Validates config text as if read from `path` (whose permission bits, if
-/// known, decide whether an inline secret earns a warning). An include
-/// directory beside `path` is read from disk as usual.
+/// known, decide whether an inline secret earns a warning: with no file,
+/// there is no group to look at, so any group or other bit counts). An
+/// include directory beside `path` is read from disk as usual.
 pub fn load_str(text: &str, path: &Path, mode: Option<u32>) -> Result<Config, ConfigError> {
     load::run(diag::File {
         path: path.to_path_buf(),
         text: text.to_string(),
-        mode,
+        shared: mode.map(|m| m & 0o077 != 0),
     })
 }

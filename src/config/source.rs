@@ -344,12 +344,12 @@ fn credential(
         };
         if let SecretRef::Inline(_) = r {
             let origin = inherited_secret.unwrap_or(value_at.clone());
-            if d.mode(&origin).is_some_and(|m| m & 0o077 != 0) {
+            if d.shared(&origin) {
                 d.warn(
                     &origin,
-                    "plain client_secret in a config file that group or others can read",
+                    "plain client_secret in a config file that others can read",
                     Some(format!(
-                        "chmod 600 the file, or {}",
+                        "let only root and the daemon read the file (chmod 600, or 640 with a group only the daemon is in, as the package installs it: root:tokend), or {}",
                         SecretRef::how_to_write("client_secret")
                     )),
                 );

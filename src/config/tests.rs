@@ -199,6 +199,35 @@ fn inline_secret_in_readable_file_warns() {
     assert!(c.warnings.is_empty());
 }
 
+/// The package installs the configuration root:tokend 0640: readable by a
+/// group only the daemon is in. That is as private as 0600, and must not
+/// earn the warning (its old hint, chmod 600, would lock the daemon out).
+#[test]
+fn inline_secret_in_a_file_only_a_private_group_reads_does_not_warn() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let text = GOOD.replace(r#"{ file = "/run/secret" }"#, r#""s3cret-value""#);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokend.toml");
+    std::fs::write(&path, &text).unwrap();
+    let warnings_with = |mode: u32| {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        load(&path).unwrap().warnings.len()
+    };
+    // The test's own primary group; root's has no listed members.
+    let gid = nix::unistd::getegid().as_raw();
+    let private = nix::unistd::Group::from_gid(nix::unistd::getegid())
+        .unwrap()
+        .is_some_and(|g| g.mem.is_empty());
+    assert_eq!(warnings_with(0o600), 0);
+    assert_eq!(warnings_with(0o644), 1, "others can read");
+    assert_eq!(warnings_with(0o640), usize::from(!private), "group {gid}");
+    if nix::unistd::geteuid().is_root() {
+        // A gid no group has: who is in it cannot be known, so it counts.
+        chown(&path, None, Some(4_000_000_123)).unwrap();
+        assert_eq!(warnings_with(0o640), 1, "an unknown group");
+    }
+}
+
 #[test]
 fn credential_expires_date_or_string() {
     let c = load_str(
