@@ -190,7 +190,7 @@ fn extra_sections() -> Roff {
     item(&mut r, vec![italic("/etc/tokend/sources.d/*.toml")], "More [sources.NAME] tables, one file per team or service if you like, loaded in name order (include_dir changes the directory).");
     item(&mut r, vec![italic(config::DEFAULT_SOCKET)], "The socket programs ask for tokens on (HTTP/1.1: GET /v1/tokens/NAME). Its mode and group decide who may connect; each source's allow list decides who may read it.");
     item(&mut r, vec![italic("/usr/lib/systemd/system/tokend.service"), roman(", "), italic("tokend.socket")], "The systemd units: the socket unit creates the socket and passes it to the service, which runs as user tokend.");
-    item(&mut r, vec![italic("/usr/share/doc/tokend/")], "README, the reference for the configuration (config.md), the HTTP API (api.md) and the daemon's behaviour (behaviour.md), and an annotated example configuration under examples/.");
+    item(&mut r, vec![italic("/usr/share/doc/tokend/")], "README.md; under docs/ the reference for the configuration (config.md), the HTTP API (api.md) and the daemon's behaviour (behaviour.md); an annotated example configuration under examples/.");
     r.control("SH", ["ENVIRONMENT"]);
     item(
         &mut r,
@@ -241,7 +241,7 @@ and 4 when no token is available (503, 504, 422).",
         roman("(5), "),
         bold("sysusers.d"),
         roman("(5); "),
-        italic("/usr/share/doc/tokend/config.md"),
+        italic("/usr/share/doc/tokend/docs/config.md"),
         roman(", "),
         italic("api.md"),
         roman(", "),

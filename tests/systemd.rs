@@ -47,6 +47,30 @@ impl Notify {
     }
 }
 
+/// The package installs a configuration with no sources and starts the
+/// service: `systemctl status tokend` must show it ready and say why it
+/// serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_sources_the_daemon_is_ready_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = Notify::new(dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let mut d = daemon("")
+        .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
+        .at(dir, socket)
+        .spawn();
+    let ready = tokio::task::spawn_blocking(move || notify.expect("READY=1", S(10)))
+        .await
+        .unwrap();
+    assert!(
+        ready.lines().any(|l| l == "STATUS=0 sources configured"),
+        "{ready}"
+    );
+    d.wait_ready().await;
+    let readyz = d.get("/readyz").await;
+    assert_eq!(readyz.status(), 200, "{}", readyz.json());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_notify_ready_reloading_stopping_and_watchdog() {
     let idp = idp(S(3600), &["a"]).await;

@@ -286,10 +286,14 @@ impl Broker {
         &self.metrics
     }
 
-    /// A one-line summary for systemd's STATUS=: "3 sources: 2 ready, 1 failing: graph".
+    /// A one-line summary for systemd's STATUS=: "3 sources: 2 ready, 1
+    /// failing: graph", or "0 sources configured" on a fresh install.
     pub fn summary(&self) -> String {
         let now = Instant::now();
         let list = self.list();
+        if list.is_empty() {
+            return "0 sources configured".to_string();
+        }
         let mut ready = 0;
         let mut pending = 0;
         let mut failing = Vec::new();
