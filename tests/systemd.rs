@@ -246,10 +246,19 @@ fn tool(name: &str) -> String {
     path
 }
 
-/// The shipped units with ExecStart pointing at the built binary.
+/// The shipped units with ExecStart pointing at the built binary, and the
+/// generated man page under `man/man8`, where `Documentation=man:tokend(8)`
+/// finds it with `MANPATH` set there.
 fn units() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("man/man8")).unwrap();
+    std::fs::copy(
+        root.join("dist/tokend.8"),
+        dir.path().join("man/man8/tokend.8"),
+    )
+    .unwrap();
+    let src = root.join("systemd");
     let service = std::fs::read_to_string(src.join("tokend.service")).unwrap();
     let service = service.replace("/usr/bin/tokend", env!("CARGO_BIN_EXE_tokend"));
     std::fs::write(dir.path().join("tokend.service"), service).unwrap();
@@ -263,6 +272,7 @@ fn shipped_units_verify_and_score_below_two() {
     let dir = units();
     let out = Command::new(&analyze)
         .arg("verify")
+        .env("MANPATH", dir.path().join("man"))
         .arg(dir.path().join("tokend.service"))
         .arg(dir.path().join("tokend.socket"))
         .output()
