@@ -28,5 +28,6 @@ pub mod oauth;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod sink;
 pub mod systemd;
 pub mod timefmt;

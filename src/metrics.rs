@@ -61,6 +61,7 @@ pub struct Metrics {
     pub credential_expiry: Family<SourceLabel, FloatGauge>,
     pub reloads: Family<OutcomeLabel, Counter>,
     pub source_restarts: Family<SourceLabel, Counter>,
+    pub sink_writes: Family<SourceOutcome, Counter>,
     pub last_reload_success: FloatGauge,
     pub sources: Gauge,
 }
@@ -92,6 +93,7 @@ impl Metrics {
             credential_expiry: Family::default(),
             reloads: Family::default(),
             source_restarts: Family::default(),
+            sink_writes: Family::default(),
             last_reload_success: FloatGauge::default(),
             sources: Gauge::default(),
             registry: Registry::default(),
@@ -140,6 +142,11 @@ impl Metrics {
             "Restarts of a source's task after it failed unexpectedly (a bug; the cached token is kept)",
             m.source_restarts.clone(),
         );
+        registry.register(
+            "tokend_sink_writes",
+            "Token files written for file sinks, by source and outcome (success, error)",
+            m.sink_writes.clone(),
+        );
         registry.register("tokend_sources", "Configured sources", m.sources.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();
         build
@@ -185,10 +192,12 @@ impl Metrics {
             });
         }
         for outcome in ["success", "error"] {
-            self.fetches.remove(&SourceOutcome {
+            let l = SourceOutcome {
                 source: source.to_string(),
                 outcome,
-            });
+            };
+            self.fetches.remove(&l);
+            self.sink_writes.remove(&l);
         }
     }
 }

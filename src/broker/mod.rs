@@ -13,6 +13,7 @@ use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, Token, TokenClient};
 use crate::server::mi::MiState;
+use crate::sink::Sinks;
 use crate::timefmt::{rfc3339, rfc3339_at};
 use arc_swap::ArcSwap;
 use serde_json::{json, Value};
@@ -97,6 +98,8 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     /// The managed-identity apps, swapped whole on reload.
     managed_identity: RwLock<Arc<MiState>>,
+    /// Writes the sources' file sinks.
+    sinks: Sinks,
 }
 
 impl std::fmt::Debug for Broker {
@@ -116,12 +119,14 @@ impl Broker {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let now = SystemTime::now();
+        let shutdown = CancellationToken::new();
+        let sinks = Sinks::start(metrics.clone(), shutdown.clone());
         Arc::new(Broker {
             sources: ArcSwap::default(),
             applying: Mutex::new(()),
             client,
             fetch_limit: Arc::new(Semaphore::new(max_concurrent_fetches)),
-            shutdown: CancellationToken::new(),
+            shutdown,
             reload: Mutex::new(ReloadStatus {
                 loaded_at: now,
                 at: now,
@@ -132,6 +137,7 @@ impl Broker {
             }),
             metrics,
             managed_identity: RwLock::default(),
+            sinks,
         })
     }
 
@@ -182,6 +188,7 @@ impl Broker {
                 } else {
                     summary.removed.push(name.clone());
                     self.metrics.forget_source(name);
+                    self.sinks.remove(name, handle.generation());
                 }
             }
             keep
@@ -201,15 +208,25 @@ impl Broker {
                         summary.updated.push(name.clone());
                         handle.reconfigure(cfg.clone(), fp, false);
                     }
+                    if old.sinks != cfg.sinks {
+                        self.sinks.configure(
+                            name,
+                            handle.generation(),
+                            cfg.sinks.clone(),
+                            handle.current_token(),
+                        );
+                    }
                 }
                 None => {
                     if !summary.restarted.contains(name) {
                         summary.added.push(name.clone());
                     }
-                    map.insert(
-                        name.clone(),
-                        self.start(cfg.clone(), fp.unwrap_or_default()),
-                    );
+                    let handle = self.start(cfg.clone(), fp.unwrap_or_default());
+                    // Also for a restarted source without sinks: its
+                    // predecessor's files go.
+                    self.sinks
+                        .configure(name, handle.generation(), cfg.sinks.clone(), None);
+                    map.insert(name.clone(), handle);
                 }
             }
         }
@@ -277,6 +294,7 @@ impl Broker {
                 metrics: self.metrics.clone(),
                 client: self.client.clone(),
                 limit: self.fetch_limit.clone(),
+                sinks: self.sinks.clone(),
             },
             self.shutdown.child_token(),
         )
@@ -373,7 +391,8 @@ impl Broker {
     /// One element of `/v1/sources`: never a token or a secret.
     pub fn status_json(&self, handle: &SourceHandle) -> Value {
         let now = Instant::now();
-        let s = handle.snapshot();
+        let mut s = handle.snapshot();
+        s.warnings.extend(self.sinks.warnings(handle.name()));
         let state: State = s.state(now);
         json!({
             "name": handle.name(),

@@ -179,7 +179,13 @@ struct Shared {
     /// A lazy source's task is started by its first request: until then it
     /// costs no task and no timer (thousands of idle sources are cheap).
     unstarted: Mutex<Option<Deps>>,
+    /// Unique to this source task: sink events name it, so those of a
+    /// replaced task are told apart from its successor's.
+    generation: u64,
 }
+
+/// The next [`Shared::generation`].
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Shared {
     /// Starts the source's task (under its supervisor) if not yet running.
@@ -236,6 +242,16 @@ impl SourceHandle {
         let now = Instant::now();
         let ok = t.servable_at(now) && min_ttl.is_none_or(|want| t.remaining_at(now) >= want);
         (ok && !self.shared.cancel.is_cancelled()).then_some(t)
+    }
+
+    /// Unique to this source task (see [`crate::sink`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// The latest token, servable or not.
+    pub(crate) fn current_token(&self) -> Option<Arc<Token>> {
+        self.shared.current.load_full()
     }
 
     pub(crate) fn fingerprint(&self) -> u64 {
@@ -386,6 +402,7 @@ pub(crate) struct Deps {
     pub metrics: Arc<Metrics>,
     pub client: Arc<dyn Fetcher>,
     pub limit: Arc<Semaphore>,
+    pub sinks: crate::sink::Sinks,
 }
 
 /// Starts the actor for `config`, under a supervisor, and returns its handle.
@@ -424,6 +441,7 @@ pub(crate) fn spawn(
         cancel,
         fingerprint: AtomicU64::new(fingerprint),
         unstarted: Mutex::new((!eager).then(|| deps.clone())),
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     });
     if eager {
         tokio::spawn(supervise(shared.clone(), deps, Some(Instant::now())));
@@ -651,6 +669,9 @@ impl Actor {
                 // What every answer needs is rendered once, now.
                 let token = Arc::new(crate::server::routes::prepare(&self.config.name, token));
                 self.shared.current.store(Some(token.clone()));
+                self.deps
+                    .sinks
+                    .token(name, self.shared.generation, token.clone());
                 self.shared.snapshot.send_modify(|s| {
                     s.token = Some(token);
                     s.fetching = false;

@@ -78,6 +78,14 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         return Err(ConfigError::Invalid(d.errors));
     }
     let defaults = main.defaults.unwrap_or_default();
+    if let Some(s) = &defaults.sinks {
+        d.error(
+            &At::of(0, s),
+            "`sinks` cannot be set in [defaults]",
+            Some("a sink file belongs to one source: set sinks in each [sources.NAME]".to_string()),
+        );
+    }
+    let mut sink_paths = BTreeMap::new();
     let server = super::server::server(&mut d, main.server.unwrap_or_default());
     let include_dir = include_dir(&mut d, main.include_dir);
     let include_files = match &include_dir {
@@ -117,7 +125,9 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             continue;
         }
         defined.insert(name.clone(), header.clone());
-        if let Some(s) = super::source::source(&mut d, &name, &header, raw, &defaults) {
+        if let Some(s) =
+            super::source::source(&mut d, &name, &header, raw, &defaults, &mut sink_paths)
+        {
             sources.insert(name, std::sync::Arc::new(s));
         }
     }

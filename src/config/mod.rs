@@ -11,6 +11,7 @@ mod load;
 mod mi;
 mod raw;
 mod server;
+mod sink;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -242,6 +243,33 @@ pub struct SourceConfig {
     /// Who may read it; `None`: anyone who can open the socket.
     pub allow: Option<crate::acl::Allow>,
     pub ca_file: Option<CaFile>,
+    /// Files the token is written to after every fetch (docs/config.md,
+    /// "sinks"). A source with sinks is always eager.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// One file a source's token is written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Absolute; its directory checked safe at load.
+    pub path: PathBuf,
+    pub format: SinkFormat,
+    /// Permission bits: never write or execute for anyone but the owner.
+    pub mode: u32,
+    /// uid and gid to give the file; `None`: the daemon's own.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+/// What a sink file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    /// The token alone, no newline.
+    Raw,
+    /// The body `GET /v1/tokens/NAME` answers.
+    Json,
+    /// `Authorization: Bearer TOKEN` and a newline.
+    Header,
 }
 
 impl SourceConfig {

@@ -58,6 +58,19 @@ pub(super) struct RawSource {
     pub allow: Option<Spanned<toml::Value>>,
     pub probe_url: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
+    /// Never inherited from `[defaults]` (a path belongs to one source).
+    pub sinks: Option<Spanned<Vec<Spanned<RawSink>>>>,
+}
+
+/// One element of a source's `sinks`: a file that holds its token.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSink {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub owner: Option<Spanned<toml::Value>>,
+    pub group: Option<Spanned<toml::Value>>,
 }
 
 impl RawSource {

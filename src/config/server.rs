@@ -2,7 +2,7 @@
 
 use super::diag::{At, Diagnostics};
 use super::raw::RawServer;
-use super::values::duration;
+use super::values::{account, duration, octal_mode, Account};
 use super::{LogFormat, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,21 +25,13 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         Some(s) => PathBuf::from(s.into_inner()),
         None => def.socket.clone(),
     };
-    let socket_mode = match raw.socket_mode {
-        None => def.socket_mode,
-        Some(m) => match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
-            Ok(v) if v <= 0o777 => v,
-            _ => {
-                d.error(
-                    &At::of(MAIN, &m),
-                    format!("`socket_mode` {:?} is not an octal permission", m.get_ref()),
-                    Some("write it as an octal string such as \"0660\"".to_string()),
-                );
-                def.socket_mode
-            }
-        },
-    };
-    let socket_group = raw.socket_group.and_then(|g| group(d, g));
+    let socket_mode = raw
+        .socket_mode
+        .and_then(|m| octal_mode(d, MAIN, &m, "socket_mode", "0660"))
+        .unwrap_or(def.socket_mode);
+    let socket_group = raw
+        .socket_group
+        .and_then(|g| account(d, MAIN, g, "socket_group", Account::Group));
     let mut count = |v: Option<Spanned<i64>>, key: &str, default: usize| match v {
         None => default,
         Some(n) => match usize::try_from(*n.get_ref()) {
@@ -105,50 +97,5 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         log_format,
         max_concurrent_fetches,
         metrics_listen,
-    }
-}
-
-/// `socket_group`: a gid, or a group name resolved now.
-fn group(d: &mut Diagnostics, g: Spanned<toml::Value>) -> Option<u32> {
-    let at = At::of(0, &g);
-    match g.into_inner() {
-        toml::Value::Integer(n) => match u32::try_from(n) {
-            Ok(gid) => Some(gid),
-            Err(_) => {
-                d.error(&at, format!("`socket_group` {n} is not a valid gid"), None);
-                None
-            }
-        },
-        toml::Value::String(s) => {
-            if let Ok(gid) = s.parse::<u32>() {
-                return Some(gid);
-            }
-            match crate::acl::group_gid(&s) {
-                Ok(Some(gid)) => Some(gid),
-                Ok(None) => {
-                    d.error(
-                        &at,
-                        format!("unknown group `{s}`"),
-                        Some("create the group (groupadd) or use a numeric gid".to_string()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    d.error(
-                        &at,
-                        format!("cannot look up group `{s}`: {e}"),
-                        Some(
-                            "check /etc/nsswitch.conf and the group database, or use a numeric gid"
-                                .to_string(),
-                        ),
-                    );
-                    None
-                }
-            }
-        }
-        _ => {
-            d.error(&at, "`socket_group` must be a group name or gid", None);
-            None
-        }
     }
 }

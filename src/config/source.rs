@@ -12,6 +12,7 @@ use super::{
 };
 use crate::oauth::entra;
 use crate::secret::SecretRef;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub(super) fn source(
     header: &At,
     raw: RawSource,
     defaults: &RawSource,
+    sink_paths: &mut BTreeMap<PathBuf, At>,
 ) -> Option<SourceConfig> {
     let file = header.file;
     // An inherited plain secret lives in the main file: that file's
@@ -177,7 +179,12 @@ pub(super) fn source(
         Duration::from_secs(15),
         Duration::from_millis(100),
     );
-    let eager = raw.eager.as_ref().is_none_or(|e| *e.get_ref());
+    let sinks = match raw.sinks {
+        Some(list) => super::sink::sinks(d, file, name, list, sink_paths),
+        None => Vec::new(),
+    };
+    // A sink is written without being asked: its source fetches at start.
+    let eager = raw.eager.as_ref().is_none_or(|e| *e.get_ref()) || !sinks.is_empty();
     let credential_expires = raw
         .credential_expires
         .and_then(|v| date(d, file, v))
@@ -226,6 +233,7 @@ pub(super) fn source(
         probe_url,
         allow,
         ca_file,
+        sinks,
     })
 }
 

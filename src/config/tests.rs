@@ -700,3 +700,174 @@ fn managed_identity_is_loopback_only_and_names_real_sources() {
         "{d}"
     );
 }
+
+/// `sinks`: every rule with its place, like sshd's StrictModes for paths.
+mod sinks {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn with_sinks(list: &str) -> String {
+        format!("{GOOD}sinks = [{list}]\n")
+    }
+
+    fn dir(mode: u32) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_good_sink_gets_its_defaults_and_makes_the_source_eager() {
+        let d = dir(0o755);
+        let text = format!(
+            "{GOOD}eager = false\nsinks = [{{ path = \"{}/t\" }}, {{ path = \"{}/j\", format = \"json\", mode = \"0640\", group = 0 }}]\n",
+            d.path().display(),
+            d.path().display()
+        );
+        let c = load_str(&text, Path::new("t.toml"), Some(0o600)).unwrap();
+        let s = &c.sources["api"];
+        assert!(s.eager, "a source with sinks fetches without being asked");
+        let dir = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(
+            s.sinks,
+            [
+                SinkConfig {
+                    path: dir.join("t"),
+                    format: SinkFormat::Raw,
+                    mode: 0o600,
+                    owner: None,
+                    group: None,
+                },
+                SinkConfig {
+                    path: dir.join("j"),
+                    format: SinkFormat::Json,
+                    mode: 0o640,
+                    owner: None,
+                    group: Some(0),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_must_be_absolute_in_an_existing_directory_and_not_a_link() {
+        let e = one(&with_sinks("{ path = \"tokens/a\" }"));
+        assert!(e.message.contains("not an absolute path"), "{e}");
+        assert_eq!((e.line, e.col), (6, 19), "{e}");
+
+        let e = one(&with_sinks("{ path = \"/nonexistent-tokend/a\" }"));
+        assert!(e.message.contains("cannot be used"), "{e}");
+        assert!(
+            e.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("/run/tokend/sinks"),
+            "{e}"
+        );
+
+        let d = dir(0o755);
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{}/link\" }}",
+            d.path().display()
+        )));
+        assert!(e.message.contains("is a symbolic link"), "{e}");
+
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{}/sub\" }}",
+            d.path().display()
+        )));
+        assert!(e.message.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_sticky_or_not() {
+        for mode in [0o775, 0o757, 0o1777] {
+            let d = dir(mode);
+            let e = one(&with_sinks(&format!(
+                "{{ path = \"{}/a\" }}",
+                d.path().display()
+            )));
+            assert!(e.message.contains("can be written by"), "{mode:o}: {e}");
+            assert!(
+                e.hint.as_deref().unwrap_or("").contains("chmod go-w"),
+                "{e}"
+            );
+        }
+        let e = one(&with_sinks("{ path = \"/tmp/a\" }"));
+        assert!(e.message.contains("can be written by"), "/tmp: {e}");
+    }
+
+    #[test]
+    fn a_directory_inside_one_others_can_write_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the parent below must belong to root or the daemon
+        }
+        let parent = dir(0o777);
+        let inner = parent.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{}/a\" }}",
+            inner.display()
+        )));
+        assert!(e.message.contains("lies in"), "{e}");
+        // Sticky, like /tmp: others cannot move `inner` away.
+        std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        load_str(
+            &with_sinks(&format!("{{ path = \"{}/a\" }}", inner.display())),
+            Path::new("t.toml"),
+            Some(0o600),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn mode_format_owner_and_duplicates() {
+        let d = dir(0o755);
+        let p = d.path().display();
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{p}/a\", mode = \"0666\" }}"
+        )));
+        assert!(e.message.contains("lets others write"), "{e}");
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{p}/a\", mode = \"rw\" }}"
+        )));
+        assert!(e.message.contains("not an octal permission"), "{e}");
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{p}/a\", format = \"yaml\" }}"
+        )));
+        assert!(e.message.contains("unknown sink format"), "{e}");
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{p}/a\", owner = \"no-such-user-tokend\" }}"
+        )));
+        assert!(e.message.contains("unknown user"), "{e}");
+        let e = one(&with_sinks(&format!(
+            "{{ path = \"{p}/a\", mdoe = \"0600\" }}"
+        )));
+        assert!(e.message.contains("mdoe"), "{e}");
+        assert!(e.hint.as_deref().unwrap_or("").contains("mode"), "{e}");
+
+        let text = format!(
+            "{}\n[sources.other]\ntoken_url = \"https://sso.example.com/token\"\nclient_id = \"o\"\nclient_secret = {{ file = \"/run/s\" }}\nsinks = [{{ path = \"{p}/a\" }}]\n",
+            with_sinks(&format!("{{ path = \"{p}/a\" }}"))
+        );
+        let e = one(&text);
+        assert!(
+            e.message
+                .contains("is also written by the sink at t.toml:6:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sinks_cannot_be_defaults() {
+        let d = dir(0o755);
+        let e = one(&format!(
+            "[defaults]\nsinks = [{{ path = \"{}/a\" }}]\n{GOOD}",
+            d.path().display()
+        ));
+        assert!(e.message.contains("cannot be set in [defaults]"), "{e}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Checks for the kinds of value several keys share: durations, URLs and
-//! dates. Each reports its problem at the value's place and returns what
+//! Checks for the kinds of value several keys share: durations, URLs,
+//! dates, permission bits, users and groups. Each reports its problem at the value's place and returns what
 //! the running code uses (or a default, so validation can go on).
 
 use super::diag::{At, Diagnostics};
@@ -123,4 +123,90 @@ pub(super) fn date(
         );
     }
     when
+}
+
+/// An octal permission string such as "0640"; `example` shows the form.
+pub(super) fn octal_mode(
+    d: &mut Diagnostics,
+    file: usize,
+    m: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Option<u32> {
+    match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
+        Ok(v) if v <= 0o777 => Some(v),
+        _ => {
+            d.error(
+                &At::of(file, m),
+                format!("`{key}` {:?} is not an octal permission", m.get_ref()),
+                Some(format!("write it as an octal string such as \"{example}\"")),
+            );
+            None
+        }
+    }
+}
+
+/// Which database [`account`] looks a name up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Account {
+    User,
+    Group,
+}
+
+/// A uid or gid, or a user or group name resolved now.
+pub(super) fn account(
+    d: &mut Diagnostics,
+    file: usize,
+    v: Spanned<toml::Value>,
+    key: &str,
+    kind: Account,
+) -> Option<u32> {
+    let at = At::of(file, &v);
+    let (what, id, make) = match kind {
+        Account::User => ("user", "uid", "useradd"),
+        Account::Group => ("group", "gid", "groupadd"),
+    };
+    match v.into_inner() {
+        toml::Value::Integer(n) => match u32::try_from(n) {
+            Ok(x) => Some(x),
+            Err(_) => {
+                d.error(&at, format!("`{key}` {n} is not a valid {id}"), None);
+                None
+            }
+        },
+        toml::Value::String(s) => {
+            if let Ok(x) = s.parse::<u32>() {
+                return Some(x);
+            }
+            let found = match kind {
+                Account::User => crate::acl::user_uid(&s),
+                Account::Group => crate::acl::group_gid(&s),
+            };
+            match found {
+                Ok(Some(x)) => Some(x),
+                Ok(None) => {
+                    d.error(
+                        &at,
+                        format!("unknown {what} `{s}`"),
+                        Some(format!("create the {what} ({make}) or use a numeric {id}")),
+                    );
+                    None
+                }
+                Err(e) => {
+                    d.error(
+                        &at,
+                        format!("cannot look up {what} `{s}`: {e}"),
+                        Some(format!(
+                            "check /etc/nsswitch.conf and the {what} database, or use a numeric {id}"
+                        )),
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            d.error(&at, format!("`{key}` must be a {what} name or {id}"), None);
+            None
+        }
+    }
 }

@@ -128,6 +128,13 @@ impl Token {
     pub fn remaining_at(&self, now: Instant) -> Duration {
         self.expires_at.saturating_duration_since(now)
     }
+
+    /// The first instant at which it is no longer served.
+    pub fn servable_until(&self) -> Instant {
+        self.expires_at
+            .checked_sub(SERVE_MARGIN)
+            .unwrap_or(self.issued_at)
+    }
 }
 
 /// Why a fetch failed. Messages name the endpoint or the secret's location,

@@ -540,17 +540,11 @@ fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> 
         r
     } else if tok.json_head.is_empty() {
         // Not prepared (a token made outside a source): render it all now.
-        let mut body = json!({
-            "access_token": tok.access_token.expose_secret(),
-            "token_type": tok.token_type,
-            "expires_in": tok.remaining_at(Instant::now()).as_secs(),
-            "expires_at": rfc3339_at(tok.expires_at),
-            "source": handle.name(),
-        });
-        if let Some(s) = &tok.scope {
-            body["scope"] = Value::String(s.clone());
-        }
-        json_response(StatusCode::OK, &body)
+        let body = Bytes::copy_from_slice(&token_json(handle.name(), tok));
+        let mut r = Response::new(Body::from(body));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
     } else {
         use std::io::Write;
         let mut tail = [0u8; 24];
@@ -569,6 +563,32 @@ fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> 
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The whole body `GET /v1/tokens/NAME` answers with `tok` now, as file
+/// sinks of format "json" hold it. Zeroed when dropped.
+pub fn token_json(source: &str, tok: &crate::oauth::Token) -> zeroize::Zeroizing<Vec<u8>> {
+    use std::io::Write;
+    let expires_in = tok.remaining_at(Instant::now()).as_secs();
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.json_head.len() + 24));
+    if tok.json_head.is_empty() {
+        let mut body = json!({
+            "access_token": tok.access_token.expose_secret(),
+            "token_type": tok.token_type,
+            "expires_in": expires_in,
+            "expires_at": rfc3339_at(tok.expires_at),
+            "source": source,
+        });
+        if let Some(s) = &tok.scope {
+            body["scope"] = Value::String(s.clone());
+        }
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &body);
+    } else {
+        out.extend_from_slice(&tok.json_head);
+        let _ = write!(out, "{expires_in}}}");
+    }
+    out
 }
 
 /// Renders, once per token, what every `/v1/tokens` answer repeats: the
