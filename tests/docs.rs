@@ -62,6 +62,10 @@ fn probes() -> Vec<(&'static str, String)> {
             format!("[sources.a]\n{SOURCE}client_secret = \"s\"\nallow = {{ zzzzzzzzzz = [] }}\n"),
         ),
         (
+            "sinks",
+            format!("[sources.a]\n{SOURCE}sinks = [{{ path = \"/x\", zzzzzzzzzz = 1 }}]\n"),
+        ),
+        (
             "[managed_identity]",
             "[managed_identity]\nlisten = \"127.0.0.1:1\"\nzzzzzzzzzz = 1\n".to_string(),
         ),
