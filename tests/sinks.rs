@@ -391,3 +391,44 @@ async fn reloads_add_and_remove_sink_files_and_shutdown_keeps_them() {
     assert!(d.wait_exit().await.success());
     assert_eq!(std::fs::read_to_string(&a2).unwrap(), token);
 }
+
+/// Run as a user that is not root, `group` must be one of its groups and
+/// `owner` cannot be given: `tokend check` says so, with the drop-in.
+#[test]
+fn an_unprivileged_daemon_is_told_it_cannot_give_files_away() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run tokend check as nobody");
+        return;
+    }
+    let out = sink_dir();
+    let config = out.path().join("tokend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.a]\ntoken_url = \"https://idp.example/t\"\nclient_id = \"a\"\nclient_secret = {{ env = \"S\" }}\nsinks = [{}, {}]\n",
+            sink(&out.path().join("g"), ", group = 4000123"),
+            sink(&out.path().join("o"), ", owner = 0"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("setpriv runs (util-linux)");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tokend.toml:5:")
+            && err.contains("sink group `4000123` is not one of tokend's groups")
+            && err.contains("SupplementaryGroups=4000123"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sink owner `0` needs tokend to run as root"),
+        "{err}"
+    );
+}
