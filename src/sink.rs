@@ -404,3 +404,113 @@ pub fn write_atomic(sink: &SinkConfig, contents: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::oauth::AccessToken;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn token(value: &str, lifetime: Duration) -> Arc<Token> {
+        let now = Instant::now();
+        Arc::new(Token {
+            access_token: AccessToken::new(value.to_string()),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: now,
+            expires_at: now + lifetime,
+            refresh_in: None,
+            json_head: bytes::Bytes::new(),
+        })
+    }
+
+    fn worker() -> Worker {
+        Worker {
+            entries: HashMap::new(),
+            metrics: Arc::new(Metrics::new()),
+            warnings: Arc::default(),
+        }
+    }
+
+    fn sink(path: &Path) -> SinkConfig {
+        SinkConfig {
+            path: path.to_path_buf(),
+            format: SinkFormat::Raw,
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }
+    }
+
+    /// A source restarted with a new identity: its predecessor's file goes
+    /// at once, and a late token of the predecessor never comes back.
+    #[tokio::test]
+    async fn a_replaced_generation_can_neither_write_nor_keep_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let mut w = worker();
+        let configure = |generation| Event::Configure {
+            source: "a".into(),
+            generation,
+            sinks: vec![sink(&path)],
+            token: None,
+        };
+        w.handle(configure(1)).await;
+        w.handle(Event::Token {
+            source: "a".into(),
+            generation: 1,
+            token: token("old-identity", Duration::from_secs(3600)),
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old-identity");
+
+        w.handle(configure(2)).await;
+        assert!(!path.exists(), "the old identity's token is gone");
+        w.handle(Event::Token {
+            source: "a".into(),
+            generation: 1,
+            token: token("late-old-identity", Duration::from_secs(3600)),
+        })
+        .await;
+        assert!(!path.exists(), "a replaced task's token is ignored");
+        w.handle(Event::Remove {
+            source: "a".into(),
+            generation: 1,
+        })
+        .await;
+        w.handle(Event::Token {
+            source: "a".into(),
+            generation: 2,
+            token: token("new-identity", Duration::from_secs(3600)),
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-identity");
+    }
+
+    #[tokio::test]
+    async fn expire_deletes_only_files_whose_token_is_no_longer_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (short, long) = (dir.path().join("short"), dir.path().join("long"));
+        let mut w = worker();
+        for (name, path, life) in [("s", &short, 6), ("l", &long, 3600)] {
+            w.handle(Event::Configure {
+                source: name.into(),
+                generation: 1,
+                sinks: vec![sink(path)],
+                token: Some(token(name, Duration::from_secs(life))),
+            })
+            .await;
+        }
+        assert!(short.exists() && long.exists());
+        let due = w.next_expiry().unwrap();
+        let left = due.saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_secs(1), "6 s token: due in {left:?}");
+        tokio::time::sleep_until(due).await;
+        w.expire().await;
+        assert!(!short.exists(), "the dead token's file is removed");
+        assert!(long.exists());
+        assert!(w.next_expiry().unwrap() > Instant::now() + Duration::from_secs(3000));
+    }
+}

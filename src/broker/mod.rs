@@ -221,11 +221,13 @@ impl Broker {
                     if !summary.restarted.contains(name) {
                         summary.added.push(name.clone());
                     }
-                    let handle = self.start(cfg.clone(), fp.unwrap_or_default());
-                    // Also for a restarted source without sinks: its
-                    // predecessor's files go.
+                    // Before the task starts, so its first token finds
+                    // its sinks. Also for a restarted source without
+                    // sinks: its predecessor's files go.
+                    let generation = source::new_generation();
                     self.sinks
-                        .configure(name, handle.generation(), cfg.sinks.clone(), None);
+                        .configure(name, generation, cfg.sinks.clone(), None);
+                    let handle = self.start(cfg.clone(), fp.unwrap_or_default(), generation);
                     map.insert(name.clone(), handle);
                 }
             }
@@ -286,10 +288,16 @@ impl Broker {
         r.error = Some(message);
     }
 
-    fn start(&self, cfg: Arc<SourceConfig>, fingerprint: u64) -> Arc<SourceHandle> {
+    fn start(
+        &self,
+        cfg: Arc<SourceConfig>,
+        fingerprint: u64,
+        generation: u64,
+    ) -> Arc<SourceHandle> {
         source::spawn(
             cfg,
             fingerprint,
+            generation,
             source::Deps {
                 metrics: self.metrics.clone(),
                 client: self.client.clone(),

@@ -187,6 +187,12 @@ struct Shared {
 /// The next [`Shared::generation`].
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// A generation for the next [`spawn`]: known before the task starts, so
+/// the sinks hear of it before its first token.
+pub(crate) fn new_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Shared {
     /// Starts the source's task (under its supervisor) if not yet running.
     fn ensure_started(self: &Arc<Self>) {
@@ -409,6 +415,7 @@ pub(crate) struct Deps {
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
     fingerprint: u64,
+    generation: u64,
     deps: Deps,
     cancel: CancellationToken,
 ) -> Arc<SourceHandle> {
@@ -441,7 +448,7 @@ pub(crate) fn spawn(
         cancel,
         fingerprint: AtomicU64::new(fingerprint),
         unstarted: Mutex::new((!eager).then(|| deps.clone())),
-        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        generation,
     });
     if eager {
         tokio::spawn(supervise(shared.clone(), deps, Some(Instant::now())));
