@@ -151,7 +151,8 @@ impl Diagnostics {
         self.error(at, problem.message, problem.hint);
     }
 
-    /// The permission bits of the file `at` points into, if read from disk.
+    /// Whether anyone but root and its owner may read the file `at` points
+    /// into (see [`File::shared`]).
     pub fn shared(&self, at: &At) -> bool {
         self.files[at.file].shared == Some(true)
     }
