@@ -57,12 +57,6 @@ pub struct Sinks {
 /// Each source's failing sinks, by path: what status shows.
 type Warnings = Mutex<HashMap<String, BTreeMap<std::path::PathBuf, String>>>;
 
-impl std::fmt::Debug for Event {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("sink event")
-    }
-}
-
 impl Sinks {
     /// Starts the task that writes sink files. It stops, leaving every
     /// file in place, when `shutdown` is cancelled.
