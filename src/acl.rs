@@ -7,7 +7,7 @@
 //! `allow` by uid or by primary or supplementary gid; a source without
 //! `allow` is open to anyone who can open the socket.
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 

@@ -6,7 +6,7 @@
 //! A key matches its certificate when a signature made with the key
 //! verifies with the certificate's public key.
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use base64::Engine;
 use std::fmt;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! loop; one cancellation token reaches every task.
 
 use crate::broker::Broker;
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::expiry::ExpiryWarner;
 use crate::metrics::Metrics;
 use crate::oauth::TokenClient;
@@ -241,37 +241,6 @@ fn config_listen(r: &Reloader) -> String {
         .managed_identity
         .as_ref()
         .map_or_else(String::new, |m| m.listen.to_string())
-}
-
-/// `config`, copied into the calling thread's heap (each source's settings
-/// too, not just the map of them) and the original freed, then the freed
-/// heap handed back to the system. A config is parsed in the blocking pool,
-/// where the parse leaves megabytes of freed memory interleaved with the
-/// config's own allocations (thousands of sources: tens of MiB); glibc can
-/// return none of it while the config lives there. Moved out, the loading
-/// thread's heap is all free and goes back whole. The original is freed,
-/// and the heap trimmed, on a blocking thread: off the way to serving.
-pub fn rehome(config: Config) -> Config {
-    let mut fresh = config.clone();
-    fresh.sources = config
-        .sources
-        .iter()
-        .map(|(name, s)| (name.clone(), Arc::new(SourceConfig::clone(s))))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        drop(config);
-        trim_heap();
-    });
-    fresh
-}
-
-/// Hands free heap pages back to the system (glibc keeps them otherwise).
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Each connection needs a descriptor: raise the soft limit to the hard one

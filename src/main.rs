@@ -115,7 +115,7 @@ async fn run(path: &Path) -> u8 {
     else {
         return 1;
     };
-    let cfg = daemon::rehome(cfg);
+    let cfg = cfg.rehome();
     init_logging(cfg.server.log_format);
     match daemon::run(
         cfg,

@@ -13,10 +13,10 @@
 //! Invariants: a failed reload changes nothing that is running; a file is
 //! not read while its writer is half-way through.
 
+use crate::broker::mi::MiState;
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};
 use crate::secret::{Fingerprinter, SecretEnv};
-use crate::server::mi::MiState;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet};
@@ -189,7 +189,7 @@ impl Reloader {
     /// true if a new config was applied.
     pub fn finish(&mut self, reading: Reading) -> bool {
         match reading.loaded {
-            Ok((new, fps, mi)) => self.apply(crate::daemon::rehome(new), fps, mi),
+            Ok((new, fps, mi)) => self.apply(new.rehome(), fps, mi),
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!("reload failed, keeping the running configuration: {p}");

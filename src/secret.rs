@@ -6,7 +6,7 @@
 //! [`secrecy::SecretString`] from the moment they are read: their `Debug` is
 //! redacted and nothing here puts a value into an error message.
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -18,8 +18,8 @@
 
 use crate::config::{SinkConfig, SinkFormat};
 use crate::metrics::{Metrics, SourceOutcome};
-use crate::oauth::Token;
 use crate::secret::ExposeSecret;
+use crate::token::Token;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -344,7 +344,7 @@ fn newer(a: Option<Arc<Token>>, b: Option<Arc<Token>>) -> Option<Arc<Token>> {
 fn render(source: &str, format: SinkFormat, token: &Token) -> Zeroizing<Vec<u8>> {
     match format {
         SinkFormat::Raw => Zeroizing::new(token.access_token.expose_secret().as_bytes().to_vec()),
-        SinkFormat::Json => crate::server::routes::token_json(source, token),
+        SinkFormat::Json => crate::token::json(source, token),
         SinkFormat::Header => {
             let mut out = Zeroizing::new(Vec::new());
             let kind = if token.token_type.eq_ignore_ascii_case("bearer") {
@@ -403,7 +403,7 @@ pub fn write_atomic(sink: &SinkConfig, contents: &[u8]) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::oauth::AccessToken;
+    use crate::token::AccessToken;
     use std::path::Path;
     use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! Invariant: applying a config changes nothing for a source whose settings
 //! are equal; a failed reload never reaches this module.
 
+pub mod mi;
 pub mod policy;
 pub mod source;
 #[cfg(test)]
@@ -11,11 +12,12 @@ mod tests;
 
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
-use crate::oauth::{FetchError, Token, TokenClient};
-use crate::server::mi::MiState;
+use crate::oauth::{FetchError, TokenClient};
 use crate::sink::Sinks;
 use crate::timefmt::{rfc3339, rfc3339_at};
+use crate::token::Token;
 use arc_swap::ArcSwap;
+use mi::MiState;
 use serde_json::{json, Value};
 use source::{SourceHandle, State};
 use std::collections::BTreeMap;

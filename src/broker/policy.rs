@@ -75,7 +75,7 @@ pub fn refresh_delay(
             .max(half),
     };
     let headroom = REFRESH_HEADROOM.min(lifetime / 10);
-    let latest_start = lifetime.saturating_sub(crate::oauth::SERVE_MARGIN + headroom);
+    let latest_start = lifetime.saturating_sub(crate::token::SERVE_MARGIN + headroom);
     delay.min(latest_start).max(MIN_REFRESH_DELAY)
 }
 

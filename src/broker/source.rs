@@ -14,8 +14,9 @@ use super::policy;
 use super::Fetcher;
 use crate::config::SourceConfig;
 use crate::metrics::{epoch_seconds, Metrics, SourceLabel, SourceOutcome};
-use crate::oauth::{FetchError, Token};
+use crate::oauth::FetchError;
 use crate::secret::ExposeSecret;
+use crate::token::Token;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
@@ -674,7 +675,7 @@ impl Actor {
                     "token fetched"
                 );
                 // What every answer needs is rendered once, now.
-                let token = Arc::new(crate::server::routes::prepare(&self.config.name, token));
+                let token = Arc::new(crate::token::prepare(&self.config.name, token));
                 self.shared.current.store(Some(token.clone()));
                 self.deps
                     .sinks

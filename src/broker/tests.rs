@@ -134,7 +134,7 @@ impl Fetcher for Script {
                     lifetime,
                     refresh_in,
                 } => Ok(Token {
-                    access_token: crate::oauth::AccessToken::new(format!("token-{n}")),
+                    access_token: crate::token::AccessToken::new(format!("token-{n}")),
                     json_head: bytes::Bytes::new(),
                     token_type: "Bearer".into(),
                     scope: None,
@@ -892,7 +892,7 @@ mod served_tokens_are_never_dead {
                         let dead_by = served.lock().unwrap().get(&text).cloned();
                         let dead_by = dead_by.unwrap_or_else(|| panic!("served a token the IdP never issued: {t:?}"));
                         let dead_by = dead_by.unwrap_or_else(|| panic!("served a token that was dead on arrival: {t:?}"));
-                        assert!(now + crate::oauth::SERVE_MARGIN < dead_by, "served {t:?} at {now:?}, dead by {dead_by:?}");
+                        assert!(now + crate::token::SERVE_MARGIN < dead_by, "served {t:?} at {now:?}, dead by {dead_by:?}");
                     }
                     let _ = broker.status_json(&h);
                 }

@@ -9,27 +9,12 @@
 
 use super::Diagnostic;
 use crate::files::{read_regular, ReadError};
+use crate::problem::Problem;
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
-
-/// What is wrong with a value, and how to fix it, before it has a place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl Problem {
-    pub fn new(message: impl Into<String>, hint: impl Into<Option<String>>) -> Problem {
-        Problem {
-            message: message.into(),
-            hint: hint.into(),
-        }
-    }
-}
 
 /// One file of the configuration: the main file or an include.
 pub(super) struct File {

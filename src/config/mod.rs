@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use url::Url;
 
-pub use diag::Problem;
 pub use load::valid_source_name;
 pub use mi::resource_of;
 
@@ -52,6 +51,28 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
     /// A hash of the files exactly as they were parsed (see [`disk_digest`]).
     pub digest: u64,
+}
+
+impl Config {
+    /// This config copied into the calling thread's heap (each source's
+    /// settings too, not just the map of them), the original freed and the
+    /// freed heap handed back to the system. A config is parsed in the
+    /// blocking pool, where the parse leaves megabytes of freed memory
+    /// interleaved with the config's own allocations (thousands of sources:
+    /// tens of MiB); glibc can return none of it while the config lives
+    /// there. Moved out, the loading thread's heap is all free and goes back
+    /// whole. The original is freed, and the heap trimmed, on a blocking
+    /// thread: off the way to serving. Start-up and every reload call it.
+    pub fn rehome(self) -> Config {
+        let mut fresh = self.clone();
+        fresh.sources = self
+            .sources
+            .iter()
+            .map(|(name, s)| (name.clone(), Arc::new(SourceConfig::clone(s))))
+            .collect();
+        crate::heap::release(self);
+        fresh
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

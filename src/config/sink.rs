@@ -2,10 +2,11 @@
 //! to. Checked like sshd's StrictModes: no one but root and tokend may be
 //! able to replace a sink file or plant a link where it goes.
 
-use super::diag::{At, Diagnostics, Problem};
+use super::diag::{At, Diagnostics};
 use super::raw::RawSink;
 use super::values::{account, octal_mode, Account};
 use super::{SinkConfig, SinkFormat};
+use crate::problem::Problem;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};

@@ -1,7 +1,7 @@
 //! One `[sources.NAME]` table, `[defaults]` merged in, into a
 //! [`SourceConfig`]: endpoint, client, credential, scopes and schedule.
 //! Concept rules come from their owners (secret references from `secret`,
-//! `allow` from `acl`, Entra's rules from `oauth::entra`); this module pins
+//! `allow` from `acl`, Entra's rules from `entra`); this module pins
 //! their problems to the value they came from.
 
 use super::diag::{At, Diagnostics};
@@ -10,7 +10,7 @@ use super::values::{date, duration, url};
 use super::{
     AuthMethod, CaFile, ClientCertificate, Credential, Endpoint, Provider, SigningAlg, SourceConfig,
 };
-use crate::oauth::entra;
+use crate::entra;
 use crate::secret::SecretRef;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

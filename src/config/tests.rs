@@ -151,10 +151,7 @@ fn azure_fills_in_and_checks_scopes() {
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
     assert_eq!(g.auth_method, AuthMethod::ClientSecretPost);
-    assert_eq!(
-        g.scopes,
-        vec![crate::oauth::entra::DEFAULT_SCOPE.to_string()]
-    );
+    assert_eq!(g.scopes, vec![crate::entra::DEFAULT_SCOPE.to_string()]);
 
     let d = one(&format!(
         "{base}scopes = [\"https://graph.microsoft.com/User.Read\"]\n"

@@ -69,7 +69,7 @@ fn endpoint_in(doc: &serde_json::Value, issuer: &Url, from: &Url) -> Result<Url,
     if named.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
         return Err(format!(
             "the discovery document at {from} names issuer {:?}, not {issuer}: set issuer to exactly what the server calls itself",
-            super::response::clip(named, 200)
+            crate::text::clip(named, 200)
         ));
     }
     let endpoint = doc["token_endpoint"]

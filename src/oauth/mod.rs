@@ -10,11 +10,11 @@
 
 pub mod assertion;
 pub mod discovery;
-pub mod entra;
 pub mod response;
 
 use crate::config::{AuthMethod, Credential, Endpoint, Provider, SourceConfig};
 use crate::secret::{ExposeSecret, SecretEnv, SecretError};
+use crate::token::{AccessToken, Token, SERVE_MARGIN};
 use base64::Engine;
 use response::{EndpointError, MAX_BODY};
 use secrecy::SecretString;
@@ -27,115 +27,6 @@ use url::Url;
 
 /// Lifetime assumed when the IdP sends no `expires_in` and the token is not a JWT.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-
-/// The bytes of an access token. Held once per token: a slice of one
-/// allocation that is zeroed when its last holder drops it. `Debug` hides
-/// it; [`ExposeSecret`] shows it where it is to be sent.
-#[derive(Clone)]
-pub struct AccessToken(bytes::Bytes);
-
-/// Owns secret bytes and zeroes them when dropped.
-struct Zeroed(Vec<u8>);
-
-impl AsRef<[u8]> for Zeroed {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Zeroed {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-impl AccessToken {
-    pub fn new(token: String) -> AccessToken {
-        AccessToken(zeroed(token.into_bytes()))
-    }
-
-    /// The token at `range` of `buf`, a buffer from [`zeroed`] that holds it
-    /// among other things: one allocation for both, no second copy.
-    pub fn within(buf: &bytes::Bytes, range: std::ops::Range<usize>) -> AccessToken {
-        AccessToken(buf.slice(range))
-    }
-
-    /// The token's bytes, for writing it to a client.
-    pub fn bytes(&self) -> &bytes::Bytes {
-        &self.0
-    }
-}
-
-/// `buf` as shared bytes that are zeroed when the last holder drops them.
-pub fn zeroed(buf: Vec<u8>) -> bytes::Bytes {
-    bytes::Bytes::from_owner(Zeroed(buf))
-}
-
-impl ExposeSecret<str> for AccessToken {
-    fn expose_secret(&self) -> &str {
-        // Built from a String (or a slice of one at a char boundary).
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
-    }
-}
-
-/// An access token and what we know of its life. `Debug` hides the token.
-pub struct Token {
-    pub access_token: AccessToken,
-    pub token_type: String,
-    /// What the IdP said it granted, if it said.
-    pub scope: Option<String>,
-    /// When the request that produced it was sent (a safe lower bound on issue time).
-    pub issued_at: Instant,
-    pub expires_at: Instant,
-    /// The IdP's `refresh_in` hint.
-    pub refresh_in: Option<Duration>,
-    /// What the API answers with, rendered once for this token (empty until
-    /// its source prepares it): the JSON body up to `"expires_in":`.
-    pub json_head: bytes::Bytes,
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token")
-            .field("access_token", &"[REDACTED]")
-            .field("token_type", &self.token_type)
-            .field("scope", &self.scope)
-            .field("lifetime", &self.lifetime())
-            .finish()
-    }
-}
-
-/// How long before `expires_at` a token stops being served.
-pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
-
-impl Token {
-    pub fn lifetime(&self) -> Duration {
-        self.expires_at.saturating_duration_since(self.issued_at)
-    }
-
-    /// A token is servable while `now < expires_at − 5 s`.
-    pub fn servable_at(&self, now: Instant) -> bool {
-        now.checked_add(SERVE_MARGIN)
-            .is_some_and(|t| t < self.expires_at)
-    }
-
-    pub fn remaining_at(&self, now: Instant) -> Duration {
-        self.expires_at.saturating_duration_since(now)
-    }
-
-    /// The first instant at which it is no longer served.
-    pub fn servable_until(&self) -> Instant {
-        self.expires_at
-            .checked_sub(SERVE_MARGIN)
-            .unwrap_or(self.issued_at)
-    }
-}
 
 /// Why a fetch failed. Messages name the endpoint or the secret's location,
 /// never a secret or a token.
@@ -629,7 +520,7 @@ fn transport_detail(e: &reqwest::Error) -> String {
     if detail.is_empty() {
         detail = e.to_string();
     }
-    response::clip(&detail, 500)
+    crate::text::clip(&detail, 500)
 }
 
 enum ReadError {
@@ -669,20 +560,6 @@ mod tests {
             String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap())
                 .unwrap();
         assert_eq!(decoded, "my+client:a%2Bb%2Fc%3Ad%25e");
-    }
-
-    #[test]
-    fn debug_hides_the_token() {
-        let t = Token {
-            access_token: AccessToken::new("eyJsecret".into()),
-            json_head: bytes::Bytes::new(),
-            token_type: "Bearer".into(),
-            scope: None,
-            issued_at: Instant::now(),
-            expires_at: Instant::now() + Duration::from_secs(60),
-            refresh_in: None,
-        };
-        assert!(!format!("{t:?}").contains("eyJsecret"));
     }
 
     fn jwt_with_exp(exp: &str) -> String {

@@ -2,7 +2,8 @@
 //! error body of §5.2 with Entra's additions. Input is untrusted: every
 //! failure is a value, never a panic.
 
-use super::entra;
+use crate::entra;
+use crate::text::clip;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
@@ -150,20 +151,6 @@ fn text(v: Option<Value>, max: usize) -> Option<String> {
         Some(Value::String(s)) if !s.is_empty() => Some(clip(&s, max)),
         _ => None,
     }
-}
-
-/// At most `max` characters, control characters replaced, so a hostile body
-/// cannot flood or forge log lines.
-pub fn clip(s: &str, max: usize) -> String {
-    let mut out: String = s
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().count() > max {
-        out.push('…');
-    }
-    out
 }
 
 /// Parses a non-2xx body; any body (HTML, empty, garbage) gives a usable error.
@@ -341,11 +328,5 @@ mod tests {
         );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
-    }
-
-    #[test]
-    fn clip_strips_control_characters() {
-        assert_eq!(clip("a\nb", 10), "a b");
-        assert_eq!(clip("abcdef", 3), "abc…");
     }
 }

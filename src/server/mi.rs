@@ -20,83 +20,14 @@ use crate::secret::ExposeSecret;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use secrecy::SecretString;
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 /// The protocol version tokend speaks.
 pub const API_VERSION: &str = "2019-08-01";
 /// The endpoint's path.
 pub const PATH: &str = "/msi/token";
-
-/// The apps allowed on the endpoint, with their headers read: what a
-/// (re)load of the config gives the running daemon.
-#[derive(Debug, Default)]
-pub struct MiState {
-    pub apps: Vec<AppState>,
-}
-
-/// One app, its header value if it could be read, and its sources.
-#[derive(Debug)]
-pub struct AppState {
-    pub name: String,
-    pub header: Option<SecretString>,
-    pub sources: Vec<String>,
-}
-
-impl MiState {
-    /// Reads every app's header now (files: call it off the runtime). An
-    /// app whose header cannot be read is logged and matches no request.
-    pub fn load(config: &crate::config::Config, env: &crate::secret::SecretEnv) -> MiState {
-        let Some(mi) = &config.managed_identity else {
-            return MiState::default();
-        };
-        let apps = mi
-            .apps
-            .values()
-            .map(|app| {
-                let header = match app.header.resolve_now(env) {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        tracing::error!(app = %app.name, error = %e, "cannot read the managed-identity app's header; its requests will be refused");
-                        None
-                    }
-                };
-                AppState {
-                    name: app.name.clone(),
-                    header,
-                    sources: app.sources.clone(),
-                }
-            })
-            .collect();
-        MiState { apps }
-    }
-
-    /// The app whose header is `presented`, comparing with every app in
-    /// constant time.
-    fn app(&self, presented: &[u8]) -> Option<&AppState> {
-        let mut found = None;
-        for app in &self.apps {
-            if let Some(h) = &app.header {
-                if bool::from(h.expose_secret().as_bytes().ct_eq(presented)) && found.is_none() {
-                    found = Some(app);
-                }
-            }
-        }
-        found
-    }
-
-    /// The apps that may use `source`.
-    pub fn apps_using(&self, source: &str) -> Vec<String> {
-        self.apps
-            .iter()
-            .filter(|a| a.sources.iter().any(|s| s == source))
-            .map(|a| a.name.clone())
-            .collect()
-    }
-}
 
 /// The environment a program needs to use app `name` of `config`: the two
 /// lines for a systemd `EnvironmentFile=`. The header is a secret.

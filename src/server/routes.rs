@@ -7,8 +7,8 @@ use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
 use crate::broker::{self, Broker, RefreshError, ServeError};
 use crate::config::valid_source_name;
-use crate::secret::ExposeSecret;
-use crate::timefmt::{ceil_secs, rfc3339_at};
+use crate::timefmt::ceil_secs;
+use crate::token::Token;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -278,7 +278,7 @@ fn request_outcome(status: StatusCode) -> Option<&'static str> {
 
 /// A path made safe for a log line or message.
 pub fn printable(path: &str) -> String {
-    crate::oauth::response::clip(path, 200)
+    crate::text::clip(path, 200)
 }
 
 /// The source called `name`, if it exists (404) and `peer` may read it
@@ -459,7 +459,7 @@ pub(super) async fn wait_for_token(
     deadline: Instant,
     settings: &ServerSettings,
     next: impl Fn(&str) -> Result<Arc<SourceHandle>, Failure>,
-) -> Result<(Arc<SourceHandle>, Arc<crate::oauth::Token>), Failure> {
+) -> Result<(Arc<SourceHandle>, Arc<Token>), Failure> {
     loop {
         let name = handle.name();
         match tokio::time::timeout_at(deadline, handle.token(min_ttl)).await {
@@ -532,7 +532,7 @@ async fn token(
 
 /// The answer with `tok`: the bare token, or its JSON rendered once (see
 /// [`prepare`]) and the live `expires_in`.
-fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> Resp {
+fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool) -> Resp {
     let mut r = if raw {
         let mut r = Response::new(Body::from(tok.access_token.bytes().clone()));
         r.headers_mut()
@@ -540,7 +540,7 @@ fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> 
         r
     } else if tok.json_head.is_empty() {
         // Not prepared (a token made outside a source): render it all now.
-        let body = Bytes::copy_from_slice(&token_json(handle.name(), tok));
+        let body = Bytes::copy_from_slice(&crate::token::json(handle.name(), tok));
         let mut r = Response::new(Body::from(body));
         r.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -563,69 +563,6 @@ fn token_answer(handle: &SourceHandle, tok: &crate::oauth::Token, raw: bool) -> 
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-/// The whole body `GET /v1/tokens/NAME` answers with `tok` now, as file
-/// sinks of format "json" hold it. Zeroed when dropped.
-pub fn token_json(source: &str, tok: &crate::oauth::Token) -> zeroize::Zeroizing<Vec<u8>> {
-    use std::io::Write;
-    let expires_in = tok.remaining_at(Instant::now()).as_secs();
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.json_head.len() + 24));
-    if tok.json_head.is_empty() {
-        let mut body = json!({
-            "access_token": tok.access_token.expose_secret(),
-            "token_type": tok.token_type,
-            "expires_in": expires_in,
-            "expires_at": rfc3339_at(tok.expires_at),
-            "source": source,
-        });
-        if let Some(s) = &tok.scope {
-            body["scope"] = Value::String(s.clone());
-        }
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &body);
-    } else {
-        out.extend_from_slice(&tok.json_head);
-        let _ = write!(out, "{expires_in}}}");
-    }
-    out
-}
-
-/// Renders, once per token, what every `/v1/tokens` answer repeats: the
-/// JSON body up to `"expires_in":`. The token itself then lives only in
-/// that buffer (zeroed when dropped): the raw answer is a slice of it.
-pub fn prepare(source: &str, token: crate::oauth::Token) -> crate::oauth::Token {
-    let secret = token.access_token.expose_secret();
-    let mut head = Vec::with_capacity(secret.len() + 160);
-    head.extend_from_slice(b"{\"access_token\":");
-    let start = head.len();
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut head, secret);
-    let end = head.len();
-    head.extend_from_slice(b",\"token_type\":");
-    let _ = serde_json::to_writer(&mut head, &token.token_type);
-    head.extend_from_slice(b",\"expires_at\":");
-    let _ = serde_json::to_writer(&mut head, &rfc3339_at(token.expires_at));
-    if let Some(scope) = &token.scope {
-        head.extend_from_slice(b",\"scope\":");
-        let _ = serde_json::to_writer(&mut head, scope);
-    }
-    head.extend_from_slice(b",\"source\":");
-    let _ = serde_json::to_writer(&mut head, source);
-    head.extend_from_slice(b",\"expires_in\":");
-    // Unescaped (as tokens are): the token is the quoted part of the head.
-    let plain = end - start == secret.len() + 2;
-    let head = crate::oauth::zeroed(head);
-    let access_token = if plain {
-        crate::oauth::AccessToken::within(&head, start + 1..end - 1)
-    } else {
-        token.access_token.clone()
-    };
-    crate::oauth::Token {
-        access_token,
-        json_head: head,
-        ..token
-    }
 }
 
 async fn refresh(

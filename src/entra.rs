@@ -1,12 +1,14 @@
-//! Hints that turn an identity provider's error into what to fix.
+//! Microsoft Entra ID's rules, and the hints that turn an identity
+//! provider's error into what to fix.
 //!
-//! Entra hints follow the AADSTS codes in the body (`error_codes`, or the
-//! `AADSTSnnnn:` prefix of `error_description`), whatever the source's
-//! provider; RFC 6749 §5.2 error codes get generic hints. The rules Entra
-//! puts on a client-credentials request (tenant, scope) are checked here
-//! too, when the config loads.
+//! A leaf both sides use: the config loader checks the rules Entra puts on
+//! a client-credentials request (tenant, scope) when a file loads; the
+//! token endpoint client turns an error body into a hint. Entra hints
+//! follow the AADSTS codes in the body (`error_codes`, or the `AADSTSnnnn:`
+//! prefix of `error_description`), whatever the source's provider; RFC 6749
+//! §5.2 error codes get generic hints.
 
-use crate::config::Problem;
+use crate::problem::Problem;
 use url::Url;
 
 /// Entra's public cloud authority.

@@ -1,0 +1,208 @@
+//! A token as tokend holds and serves it: its bytes (one copy, zeroed when
+//! the last holder drops it), its life, and the answer it is served as.
+//!
+//! The JSON body of `GET /v1/tokens/NAME` is the token's answer, not a
+//! route's: a source renders it once per token ([`prepare`]) and the socket
+//! API, the managed-identity door's raw bytes and the `json` file sinks read
+//! it ([`json`]).
+//!
+//! Invariants: a token is served only while more than [`SERVE_MARGIN`] of
+//! it is left; no type here has a `Debug` that shows the token.
+
+use crate::secret::ExposeSecret;
+use crate::timefmt::rfc3339_at;
+use serde_json::{json, Value};
+use std::fmt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The bytes of an access token. Held once per token: a slice of one
+/// allocation that is zeroed when its last holder drops it. `Debug` hides
+/// it; [`ExposeSecret`] shows it where it is to be sent.
+#[derive(Clone)]
+pub struct AccessToken(bytes::Bytes);
+
+/// Owns secret bytes and zeroes them when dropped.
+struct Zeroed(Vec<u8>);
+
+impl AsRef<[u8]> for Zeroed {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Zeroed {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl AccessToken {
+    pub fn new(token: String) -> AccessToken {
+        AccessToken(zeroed(token.into_bytes()))
+    }
+
+    /// The token at `range` of `buf`, a buffer from [`zeroed`] that holds it
+    /// among other things: one allocation for both, no second copy.
+    pub fn within(buf: &bytes::Bytes, range: std::ops::Range<usize>) -> AccessToken {
+        AccessToken(buf.slice(range))
+    }
+
+    /// The token's bytes, for writing it to a client.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.0
+    }
+}
+
+/// `buf` as shared bytes that are zeroed when the last holder drops them.
+pub fn zeroed(buf: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Zeroed(buf))
+}
+
+impl ExposeSecret<str> for AccessToken {
+    fn expose_secret(&self) -> &str {
+        // Built from a String (or a slice of one at a char boundary).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// An access token and what we know of its life. `Debug` hides the token.
+pub struct Token {
+    pub access_token: AccessToken,
+    pub token_type: String,
+    /// What the IdP said it granted, if it said.
+    pub scope: Option<String>,
+    /// When the request that produced it was sent (a safe lower bound on issue time).
+    pub issued_at: Instant,
+    pub expires_at: Instant,
+    /// The IdP's `refresh_in` hint.
+    pub refresh_in: Option<Duration>,
+    /// What the API answers with, rendered once for this token (empty until
+    /// its source prepares it): the JSON body up to `"expires_in":`.
+    pub json_head: bytes::Bytes,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"[REDACTED]")
+            .field("token_type", &self.token_type)
+            .field("scope", &self.scope)
+            .field("lifetime", &self.lifetime())
+            .finish()
+    }
+}
+
+/// How long before `expires_at` a token stops being served.
+pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
+
+impl Token {
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at.saturating_duration_since(self.issued_at)
+    }
+
+    /// A token is servable while `now < expires_at − 5 s`.
+    pub fn servable_at(&self, now: Instant) -> bool {
+        now.checked_add(SERVE_MARGIN)
+            .is_some_and(|t| t < self.expires_at)
+    }
+
+    pub fn remaining_at(&self, now: Instant) -> Duration {
+        self.expires_at.saturating_duration_since(now)
+    }
+
+    /// The first instant at which it is no longer served.
+    pub fn servable_until(&self) -> Instant {
+        self.expires_at
+            .checked_sub(SERVE_MARGIN)
+            .unwrap_or(self.issued_at)
+    }
+}
+
+/// The whole body `GET /v1/tokens/NAME` answers with `tok` now, as file
+/// sinks of format "json" hold it. Zeroed when dropped.
+pub fn json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
+    use std::io::Write;
+    let expires_in = tok.remaining_at(Instant::now()).as_secs();
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.json_head.len() + 24));
+    if tok.json_head.is_empty() {
+        let mut body = json!({
+            "access_token": tok.access_token.expose_secret(),
+            "token_type": tok.token_type,
+            "expires_in": expires_in,
+            "expires_at": rfc3339_at(tok.expires_at),
+            "source": source,
+        });
+        if let Some(s) = &tok.scope {
+            body["scope"] = Value::String(s.clone());
+        }
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &body);
+    } else {
+        out.extend_from_slice(&tok.json_head);
+        let _ = write!(out, "{expires_in}}}");
+    }
+    out
+}
+
+/// Renders, once per token, what every `/v1/tokens` answer repeats: the
+/// JSON body up to `"expires_in":`. The token itself then lives only in
+/// that buffer (zeroed when dropped): the raw answer is a slice of it.
+pub fn prepare(source: &str, token: Token) -> Token {
+    let secret = token.access_token.expose_secret();
+    let mut head = Vec::with_capacity(secret.len() + 160);
+    head.extend_from_slice(b"{\"access_token\":");
+    let start = head.len();
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut head, secret);
+    let end = head.len();
+    head.extend_from_slice(b",\"token_type\":");
+    let _ = serde_json::to_writer(&mut head, &token.token_type);
+    head.extend_from_slice(b",\"expires_at\":");
+    let _ = serde_json::to_writer(&mut head, &rfc3339_at(token.expires_at));
+    if let Some(scope) = &token.scope {
+        head.extend_from_slice(b",\"scope\":");
+        let _ = serde_json::to_writer(&mut head, scope);
+    }
+    head.extend_from_slice(b",\"source\":");
+    let _ = serde_json::to_writer(&mut head, source);
+    head.extend_from_slice(b",\"expires_in\":");
+    // Unescaped (as tokens are): the token is the quoted part of the head.
+    let plain = end - start == secret.len() + 2;
+    let head = zeroed(head);
+    let access_token = if plain {
+        AccessToken::within(&head, start + 1..end - 1)
+    } else {
+        token.access_token.clone()
+    };
+    Token {
+        access_token,
+        json_head: head,
+        ..token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_token() {
+        let t = Token {
+            access_token: AccessToken::new("eyJsecret".into()),
+            json_head: bytes::Bytes::new(),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: Instant::now(),
+            expires_at: Instant::now() + Duration::from_secs(60),
+            refresh_in: None,
+        };
+        assert!(!format!("{t:?}").contains("eyJsecret"));
+    }
+}
