@@ -4,6 +4,7 @@
 //! Invariant: applying a config changes nothing for a source whose settings
 //! are equal; a failed reload never reaches this module.
 
+mod actor;
 pub mod mi;
 pub mod policy;
 pub mod source;

@@ -1,6 +1,7 @@
-//! One source: an actor task that owns the schedule, the backoff and the
-//! single upstream request in flight, and a [`SourceHandle`] through which the
-//! server reads the published [`Snapshot`] and asks for fetches.
+//! One source: a [`SourceHandle`] through which the server reads the
+//! published [`Snapshot`] and asks for fetches, and the state it shares with
+//! the source's actor task ([`super::actor`]), which owns the schedule, the
+//! backoff and the single upstream request in flight.
 //!
 //! Invariants:
 //! - at most one upstream request per source is in flight (only the actor
@@ -10,21 +11,18 @@
 //! - callers cannot push the IdP harder than the backoff allows: while the
 //!   source backs off, a request without a servable token is answered at once.
 
-use super::policy;
-use super::Fetcher;
+use super::actor::supervise;
+pub(crate) use super::actor::Deps;
 use crate::config::SourceConfig;
-use crate::metrics::{epoch_seconds, Metrics, SourceLabel, SourceOutcome};
+use crate::metrics::SourceOutcome;
 use crate::oauth::FetchError;
-use crate::secret::ExposeSecret;
 use crate::token::Token;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -111,7 +109,7 @@ impl Snapshot {
         self.servable(now).is_some()
     }
 
-    fn backing_off(&self, now: Instant) -> Option<Duration> {
+    pub(super) fn backing_off(&self, now: Instant) -> Option<Duration> {
         if self.fetching {
             return None;
         }
@@ -145,44 +143,44 @@ pub enum RefreshError {
 /// What a source should run with. The actor watches it, so a reload's
 /// settings can never be dropped: the latest value is always there to read.
 #[derive(Debug, Clone)]
-struct Desired {
-    config: Arc<SourceConfig>,
+pub(super) struct Desired {
+    pub(super) config: Arc<SourceConfig>,
     /// Bumped when the credential changes: the actor fetches with it at once.
-    credential_epoch: u64,
+    pub(super) credential_epoch: u64,
 }
 
 /// Levels of [`Shared::wanted`]: the highest request since the actor last looked.
-const WANT_NONE: u8 = 0;
-const WANT_FETCH: u8 = 1;
-const WANT_FORCE: u8 = 2;
+pub(super) const WANT_NONE: u8 = 0;
+pub(super) const WANT_FETCH: u8 = 1;
+pub(super) const WANT_FORCE: u8 = 2;
 
 /// What the handle, the actor and its supervisor share. Outlives any one
 /// actor task, so a restarted actor picks up the cached token and every
 /// waiter keeps waiting.
 #[derive(Debug)]
-struct Shared {
-    name: String,
-    desired: watch::Sender<Desired>,
+pub(super) struct Shared {
+    pub(super) name: String,
+    pub(super) desired: watch::Sender<Desired>,
     /// The settings in force, for readers on the hot path (no lock).
-    config: ArcSwap<SourceConfig>,
-    snapshot: watch::Sender<Snapshot>,
+    pub(super) config: ArcSwap<SourceConfig>,
+    pub(super) snapshot: watch::Sender<Snapshot>,
     /// The latest token, for readers on the hot path (no lock): set with
     /// every snapshot that changes it.
-    current: ArcSwapOption<Token>,
+    pub(super) current: ArcSwapOption<Token>,
     /// `tokend_token_requests_total{source, outcome="ok"}`, made once.
-    served: Counter,
+    pub(super) served: Counter,
     /// A fetch request (`WANT_*`); requests coalesce, nothing is queued.
-    wanted: AtomicU8,
-    wake: Notify,
-    cancel: CancellationToken,
+    pub(super) wanted: AtomicU8,
+    pub(super) wake: Notify,
+    pub(super) cancel: CancellationToken,
     /// Fingerprint of the credential's value when last applied.
-    fingerprint: AtomicU64,
+    pub(super) fingerprint: AtomicU64,
     /// A lazy source's task is started by its first request: until then it
     /// costs no task and no timer (thousands of idle sources are cheap).
-    unstarted: Mutex<Option<Deps>>,
+    pub(super) unstarted: Mutex<Option<Deps>>,
     /// Unique to this source task: sink events name it, so those of a
     /// replaced task are told apart from its successor's.
-    generation: u64,
+    pub(super) generation: u64,
 }
 
 /// The next [`Shared::generation`].
@@ -395,23 +393,6 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
     }
 }
 
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Deps")
-    }
-}
-
-pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
-
-/// What an actor needs besides the shared state.
-#[derive(Clone)]
-pub(crate) struct Deps {
-    pub metrics: Arc<Metrics>,
-    pub client: Arc<dyn Fetcher>,
-    pub limit: Arc<Semaphore>,
-    pub sinks: crate::sink::Sinks,
-}
-
 /// Starts the actor for `config`, under a supervisor, and returns its handle.
 pub(crate) fn spawn(
     config: Arc<SourceConfig>,
@@ -458,278 +439,4 @@ pub(crate) fn spawn(
         shared,
         last_forced: Mutex::new(None),
     })
-}
-
-/// Runs the source's actor and, should it ever panic, restarts it with its
-/// cached token kept: the panic counts as a failed fetch (so restarts follow
-/// the backoff and cannot spin), is logged at ERROR and counted in
-/// `tokend_source_restarts_total`. Defence in depth: no source may turn
-/// into a zombie that is listed but never serves again.
-async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option<Instant>) {
-    let label = SourceLabel {
-        source: shared.name.clone(),
-    };
-    loop {
-        let actor = Actor {
-            config: shared.desired.borrow().config.clone(),
-            epoch_seen: shared.desired.borrow().credential_epoch,
-            desired: shared.desired.subscribe(),
-            shared: shared.clone(),
-            deps: deps.clone(),
-            warned_consent: false,
-        };
-        match tokio::spawn(actor.run(first)).await {
-            Err(e) if e.is_panic() && !shared.cancel.is_cancelled() => {
-                deps.metrics.source_restarts.get_or_create(&label).inc();
-                let now = Instant::now();
-                let failures = shared
-                    .snapshot
-                    .borrow()
-                    .consecutive_failures
-                    .saturating_add(1);
-                let delay = policy::backoff_delay(failures, false, None, rand::random::<f64>());
-                let retry_at = crate::timefmt::later(now, delay);
-                tracing::error!(
-                    source = %shared.name,
-                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
-                    "the source's task panicked (a bug in tokend; please report it); restarted with its cached token"
-                );
-                shared.snapshot.send_modify(|s| {
-                    s.fetching = false;
-                    s.retry_at = Some(retry_at);
-                    s.next_refresh_at = Some(retry_at);
-                    s.consecutive_failures = failures;
-                    s.last_error = Some(LastError {
-                        error: "internal_error".into(),
-                        message: "tokend's task for this source failed and was restarted".into(),
-                        hint: Some(
-                            "this is a bug in tokend: the log has the details; please report it"
-                                .into(),
-                        ),
-                        at: SystemTime::now(),
-                    });
-                    s.fetches_done += 1;
-                    s.last_fetch_ok = false;
-                });
-                first = Some(retry_at);
-            }
-            // Stopped, or the runtime is shutting down.
-            _ => break,
-        }
-    }
-}
-
-struct Actor {
-    config: Arc<SourceConfig>,
-    /// The credential epoch the actor last fetched with (see [`Desired`]).
-    epoch_seen: u64,
-    desired: watch::Receiver<Desired>,
-    shared: Arc<Shared>,
-    deps: Deps,
-    warned_consent: bool,
-}
-
-async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Actor {
-    async fn run(mut self, first: Option<Instant>) {
-        let mut next: Option<Instant> = first;
-        let mut fetch: Option<FetchFuture> = None;
-        // The credential changed while a fetch with the old one was in flight.
-        let mut refetch_pending = false;
-        let cancel = self.shared.cancel.clone();
-        let shared = self.shared.clone();
-        loop {
-            let wake = next;
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => break,
-                result = in_flight(&mut fetch) => {
-                    fetch = None;
-                    next = Some(self.finish(result));
-                    if std::mem::take(&mut refetch_pending) {
-                        fetch = Some(self.start());
-                        next = None;
-                    }
-                }
-                changed = self.desired.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let desired = self.desired.borrow_and_update().clone();
-                    let refetch = desired.credential_epoch != self.epoch_seen;
-                    self.epoch_seen = desired.credential_epoch;
-                    self.config = desired.config;
-                    let idle = !self.shared.snapshot.borrow().requested;
-                    let start_now = refetch || (self.config.eager && idle);
-                    if fetch.is_some() {
-                        refetch_pending |= refetch;
-                    } else if start_now {
-                        fetch = Some(self.start());
-                        next = None;
-                    }
-                }
-                () = shared.wake.notified() => {
-                    let force = match self.shared.wanted.swap(WANT_NONE, Ordering::SeqCst) {
-                        WANT_NONE => continue,
-                        level => level == WANT_FORCE,
-                    };
-                    let backing_off = self.shared.snapshot.borrow().backing_off(Instant::now()).is_some();
-                    if fetch.is_some() {
-                        // joined: the fetch in flight answers this request too
-                    } else if force || !backing_off {
-                        fetch = Some(self.start());
-                        next = None;
-                    } else {
-                        // Wake the asker so it sees the backoff and answers 503.
-                        self.shared.snapshot.send_modify(|_| {});
-                    }
-                }
-                () = crate::timefmt::sleep_until_opt(wake), if fetch.is_none() && wake.is_some() => {
-                    fetch = Some(self.start());
-                    next = None;
-                }
-            }
-        }
-        tracing::debug!(source = %self.config.name, "source stopped");
-    }
-
-    fn start(&self) -> FetchFuture {
-        self.shared.snapshot.send_modify(|s| {
-            s.fetching = true;
-            s.requested = true;
-            s.retry_at = None;
-            s.next_refresh_at = None;
-        });
-        tracing::debug!(source = %self.config.name, "fetching token");
-        let fetch = self.deps.client.fetch(self.config.clone());
-        let limit = self.deps.limit.clone();
-        let metrics = self.deps.metrics.clone();
-        let label = SourceLabel {
-            source: self.config.name.clone(),
-        };
-        Box::pin(async move {
-            // The semaphore is never closed; if it were, fetching anyway is the safe fallback.
-            let _permit = limit.acquire_owned().await.ok();
-            let started = Instant::now();
-            let result = fetch.await;
-            metrics
-                .fetch_duration
-                .get_or_create(&label)
-                .observe(started.elapsed().as_secs_f64());
-            result
-        })
-    }
-
-    /// Publishes a fetch's outcome and returns when to fetch next.
-    fn finish(&mut self, result: Result<Token, FetchError>) -> Instant {
-        let now = Instant::now();
-        let name = &self.config.name;
-        let outcome = if result.is_ok() { "success" } else { "error" };
-        self.deps
-            .metrics
-            .fetches
-            .get_or_create(&SourceOutcome {
-                source: name.clone(),
-                outcome,
-            })
-            .inc();
-        if let Ok(t) = &result {
-            self.deps
-                .metrics
-                .token_expiry
-                .get_or_create(&SourceLabel {
-                    source: name.clone(),
-                })
-                .set(epoch_seconds(crate::timefmt::wall(t.expires_at)));
-        }
-        match result {
-            Ok(token) => {
-                let delay = policy::refresh_delay(
-                    token.lifetime(),
-                    token.refresh_in,
-                    self.config.refresh_ratio,
-                    self.config.min_ttl,
-                    rand::random_range(-policy::REFRESH_JITTER..=policy::REFRESH_JITTER),
-                );
-                let at = crate::timefmt::later(token.issued_at, delay);
-                let warnings: Vec<String> = crate::jwt::claims(token.access_token.expose_secret())
-                    .and_then(|c| crate::jwt::consent_warning(&c))
-                    .into_iter()
-                    .collect();
-                if let Some(w) = warnings.first() {
-                    if !self.warned_consent {
-                        tracing::warn!(source = %name, "{w}");
-                        self.warned_consent = true;
-                    }
-                }
-                tracing::info!(
-                    source = %name,
-                    lifetime = %humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
-                    next_refresh_in = %humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs())),
-                    "token fetched"
-                );
-                // What every answer needs is rendered once, now.
-                let token = Arc::new(crate::token::prepare(&self.config.name, token));
-                self.shared.current.store(Some(token.clone()));
-                self.deps
-                    .sinks
-                    .token(name, self.shared.generation, token.clone());
-                self.shared.snapshot.send_modify(|s| {
-                    s.token = Some(token);
-                    s.fetching = false;
-                    s.retry_at = None;
-                    s.next_refresh_at = Some(at);
-                    s.refreshed_at = Some(SystemTime::now());
-                    s.consecutive_failures = 0;
-                    s.last_error = None;
-                    s.fetches_done += 1;
-                    s.last_fetch_ok = true;
-                    s.warnings = warnings;
-                });
-                at
-            }
-            Err(e) => {
-                let failures = self
-                    .shared
-                    .snapshot
-                    .borrow()
-                    .consecutive_failures
-                    .saturating_add(1);
-                let delay = policy::backoff_delay(
-                    failures,
-                    e.is_permanent(),
-                    e.retry_after(),
-                    rand::random::<f64>(),
-                );
-                let at = crate::timefmt::later(now, delay);
-                let serving = self.shared.snapshot.borrow().is_servable(now);
-                tracing::warn!(
-                    source = %name,
-                    error = %e,
-                    hint = e.hint().unwrap_or_default(),
-                    failures,
-                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
-                    still_serving_cached_token = serving,
-                    "token fetch failed"
-                );
-                let last = LastError::from(&e);
-                self.shared.snapshot.send_modify(|s| {
-                    s.fetching = false;
-                    s.retry_at = Some(at);
-                    s.next_refresh_at = Some(at);
-                    s.consecutive_failures = failures;
-                    s.last_error = Some(last);
-                    s.fetches_done += 1;
-                    s.last_fetch_ok = false;
-                });
-                at
-            }
-        }
-    }
 }
