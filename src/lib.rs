@@ -4,6 +4,8 @@
 //! config into running sources, one actor task each, that fetch and refresh
 //! OAuth 2.0 client-credentials tokens through [`oauth`]; the [`server`] reads
 //! what the sources publish and serves it over a Unix socket.
+//! `docs/architecture.md` maps the layers (imports run only downward, as
+//! `tests/layers.rs` checks), the flows and where each concept lives.
 //!
 //! Invariants that hold across modules:
 //! - a served token always has at least 5 s of validity left, or is not served;
