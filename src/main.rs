@@ -109,6 +109,9 @@ fn mi_env(app: &str, path: &Path) -> u8 {
 }
 
 async fn run(path: &Path) -> u8 {
+    // Absolute from the start: file events name the paths watched, and a
+    // relative `-c tokend.toml` would be watched as `./tokend.toml`.
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let p = path.to_path_buf();
     // Reading files and looking up names may block: off the runtime.
     let Ok(Some(cfg)) = tokio::task::spawn_blocking(move || tokend::check::validate(&p)).await

@@ -1,13 +1,17 @@
 //! Hot reload: file watching and SIGHUP lead to the same validate-then-swap.
 //!
-//! The watcher watches the *directories* holding the main file, the include
-//! directory and every secret file the config names, so editor renames,
-//! delete-and-recreate and a Kubernetes ConfigMap's `..data` symlink swap are
-//! all seen; events are filtered to the paths that matter, and only settled
-//! ones (a close after writing, a rename, a creation, a
-//! removal) call for a reload. A digest of what the running config was
-//! parsed from (and of its secrets) makes the rest free, and lets the first
-//! check after start-up find an edit made before the watcher existed.
+//! Every file the config reads (the main file, the include directory,
+//! secrets, certificates, keys, assertions, `ca_file`, managed-identity
+//! headers) is followed through its whole chain of symbolic links: the
+//! watcher watches the *directory* of each link and of where it leads, so
+//! editor renames, delete-and-recreate, a Kubernetes ConfigMap's `..data`
+//! swap and a deploy tool's `current -> releases/42` re-pointed at any depth
+//! are all seen. Events are filtered to those names, and only settled ones
+//! (a close after writing, a rename, a creation, a removal) call for a
+//! reload. Whether anything changed is decided from the bytes on disk now
+//! (the config files, and every file a source reads), never from what is
+//! held in memory; an unchanged state makes an event free, and lets the
+//! first check after start-up find an edit made before the watcher existed.
 //! Reading and parsing run in the blocking pool.
 //!
 //! Invariants: a failed reload changes nothing that is running; a file is
@@ -71,7 +75,7 @@ pub fn fingerprints(config: &Config, env: &SecretEnv) -> BTreeMap<String, u64> {
     let mut fps: BTreeMap<String, u64> = config
         .sources
         .iter()
-        .map(|(n, s)| (n.clone(), s.credential.fingerprint(&mut secrets)))
+        .map(|(n, s)| (n.clone(), s.fingerprint(&mut secrets)))
         .collect();
     // Managed-identity headers too, so a changed header file is a change
     // (`:` cannot be in a source name).
@@ -145,7 +149,7 @@ impl Reloader {
             if trigger == Trigger::Files && state == seen {
                 return (state, None);
             }
-            let loaded = config::load(&path).map(|new| {
+            let loaded = config::load_nonempty(&path).map(|new| {
                 let fps = fingerprints(&new, &env);
                 let mi = MiState::load(&new, &env);
                 (new, fps, mi)
@@ -242,31 +246,80 @@ impl Reloader {
     }
 }
 
-/// The paths whose changes matter to `config`, loaded from `main`.
+/// The paths whose changes matter to `config`, loaded from `main`: every
+/// file it reads and every link on the way to each (see [`links`]).
 pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
     let mut r = Relevant::default();
-    r.files.insert(main.to_path_buf());
-    let include = include_dir(main, config);
-    r.dirs.insert(parent(main));
-    r.toml_dirs.insert(include.clone());
-    r.dirs.insert(include);
+    r.add_file(main);
+    r.add_toml_dir(&include_dir(main, config));
     let headers = config
         .managed_identity
         .iter()
         .flat_map(|mi| mi.apps.values())
         .filter_map(|a| a.header.path(env));
     for p in headers {
-        r.dirs.insert(parent(&p));
-        r.files.insert(p);
+        r.add_file(&p);
     }
     for s in config.sources.values() {
         let ca = s.ca_file.as_ref().map(|c| c.path.clone());
         for p in s.credential.paths(env).into_iter().chain(ca) {
-            r.dirs.insert(parent(&p));
-            r.files.insert(p);
+            r.add_file(&p);
         }
     }
     r
+}
+
+/// Most symbolic links followed for one path (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Every symbolic link `path` goes through, at any depth (a link to a
+/// file, a directory link in the middle, a link inside a link's target),
+/// then where it leads, each as a path with no link in its directories:
+/// the names to watch, each in its own directory, so that re-pointing any
+/// link (by rename or by delete-and-create) is an event on a watched path.
+/// A missing name ends the walk: its creation is the event to wait for.
+/// Reads links, not files: call it off the async runtime.
+pub fn links(path: &Path) -> Vec<PathBuf> {
+    use std::path::Component;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut todo: std::collections::VecDeque<PathBuf> = path
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut at = PathBuf::from("/");
+    let mut out = Vec::new();
+    while let Some(part) = todo.pop_front() {
+        match part.components().next() {
+            Some(Component::RootDir) => at = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                at.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let next = at.join(name);
+                match std::fs::symlink_metadata(&next) {
+                    Ok(m) if m.file_type().is_symlink() && out.len() < MAX_LINKS => {
+                        out.push(next.clone());
+                        let Ok(target) = std::fs::read_link(&next) else {
+                            return out;
+                        };
+                        // The target's parts come next, relative to the
+                        // link's directory (`at`) unless absolute.
+                        for c in target.components().rev() {
+                            todo.push_front(PathBuf::from(c.as_os_str()));
+                        }
+                    }
+                    Ok(_) => at = next,
+                    Err(_) => {
+                        out.push(next);
+                        return out;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.push(at);
+    out
 }
 
 fn parent(p: &Path) -> PathBuf {
@@ -312,16 +365,33 @@ pub struct Relevant {
 }
 
 impl Relevant {
-    /// True for the main file, an include file, a secret file, the include
-    /// directory itself, or a Kubernetes `..data` swap in a watched directory.
+    /// `path` and every link on the way to it, each watched from its
+    /// directory.
+    fn add_file(&mut self, path: &Path) {
+        for p in links(path) {
+            self.dirs.insert(parent(&p));
+            self.files.insert(p);
+        }
+    }
+
+    /// The include directory: its links like a file's, and any `*.toml`
+    /// in the directory it leads to.
+    fn add_toml_dir(&mut self, dir: &Path) {
+        let chain = links(dir);
+        for p in &chain {
+            self.dirs.insert(parent(p));
+            self.files.insert(p.clone());
+        }
+        if let Some(real) = chain.last() {
+            self.dirs.insert(real.clone());
+            self.toml_dirs.insert(real.clone());
+        }
+    }
+
+    /// True for a file the config reads, a link on the way to one, the
+    /// include directory itself, or a `*.toml` file in it.
     pub fn matches(&self, p: &Path) -> bool {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
         self.files.contains(p)
-            || self.toml_dirs.contains(p)
-            || (name.starts_with("..data") && self.dirs.contains(&parent(p)))
             || (p.extension().is_some_and(|x| x == "toml") && self.toml_dirs.contains(&parent(p)))
     }
 }
@@ -412,34 +482,76 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_follows_every_link_at_any_depth() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        // etc/tokend.toml -> data/tokend.toml, data -> v1, v1/tokend.toml -> ../shared/main.toml
+        for d in ["etc/v1", "etc/shared"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("etc/shared/main.toml"), "").unwrap();
+        symlink("../shared/main.toml", root.join("etc/v1/tokend.toml")).unwrap();
+        symlink("v1", root.join("etc/data")).unwrap();
+        symlink("data/tokend.toml", root.join("etc/tokend.toml")).unwrap();
+        assert_eq!(
+            links(&root.join("etc/tokend.toml")),
+            [
+                "etc/tokend.toml",
+                "etc/data",
+                "etc/v1/tokend.toml",
+                "etc/shared/main.toml"
+            ]
+            .map(|p| root.join(p))
+        );
+        // An absolute link in a directory of the path, and a missing end.
+        symlink(root.join("etc/v1"), root.join("abs")).unwrap();
+        assert_eq!(
+            links(&root.join("abs/missing/x")),
+            [root.join("abs"), root.join("etc/v1/missing")]
+        );
+        // A loop ends.
+        symlink("loop", root.join("loop")).unwrap();
+        assert!(links(&root.join("loop")).len() <= MAX_LINKS + 1);
+    }
 
     #[test]
     fn relevance_filter() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("releases/42/sources.d")).unwrap();
+        std::fs::create_dir_all(root.join("secrets")).unwrap();
+        symlink("releases/42", root.join("current")).unwrap();
         let mut r = Relevant::default();
-        r.dirs.insert("/etc/tokend".into());
-        r.dirs.insert("/etc/tokend/sources.d".into());
-        r.files.insert("/etc/tokend/tokend.toml".into());
-        r.files.insert("/run/secrets/graph".into());
-        r.toml_dirs.insert("/etc/tokend/sources.d".into());
+        r.add_file(&root.join("current/tokend.toml"));
+        r.add_toml_dir(&root.join("current/sources.d"));
+        // Not there yet: its creation is what counts.
+        r.add_file(&root.join("secrets/graph"));
         for yes in [
-            "/etc/tokend/tokend.toml",
-            "/etc/tokend/..data",
-            "/etc/tokend/..data_tmp",
-            "/etc/tokend/sources.d/a.toml",
-            "/etc/tokend/sources.d",
-            "/run/secrets/graph",
+            "current",
+            "releases/42/tokend.toml",
+            "releases/42/sources.d",
+            "releases/42/sources.d/a.toml",
+            "secrets/graph",
         ] {
-            assert!(r.matches(Path::new(yes)), "{yes}");
+            assert!(r.matches(&root.join(yes)), "{yes}");
         }
         for no in [
-            "/etc/tokend/tokend.sock",
-            "/etc/tokend/tokend.log",
-            "/etc/tokend/sources.d/a.toml.swp",
-            "/etc/tokend/other.toml",
-            "/run/secrets/other",
+            "current.new",
+            "releases/42/tokend.sock",
+            "releases/42/sources.d/a.toml.swp",
+            "releases/42/other.toml",
+            "releases/43/tokend.toml",
+            "secrets/other",
         ] {
-            assert!(!r.matches(Path::new(no)), "{no}");
+            assert!(!r.matches(&root.join(no)), "{no}");
+        }
+        for dir in ["", "releases/42", "releases/42/sources.d"] {
+            assert!(r.dirs.contains(&root.join(dir)), "{dir} watched");
         }
     }
 }

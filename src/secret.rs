@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use secrecy::ExposeSecret;
@@ -304,6 +304,22 @@ impl<'a> Fingerprinter<'a> {
             .seen
             .entry(key)
             .or_insert_with(|| r.fingerprint(self.env))
+    }
+
+    /// A hash of the bytes of the file at `path` now (at most `limit` of
+    /// them), or of why it cannot be read: a certificate or a `ca_file`,
+    /// whose change on disk is a change even when what the running config
+    /// holds in memory is not. Remembered by path.
+    pub fn file(&mut self, path: &'a Path, limit: u64) -> u64 {
+        *self.seen.entry((3, path.as_os_str())).or_insert_with(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            match crate::files::read_regular(path, limit).map(zeroize::Zeroizing::new) {
+                Ok(bytes) => (0u8, bytes.as_slice()).hash(&mut h),
+                Err(e) => (1u8, e.kind()).hash(&mut h),
+            }
+            h.finish()
+        })
     }
 }
 

@@ -404,6 +404,11 @@ impl Broker {
         let now = Instant::now();
         let mut s = handle.snapshot();
         s.warnings.extend(self.sinks.warnings(handle.name()));
+        // From 30 days before the credential expires, status says so too.
+        let expires = handle.config().credential_expires;
+        s.warnings.extend(
+            expires.and_then(|t| crate::expiry::message(handle.name(), t, SystemTime::now())),
+        );
         let state: State = s.state(now);
         json!({
             "name": handle.name(),

@@ -194,15 +194,19 @@ pub(crate) fn new_generation() -> u64 {
 
 impl Shared {
     /// Starts the source's task (under its supervisor) if not yet running.
-    fn ensure_started(self: &Arc<Self>) {
+    /// `first`: when to fetch without being asked (an eager start). True
+    /// if this call started it.
+    fn ensure_started(self: &Arc<Self>, first: Option<Instant>) -> bool {
         let deps = self
             .unstarted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(deps) = deps {
-            tokio::spawn(supervise(self.clone(), deps, None));
-        }
+        let Some(deps) = deps else {
+            return false;
+        };
+        tokio::spawn(supervise(self.clone(), deps, first));
+        true
     }
 }
 
@@ -266,6 +270,7 @@ impl SourceHandle {
     /// Applies settings with the same identity; `refetch` when the credential
     /// changed. Never lost: the actor reads the latest settings when it wakes.
     pub(crate) fn reconfigure(&self, config: Arc<SourceConfig>, fingerprint: u64, refetch: bool) {
+        let eager = config.eager;
         self.shared
             .fingerprint
             .store(fingerprint, Ordering::Relaxed);
@@ -276,6 +281,11 @@ impl SourceHandle {
                 d.credential_epoch += 1;
             }
         });
+        // A lazy source not yet asked for has no task to hear this: made
+        // eager (`eager = true`, or sinks added), it starts fetching now.
+        if eager && self.shared.ensure_started(Some(Instant::now())) {
+            self.shared.snapshot.send_modify(|s| s.requested = true);
+        }
     }
 
     /// The current snapshot (a clone; never waits on a fetch).
@@ -292,7 +302,7 @@ impl SourceHandle {
         let level = if force { WANT_FORCE } else { WANT_FETCH };
         self.shared.wanted.fetch_max(level, Ordering::SeqCst);
         self.shared.wake.notify_one();
-        self.shared.ensure_started();
+        self.shared.ensure_started(None);
     }
 
     /// A token valid for at least `min_ttl` (and always more than 5 s),

@@ -199,8 +199,11 @@ impl Credential {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         match self {
             Credential::Secret(r) => (0u8, secrets.of(r)).hash(&mut h),
+            // The certificate's bytes on disk, not the ones loaded: a
+            // renewal with the same key is a change.
             Credential::Certificate(c) => {
-                (1u8, &c.cert.der, secrets.of(&c.key)).hash(&mut h);
+                let cert = secrets.file(&c.cert_path, crate::cert::MAX_CERT_FILE);
+                (1u8, cert, secrets.of(&c.key)).hash(&mut h);
             }
             Credential::Assertion(r) => (2u8, secrets.of(r)).hash(&mut h),
         }
@@ -294,6 +297,23 @@ pub enum SinkFormat {
 }
 
 impl SourceConfig {
+    /// A hash of what the source reads from outside the config as it is on
+    /// disk now: its credential (see [`Credential::fingerprint`]) and its
+    /// `ca_file`. A change is a credential change: the token keeps serving
+    /// while a fetch with the new files starts at once. Reads files: call
+    /// it off the async runtime.
+    pub fn fingerprint<'a>(&'a self, secrets: &mut Fingerprinter<'a>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.credential.fingerprint(secrets).hash(&mut h);
+        if let Some(ca) = &self.ca_file {
+            secrets
+                .file(&ca.path, crate::cert::MAX_CERT_FILE)
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// The requested scopes as sent in the `scope` form parameter.
     pub fn scope_param(&self) -> Option<String> {
         (!self.scopes.is_empty()).then(|| self.scopes.join(" "))
@@ -365,6 +385,8 @@ pub enum ConfigError {
         #[source]
         source: crate::files::ReadError,
     },
+    #[error("config file {} is empty: the running configuration stays in force until it has content (a writer that truncates and writes again leaves it empty for a moment; an empty file is never read as \"no sources\")", .path.display())]
+    Empty { path: PathBuf },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -380,7 +402,7 @@ impl ConfigError {
     /// The individual problems (one for a read error).
     pub fn problems(&self) -> Vec<String> {
         match self {
-            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Read { .. } | ConfigError::Empty { .. } => vec![self.to_string()],
             ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
         }
     }
@@ -392,6 +414,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
+    load::run(main)
+}
+
+/// [`load`] for a running daemon: an empty (0-byte) main file is an error,
+/// like a missing one, never a config without sources (docs/behaviour.md,
+/// "Reload").
+pub fn load_nonempty(path: &Path) -> Result<Config, ConfigError> {
+    let main = diag::File::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if main.text.is_empty() {
+        return Err(ConfigError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
     load::run(main)
 }
 

@@ -39,6 +39,7 @@ pub struct Builder {
     socket: Option<PathBuf>,
     dir: Option<TempDir>,
     layout: Option<Layout>,
+    relative: bool,
 }
 
 /// Writes the config text into the temp dir and returns the path for `-c`.
@@ -54,6 +55,7 @@ pub fn daemon(body: &str) -> Builder {
         socket: None,
         dir: None,
         layout: None,
+        relative: false,
     }
 }
 
@@ -97,6 +99,12 @@ impl Builder {
         self
     }
 
+    /// Runs in the temp dir with a relative `-c` (as `tokend run -c tokend.toml`).
+    pub fn relative(mut self) -> Self {
+        self.relative = true;
+        self
+    }
+
     /// Writes the config and starts the process without waiting for it.
     pub fn spawn(self) -> Daemon {
         let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
@@ -124,9 +132,16 @@ impl Builder {
         };
         let log = std::fs::File::create(dir.path().join("tokend.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        if self.relative {
+            cmd.current_dir(dir.path());
+        }
+        let given = match self.relative {
+            true => config.strip_prefix(dir.path()).unwrap().to_path_buf(),
+            false => config.clone(),
+        };
         cmd.arg("run")
             .arg("-c")
-            .arg(&config)
+            .arg(&given)
             .env("RUST_LOG", &self.rust_log)
             .env_remove("TOKEND_CONFIG")
             .stdin(Stdio::null())
