@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub enum DaemonError {
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     #[error("cannot use the socket systemd passed: {0}")]
@@ -104,7 +104,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     };
     let metrics = Arc::new(Metrics::new());
     let broker = Broker::new(
-        Arc::new(TokenClient::new(env.clone())?),
+        Arc::new(TokenClient::new(env.clone()).map_err(DaemonError::Client)?),
         config.server.max_concurrent_fetches,
         metrics,
     );

@@ -366,6 +366,95 @@ async fn tls_client_auth_over_https_with_a_private_ca() {
 }
 
 #[tokio::test]
+async fn an_x509_v1_client_certificate_is_presented_and_the_server_judges_it() {
+    let server = OidcServer::start_with_credentials(300).await;
+    let creds = server.creds.as_ref().unwrap();
+    let tls_port = server.tls_port.expect("the HTTPS listener");
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(creds.path("mtls-v1.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Version: 1 (0x0)"),
+        "not a v1 certificate:\n{text}"
+    );
+    let source = |name: &str, cert: &str, key: &str| {
+        format!(
+            "[sources.{name}]\ntoken_url = \"https://127.0.0.1:{tls_port}/token\"\nclient_id = \"mtls\"\nauth_method = \"tls_client_auth\"\nclient_certificate = {{ cert = \"{}\", key = {{ file = \"{}\" }} }}\nscopes = [\"read\"]\nca_file = \"{}\"\n",
+            creds.path(cert).display(),
+            creds.path(key).display(),
+            creds.path("ca.pem").display(),
+        )
+    };
+    let body = [
+        source("v1", "mtls-v1.pem", "mtls-v1.key"),
+        // A key that is not the certificate's: named before any handshake.
+        source("mismatch", "mtls-v1.pem", "stranger.key"),
+    ]
+    .concat();
+    let d = daemon(&body).start().await;
+    let r = wait_for_status(&d, "/v1/tokens/v1", 200).await;
+    let claims = server
+        .verify(r.json()["access_token"].as_str().unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("the server rejects the token tokend serves: {e}"));
+    assert_eq!(claims["client_id"], "mtls");
+    wait_for_status(&d, "/v1/tokens/mismatch", 503).await;
+    let st = d.get("/v1/sources/mismatch").await.json();
+    assert_eq!(st["last_error"]["error"], "credential_unusable", "{st}");
+    let msg = st["last_error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("stranger.key")
+            && msg.contains("mtls-v1.pem")
+            && msg.contains("does not belong"),
+        "{msg}"
+    );
+    assert!(!d.log().contains("builder error"), "{}", d.log());
+}
+
+/// `ca_file` behind a link re-pointed from a wrong CA to the right one:
+/// the unknown-CA error names ca_file, and the rotation applies at once.
+#[tokio::test]
+async fn a_rotated_ca_file_applies_at_once_and_an_unknown_ca_names_ca_file() {
+    let server = OidcServer::start_with_credentials(300).await;
+    let creds = server.creds.as_ref().unwrap();
+    let tls_port = server.tls_port.expect("the HTTPS listener");
+    let trust = tempfile::tempdir().unwrap();
+    for (dir, ca) in [("wrong", "stranger.pem"), ("right", "ca.pem")] {
+        std::fs::create_dir(trust.path().join(dir)).unwrap();
+        std::fs::copy(creds.path(ca), trust.path().join(dir).join("ca.pem")).unwrap();
+    }
+    std::os::unix::fs::symlink("wrong", trust.path().join("current")).unwrap();
+    let body = format!(
+        "[sources.rot]\ntoken_url = \"https://127.0.0.1:{tls_port}/token\"\nclient_id = \"mtls\"\nauth_method = \"tls_client_auth\"\nclient_certificate = {{ cert = \"{}\", key = {{ file = \"{}\" }} }}\nscopes = [\"read\"]\nca_file = \"{}\"\n",
+        creds.path("mtls.pem").display(),
+        creds.path("mtls.key").display(),
+        trust.path().join("current/ca.pem").display(),
+    );
+    let d = daemon(&body).start().await;
+    wait_for_status(&d, "/v1/tokens/rot", 503).await;
+    let st = d.get("/v1/sources/rot").await.json();
+    assert_eq!(st["last_error"]["error"], "connect_failed", "{st}");
+    assert!(
+        st["last_error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("set ca_file"),
+        "{st}"
+    );
+    let tmp = trust.path().join("next");
+    std::os::unix::fs::symlink("right", &tmp).unwrap();
+    std::fs::rename(&tmp, trust.path().join("current")).unwrap();
+    let r = wait_for_status(&d, "/v1/tokens/rot", 200).await;
+    server
+        .verify(r.json()["access_token"].as_str().unwrap())
+        .await
+        .expect("a token the server issued");
+}
+
+#[tokio::test]
 async fn issuer_discovery_finds_the_token_endpoint() {
     let server = OidcServer::start(300).await;
     let body = format!(

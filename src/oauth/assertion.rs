@@ -50,15 +50,7 @@ pub fn sign(
         ));
     }
     let key_from = c.key.describe();
-    let pem = key_pem.expose_secret().as_bytes();
-    let key = match c.cert.key_kind {
-        crate::cert::KeyKind::Rsa => jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| {
-            format!("the key in {key_from} is not a PEM RSA private key (PKCS#8 \"PRIVATE KEY\" or PKCS#1 \"RSA PRIVATE KEY\", unencrypted), which certificate {cert_file} needs")
-        })?,
-        crate::cert::KeyKind::EcP256 => jsonwebtoken::EncodingKey::from_ec_pem(pem).map_err(|_| {
-            format!("the key in {key_from} is not a PEM PKCS#8 ECDSA P-256 private key, which certificate {cert_file} needs (convert one with openssl pkcs8 -topk8 -nocrypt)")
-        })?,
-    };
+    let key = encoding_key(c, key_pem)?;
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -81,19 +73,52 @@ pub fn sign(
         .map_err(|e| format!("cannot sign with the key in {key_from}: {e}"))?;
     // The key must be the certificate's: check before the server does.
     let (message, signature) = jwt.rsplit_once('.').unwrap_or_default();
-    let matches = jsonwebtoken::crypto::verify(
-        signature,
-        message.as_bytes(),
-        &c.cert.decoding_key(),
-        c.alg.jwt(),
-    )
-    .unwrap_or(false);
-    if !matches {
-        return Err(format!(
-            "the key in {key_from} does not belong to certificate {cert_file}: use the key the certificate was made with"
-        ));
-    }
+    verifies(c, message.as_bytes(), signature)?;
     Ok(SecretString::from(jwt))
+}
+
+/// The key in `key_pem`, read as `c`'s certificate needs it.
+fn encoding_key(
+    c: &ClientCertificate,
+    key_pem: &SecretString,
+) -> Result<jsonwebtoken::EncodingKey, String> {
+    let (key_from, cert_file) = (c.key.describe(), c.cert_path.display());
+    let pem = key_pem.expose_secret().as_bytes();
+    match c.cert.key_kind {
+        crate::cert::KeyKind::Rsa => jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| {
+            format!("the key in {key_from} is not a PEM RSA private key (PKCS#8 \"PRIVATE KEY\" or PKCS#1 \"RSA PRIVATE KEY\", unencrypted), which certificate {cert_file} needs")
+        }),
+        crate::cert::KeyKind::EcP256 => jsonwebtoken::EncodingKey::from_ec_pem(pem).map_err(|_| {
+            format!("the key in {key_from} is not a PEM PKCS#8 ECDSA P-256 private key, which certificate {cert_file} needs (convert one with openssl pkcs8 -topk8 -nocrypt)")
+        }),
+    }
+}
+
+/// Whether `signature` over `message` verifies with `c`'s public key: the
+/// error names both files when the key is not the certificate's.
+fn verifies(c: &ClientCertificate, message: &[u8], signature: &str) -> Result<(), String> {
+    let matches =
+        jsonwebtoken::crypto::verify(signature, message, &c.cert.decoding_key(), c.alg.jwt())
+            .unwrap_or(false);
+    if matches {
+        return Ok(());
+    }
+    Err(format!(
+        "the key in {} does not belong to certificate {}: use the key the certificate was made with",
+        c.key.describe(),
+        c.cert_path.display()
+    ))
+}
+
+/// Checks that the key in `key_pem` belongs to `c`'s certificate (for
+/// `tls_client_auth`, before a handshake would fail less clearly): a
+/// signature made with it verifies with the certificate's public key.
+pub fn check_key(c: &ClientCertificate, key_pem: &SecretString) -> Result<(), String> {
+    let key = encoding_key(c, key_pem)?;
+    let message = b"tokend: does this key belong to the certificate?";
+    let signature = jsonwebtoken::crypto::sign(message, &key, c.alg.jwt())
+        .map_err(|e| format!("cannot sign with the key in {}: {e}", c.key.describe()))?;
+    verifies(c, message, &signature)
 }
 
 /// Checks a ready-made assertion read from `from` before it is sent: it

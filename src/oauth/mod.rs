@@ -11,6 +11,7 @@
 pub mod assertion;
 pub mod discovery;
 pub mod response;
+pub mod tls;
 
 use crate::config::{AuthMethod, Credential, Endpoint, Provider, SourceConfig};
 use crate::secret::{ExposeSecret, SecretEnv, SecretError};
@@ -71,7 +72,8 @@ impl FetchError {
             FetchError::Secret(SecretError::Env(_)) => Some("set the variable in the daemon's environment (systemd: Environment= or EnvironmentFile=)".into()),
             FetchError::Secret(_) => Some("put the client secret where the source's client_secret points".into()),
             FetchError::Timeout { .. } => Some("the identity provider is slow or unreachable; raise fetch_timeout or check the network path and proxy (HTTPS_PROXY)".into()),
-            FetchError::Connect { .. } => Some("check token_url, DNS, the network path and proxy settings (HTTPS_PROXY/NO_PROXY); for TLS errors, the CA store".into()),
+            FetchError::Connect { detail, .. } if detail.contains("UnknownIssuer") => Some("the server's certificate is not signed by a CA this host trusts: for a private CA, set ca_file to its PEM certificate (or add it to the system's CA store)".into()),
+            FetchError::Connect { .. } => Some("check token_url, DNS, the network path and proxy settings (HTTPS_PROXY/NO_PROXY); for TLS errors, the CA store and ca_file".into()),
             FetchError::Endpoint(e, _) => e.hint(),
             FetchError::BadResponse { .. } => Some("check that token_url is the OAuth token endpoint".into()),
             FetchError::Expired { .. } => Some("the identity provider issues tokens that are already expired or nearly so: check that this host's clock is right (timedatectl) and the token lifetime configured on the server".into()),
@@ -122,11 +124,16 @@ impl fmt::Debug for TokenClient {
 /// Most distinct TLS settings kept at once; beyond, the cache starts over.
 const MAX_TLS_CLIENTS: usize = 64;
 
-fn builder() -> reqwest::ClientBuilder {
+/// An HTTP client with `tls`: no redirects (a token endpoint that
+/// redirects would take the secret elsewhere), a bounded connect.
+fn with_tls(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| causes(&e).unwrap_or_else(|| "reqwest refused the TLS settings".into()))
 }
 
 /// How one fetch authenticates, with what it read for it.
@@ -143,9 +150,9 @@ enum ClientAuth {
 }
 
 impl TokenClient {
-    pub fn new(env: SecretEnv) -> Result<Self, reqwest::Error> {
+    pub fn new(env: SecretEnv) -> Result<Self, String> {
         Ok(TokenClient {
-            http: builder().build()?,
+            http: with_tls(tls::client_config(None, None)?)?,
             env,
             tls: Arc::default(),
             discovered: Arc::default(),
@@ -190,30 +197,14 @@ impl TokenClient {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let mut b = builder();
-        if let Some(ca) = &src.ca_file {
-            let certs = reqwest::Certificate::from_pem_bundle(&ca.pem).map_err(|e| {
-                FetchError::Credential(format!("ca_file {}: {e}", ca.path.display()))
-            })?;
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        if let (Some(c), Some(k)) = (cert, identity) {
-            let mut pem = zeroize::Zeroizing::new(c.cert.pem.clone());
-            pem.push(b'\n');
-            pem.extend_from_slice(k.expose_secret().as_bytes());
-            let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
-                FetchError::Credential(format!(
-                    "certificate {} and the key in {} do not make a TLS client identity (an unencrypted PEM key is needed)",
-                    c.cert_path.display(),
-                    c.key.describe()
-                ))
-            })?;
-            b = b.identity(id);
-        }
-        let client = b.build().map_err(|e| {
+        let tls = tls::client_config(src.ca_file.as_ref(), cert.zip(identity)).map_err(|e| {
             FetchError::Credential(format!("cannot set up TLS for {}: {e}", src.name))
+        })?;
+        let client = with_tls(tls).map_err(|e| {
+            FetchError::Credential(format!(
+                "cannot set up the HTTP client for {}: {e}",
+                src.name
+            ))
         })?;
         if cache.len() >= MAX_TLS_CLIENTS {
             cache.clear();
@@ -502,9 +493,13 @@ fn transport_detail(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".to_string();
     }
-    // The causes below reqwest's own error explain TLS, DNS and connect
-    // failures; reqwest's Display only repeats the URL, and hyper's
-    // "client error (Connect)" layer adds nothing.
+    causes(e).unwrap_or_else(|| crate::text::clip(&e.to_string(), 500))
+}
+
+/// The causes below a reqwest error, joined: they explain TLS, DNS and
+/// connect failures, where reqwest's Display only repeats the URL (or says
+/// "builder error") and hyper's "client error (Connect)" layer adds nothing.
+fn causes(e: &reqwest::Error) -> Option<String> {
     let mut detail = String::new();
     let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(err) = cur {
@@ -517,10 +512,7 @@ fn transport_detail(e: &reqwest::Error) -> String {
         }
         cur = err.source();
     }
-    if detail.is_empty() {
-        detail = e.to_string();
-    }
-    crate::text::clip(&detail, 500)
+    (!detail.is_empty()).then(|| crate::text::clip(&detail, 500))
 }
 
 enum ReadError {

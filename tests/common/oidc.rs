@@ -76,7 +76,8 @@ pub struct OidcServer {
 /// Keys and certificates made with openssl for the credential interop tests:
 /// `pkjwt.pem`/`.key` (the private_key_jwt clients' key), `stranger.pem`/
 /// `.key` (a key the server does not know), and a test CA (`ca.pem`) that
-/// signed `server.pem` (for 127.0.0.1) and `mtls.pem` (CN=tokend-mtls).
+/// signed `server.pem` (for 127.0.0.1), `mtls.pem` (CN=tokend-mtls) and
+/// `mtls-v1.pem` (the same subject, an X.509 v1 certificate).
 pub struct Credentials {
     pub dir: tempfile::TempDir,
 }
@@ -117,6 +118,41 @@ impl Credentials {
             openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
             openssl(d, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")]);
         }
+        // What `openssl x509 -req` without -extfile makes: an X.509 v1
+        // certificate, the most common how-to's client certificate.
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=tokend-mtls",
+                "-keyout",
+                "mtls-v1.key",
+                "-out",
+                "mtls-v1.csr",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "mtls-v1.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                "mtls-v1.pem",
+            ],
+        );
         Credentials { dir }
     }
 
