@@ -294,3 +294,52 @@ async fn a_client_that_never_reads_its_answers_is_cut_off() {
     assert!(elapsed < S(5), "the connection stayed open {elapsed:?}");
     assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
 }
+
+/// An identity provider answering with a CR LF in the token (or the token
+/// type) would put a line of its own into a header sink, a raw answer and
+/// `tokend token`'s output: such a token is a `bad_response`, never served.
+#[tokio::test]
+async fn a_token_that_could_inject_a_line_is_never_served() {
+    for body in [
+        r#"{"access_token":"abc\r\nX-Injected: evil","token_type":"Bearer","expires_in":3600}"#,
+        r#"{"access_token":"abc","token_type":"Bearer\r\nX-Injected: evil","expires_in":3600}"#,
+    ] {
+        let idp = idp(S(3600), &["inj"]).await;
+        idp.fail_with(Some(Failure {
+            status: 200,
+            body: body.to_string(),
+            retry_after: None,
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let sink = dir.path().join("inj.header");
+        let socket = dir.path().join("tokend.sock");
+        let d = daemon(&source(
+            "inj",
+            &idp,
+            &format!(
+                "sinks = [{{ path = \"{}\", format = \"header\" }}]",
+                sink.display()
+            ),
+        ))
+        .at(dir, socket)
+        .start()
+        .await;
+        let r = wait_for_status(&d, "/v1/tokens/inj?format=raw", 503).await;
+        assert!(!r.text().contains("evil"), "{}", r.text());
+        let st = d.get("/v1/sources/inj").await.json();
+        assert_eq!(st["last_error"]["error"], "bad_response", "{st}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["token", "inj", "--socket"])
+            .arg(&d.socket)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "unavailable");
+        assert!(
+            out.stdout.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!exists(&sink), "no sink file holds it");
+        assert!(!d.log().contains("X-Injected"), "{}", d.log());
+    }
+}

@@ -78,11 +78,26 @@ pub fn parse_token(body: &[u8]) -> Result<TokenResponse, String> {
         Some(_) => return Err("`access_token` is not a non-empty string".to_string()),
         None => return Err("the response has no `access_token`".to_string()),
     };
+    // Served as is in a header line, a raw answer, a file and a shell
+    // variable: anything but visible ASCII could start a line of its own.
+    if access_token.len() > MAX_TOKEN {
+        return Err(format!(
+            "`access_token` is {} bytes, more than the {} tokend serves",
+            access_token.len(),
+            MAX_TOKEN
+        ));
+    }
+    if !access_token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err("`access_token` holds a character other than visible ASCII (a space, a control character such as CR or LF, or a non-ASCII one); it is not served".to_string());
+    }
     let token_type = match raw.token_type {
         Some(Value::String(s)) if !s.is_empty() => s,
         None => "Bearer".to_string(),
         Some(_) => return Err("`token_type` is not a string".to_string()),
     };
+    if token_type.len() > 64 || !token_type.bytes().all(is_tchar) {
+        return Err("`token_type` is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~, at most 64 of them); it is not served".to_string());
+    }
     let expires_in = match &raw.expires_in {
         None | Some(Value::Null) => None,
         Some(v) => Some(seconds(v).ok_or("`expires_in` is not a number of seconds")?),
@@ -99,6 +114,14 @@ pub fn parse_token(body: &[u8]) -> Result<TokenResponse, String> {
         refresh_in,
         scope,
     })
+}
+
+/// Largest access token served (docs/behaviour.md, "Limits").
+pub const MAX_TOKEN: usize = 64 * 1024;
+
+/// A `tchar` of RFC 9110 §5.6.2: what a `token_type` is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 trait ClassifyName {
@@ -275,6 +298,35 @@ mod tests {
             .contains("expires_in"));
         assert!(parse_token(br#"{"access_token":"t","expires_in":-5}"#).is_err());
         assert!(parse_token(b"").is_err());
+    }
+
+    #[test]
+    fn a_token_or_type_that_could_start_a_line_is_refused_without_quoting_it() {
+        for token in [
+            r#""abc\r\nX-Injected: evil""#,
+            r#""abc\nevil""#,
+            r#""two words""#,
+            r#""tab\there""#,
+            r#""caf\u00e9""#,
+            r#""nul\u0000""#,
+        ] {
+            let e = parse_token(format!(r#"{{"access_token":{token}}}"#).as_bytes()).unwrap_err();
+            assert!(e.contains("visible ASCII"), "{token}: {e}");
+            assert!(!e.contains("evil") && !e.contains("abc"), "{e}");
+        }
+        let long = "a".repeat(MAX_TOKEN + 1);
+        let e = parse_token(format!(r#"{{"access_token":"{long}"}}"#).as_bytes()).unwrap_err();
+        assert!(e.contains("more than the 65536"), "{e}");
+        let ok = "a".repeat(MAX_TOKEN);
+        assert!(parse_token(format!(r#"{{"access_token":"{ok}"}}"#).as_bytes()).is_ok());
+        for tt in [r#""Bearer\r\nX: y""#, r#""Bear er""#, r#""""#] {
+            let body = format!(r#"{{"access_token":"t","token_type":{tt}}}"#);
+            assert!(parse_token(body.as_bytes()).is_err(), "{tt}");
+        }
+        for tt in ["Bearer", "DPoP", "N_A", "mac"] {
+            let body = format!(r#"{{"access_token":"t~+/=.-_","token_type":"{tt}"}}"#);
+            assert_eq!(parse_token(body.as_bytes()).unwrap().token_type, tt);
+        }
     }
 
     #[test]
