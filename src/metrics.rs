@@ -166,6 +166,22 @@ impl Metrics {
         out
     }
 
+    /// The exposition text without the series of the sources `readable`
+    /// refuses: what a caller who may read only some sources sees on the
+    /// socket. Series without a `source` label stay.
+    pub fn encode_for(&self, readable: impl Fn(&str) -> bool) -> String {
+        let all = self.encode();
+        let mut out = String::with_capacity(all.len());
+        for line in all.lines() {
+            let hidden = !line.starts_with('#') && source_label(line).is_some_and(|s| !readable(s));
+            if !hidden {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     pub fn count_request(&self, source: &str, outcome: &'static str) {
         self.token_requests
             .get_or_create(&SourceOutcome {
@@ -200,4 +216,14 @@ impl Metrics {
             self.sink_writes.remove(&l);
         }
     }
+}
+
+/// The `source` label's value on a sample line (source names need no
+/// escaping: `[a-z0-9._-]`).
+fn source_label(line: &str) -> Option<&str> {
+    let open = line.find('{')?;
+    let close = open + line[open..].find('}')?;
+    line[open + 1..close]
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("source=\"")?.strip_suffix('"'))
 }

@@ -369,6 +369,42 @@ async fn readyz_and_reload_errors_reveal_only_what_the_caller_may_read() {
         .contains("min_ttl"));
 }
 
+/// `/metrics` on the socket names, for a caller other than root and the
+/// daemon, only the sources it may read (as `/readyz` does); global series
+/// stay. A caller that may read none still gets 200.
+#[tokio::test]
+async fn metrics_on_the_socket_show_only_the_sources_the_caller_may_read() {
+    if !root_or_skip("metrics_on_the_socket_show_only_the_sources_the_caller_may_read") {
+        return;
+    }
+    let idp = idp(Duration::from_secs(3600), &["visible", "hidden"]).await;
+    let body = [
+        source("visible", &idp, "allow = { users = [\"nobody\"] }"),
+        source("hidden", &idp, "allow = {}"),
+    ]
+    .concat();
+    let d = open_daemon(&body, "socket_mode = \"0666\"").await;
+    wait_for_status(&d, "/v1/tokens/visible", 200).await;
+    wait_for_status(&d, "/v1/tokens/hidden", 200).await;
+    let all = d.get("/metrics").await.text();
+    assert!(
+        all.contains("source=\"hidden\""),
+        "root sees every source:\n{all}"
+    );
+    let (code, text) = curl_as(NOBODY, NOBODY, &[], &d.socket, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(text.contains("source=\"visible\""), "{text}");
+    assert!(!text.contains("hidden"), "{text}");
+    assert!(
+        text.contains("tokend_sources 2"),
+        "global series stay:\n{text}"
+    );
+    let (code, text) = curl_as(OTHER, OTHER, &[], &d.socket, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(!text.contains("source=\""), "{text}");
+    assert!(text.contains("tokend_build_info"), "{text}");
+}
+
 /// A group with thousands of members (an entry far larger than 16 KiB)
 /// resolves like any other. The test sees such a group through a private
 /// mount namespace with its own /etc/group, leaving the machine's alone.

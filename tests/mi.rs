@@ -254,3 +254,140 @@ async fn app_changes_apply_on_reload() {
         "{j}"
     );
 }
+
+/// One HTTP/1.1 GET with `host` as its `Host` header, over a plain TCP
+/// connection (a client library would set `Host` itself): the status and body.
+fn get_with_host(port: u16, host: &str, path: &str, header: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra = header
+        .map(|h| format!("X-IDENTITY-HEADER: {h}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).unwrap_or("0").parse().unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A page that rebinds its own name to 127.0.0.1 sends that name as
+/// `Host`: both TCP doors refuse it, before the identity header is looked
+/// at; an address or `localhost` is answered.
+#[tokio::test]
+async fn the_tcp_doors_answer_only_a_host_that_is_an_address_of_this_machine() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let metrics_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body)
+        .server(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
+        .at(dir, socket)
+        .start()
+        .await;
+    wait_for_status(&d, "/v1/tokens/graph", 200).await;
+    let path = format!("/msi/token?{}", q(GRAPH));
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+    ] {
+        let (status, body) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || get_with_host(port, &host, &path, Some("jira-header-value"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let rebound = format!("attacker.example:{port}");
+    let (status, body) = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || get_with_host(port, &rebound, &path, Some("jira-header-value"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 421, "{body}");
+    assert!(!body.contains("access_token"), "{body}");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        get_with_host(metrics_port, "attacker.example", "/metrics", None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 421, "{body}");
+    assert!(!body.contains("tokend_"), "{body}");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        get_with_host(
+            metrics_port,
+            &format!("127.0.0.1:{metrics_port}"),
+            "/metrics",
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("tokend_build_info"), "{body}");
+}
+
+/// Anyone on the host can knock: 200 requests with a wrong header make one
+/// WARN line now (and one a minute later with the count), not 200, so
+/// journald's rate limit never drops the warnings that matter.
+#[tokio::test]
+async fn wrong_headers_are_logged_once_a_minute_per_door_not_once_each() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    for _ in 0..200 {
+        assert_eq!(mi_get(port, Some("guess"), &q(GRAPH)).await.0, 401);
+    }
+    let log = d.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("managed-identity request refused"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(log.contains("refused_since_last_line=0"), "{log}");
+}
+
+/// A request waiting for a token when a reload restarts the source with
+/// another scope follows it by name, then checks the resource again: it
+/// gets a 400, never a token for another resource.
+#[tokio::test]
+async fn a_request_that_follows_a_restarted_source_checks_the_resource_again() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    // The first fetch takes a while: a request joins it and waits.
+    idp.set_delay(S(3));
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    let waiting =
+        tokio::spawn(async move { mi_get(port, Some("jira-header-value"), &q(GRAPH)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // graph now asks for another resource: a new identity, a restart.
+    write_private(
+        &d.config,
+        &d.config_text().replace(
+            &format!("scopes = [\"{GRAPH}/.default\"]"),
+            "scopes = [\"https://other.example/.default\"]",
+        ),
+    );
+    let (status, j) = waiting.await.unwrap();
+    assert_eq!(status, 400, "{j}");
+    assert_eq!(j["error"], "invalid_resource", "{j}");
+    assert!(j.get("access_token").is_none(), "{j}");
+}

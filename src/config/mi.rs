@@ -77,7 +77,12 @@ pub(super) fn managed_identity(
                 None
             }
             Some(h) => match SecretRef::parse(h.get_ref().clone(), "header") {
-                Ok(r) => Some(r),
+                Ok(r) => {
+                    if let SecretRef::Inline(_) = r {
+                        super::source::warn_if_readable(d, &At::of(MAIN, &h), "header");
+                    }
+                    Some(r)
+                }
                 Err(p) => {
                     d.problem(&At::of(MAIN, &h), p);
                     None

@@ -352,16 +352,7 @@ fn credential(
         };
         if let SecretRef::Inline(_) = r {
             let origin = inherited_secret.unwrap_or(value_at.clone());
-            if d.shared(&origin) {
-                d.warn(
-                    &origin,
-                    "plain client_secret in a config file that others can read",
-                    Some(format!(
-                        "let only root and the daemon read the file (chmod 600, or 640 with a group only the daemon is in, as the package installs it: root:tokend), or {}",
-                        SecretRef::how_to_write("client_secret")
-                    )),
-                );
-            }
+            warn_if_readable(d, &origin, "client_secret");
         }
         lint_secret(d, &value_at, &r, provider);
         return Some(Credential::Secret(r));
@@ -618,4 +609,19 @@ fn looks_like_guid(s: &str) -> bool {
             .iter()
             .zip([8, 4, 4, 4, 12])
             .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Warns about a plain (inline) secret `key` at `at` when the file it is
+/// written in can be read by others than root and the daemon.
+pub(super) fn warn_if_readable(d: &mut Diagnostics, at: &At, key: &str) {
+    if d.shared(at) {
+        d.warn(
+            at,
+            format!("plain {key} in a config file that others can read"),
+            Some(format!(
+                "let only root and the daemon read the file (chmod 600, or 640 with a group only the daemon is in, as the package installs it: root:tokend), or {}",
+                SecretRef::how_to_write(key)
+            )),
+        );
+    }
 }

@@ -653,6 +653,23 @@ mod credentials {
     }
 }
 
+/// An inline managed-identity header is a secret like an inline
+/// client_secret: in a file others can read, it earns the same warning.
+#[test]
+fn inline_managed_identity_header_in_a_readable_file_warns() {
+    let text = format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = \"h3ader-value\"\nsources = [\"api\"]\n");
+    let c = load_str(&text, Path::new("t"), Some(0o644)).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = c.warnings[0].to_string();
+    assert!(
+        w.contains("plain header in a config file that others can read"),
+        "{w}"
+    );
+    assert!(!w.contains("h3ader-value"), "{w}");
+    let c = load_str(&text, Path::new("t"), Some(0o600)).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
 #[test]
 fn managed_identity_is_loopback_only_and_names_real_sources() {
     let mi = |listen: &str, app: &str| {

@@ -13,7 +13,8 @@
 //! source backs off. Answers carry every field some SDK reads.
 
 use super::body::Body;
-use super::routes::{wait_for_token, Failure};
+use super::guard::Denials;
+use super::routes::{check_host, wait_for_token, Failure};
 use super::ServerSettings;
 use crate::broker::Broker;
 use crate::secret::ExposeSecret;
@@ -97,13 +98,33 @@ fn failure(f: Failure) -> Resp {
     r
 }
 
+/// Whether source `c` answers a request for `resource` (and `client_id`,
+/// when the SDK names one).
+fn serves(c: &crate::config::SourceConfig, resource: &str, client_id: Option<&str>) -> bool {
+    crate::config::resource_of(c) == Some(resource) && client_id.is_none_or(|id| id == c.client_id)
+}
+
 /// Answers one request on the managed-identity endpoint.
 pub async fn handle(
     req: Request<Incoming>,
     broker: &Broker,
     settings: &ServerSettings,
+    denials: &Denials,
     deadline: Instant,
 ) -> Resp {
+    // The Host first, before the header: a page that rebinds a name to
+    // 127.0.0.1 learns nothing here, not even whether a header is right.
+    if let Err(refusal) = check_host(req.headers()) {
+        if let Some(unlogged) = denials.log_now(Instant::now()) {
+            tracing::warn!(
+                door = "managed identity",
+                host = %refusal.shown,
+                refused_since_last_line = unlogged,
+                "managed-identity request refused: Host is not an address of this machine"
+            );
+        }
+        return error(refusal.status, "invalid_request", refusal.message);
+    }
     if req.uri().path() != PATH {
         return error(
             StatusCode::NOT_FOUND,
@@ -121,10 +142,13 @@ pub async fn handle(
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
     let Some(app) = state.app(presented) else {
-        tracing::warn!(
-            app = "no app",
-            "managed-identity request refused: no app has this X-IDENTITY-HEADER"
-        );
+        if let Some(unlogged) = denials.log_now(Instant::now()) {
+            tracing::warn!(
+                app = "no app",
+                refused_since_last_line = unlogged,
+                "managed-identity request refused: no app has this X-IDENTITY-HEADER"
+            );
+        }
         return error(
             StatusCode::UNAUTHORIZED,
             "invalid_request",
@@ -167,11 +191,7 @@ pub async fn handle(
         .sources
         .iter()
         .filter_map(|name| broker.get(name))
-        .filter(|h| {
-            let c = h.config();
-            crate::config::resource_of(&c) == Some(wanted)
-                && client_id.as_ref().is_none_or(|id| *id == c.client_id)
-        })
+        .filter(|h| serves(&h.config(), wanted, client_id.as_deref()))
         .collect();
     let handle = match candidates.as_slice() {
         [one] => one.clone(),
@@ -228,14 +248,28 @@ pub async fn handle(
     let name = handle.name().to_string();
     let app_name = app.name.clone();
     let next = |source: &str| {
-        // Followed through a reload only while the app may still use it.
+        // Followed through a reload only while the app may still use it
+        // and it still serves what was asked for.
         let state = broker.managed_identity();
         let allowed = state
             .apps
             .iter()
             .any(|a| a.name == app_name && a.sources.iter().any(|s| s == source));
         match broker.get(source) {
-            Some(h) if allowed => Ok(h),
+            Some(h) if allowed && serves(&h.config(), wanted, client_id.as_deref()) => Ok(h),
+            Some(_) if allowed => Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_resource",
+                format!(
+                    "source {source} no longer serves resource {}{} (a reload changed it)",
+                    crate::server::routes::printable(wanted),
+                    client_id
+                        .as_ref()
+                        .map(|c| format!(" with client_id {}", crate::server::routes::printable(c)))
+                        .unwrap_or_default(),
+                ),
+                None,
+            )),
             _ => Err(Failure::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_resource",

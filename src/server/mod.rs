@@ -10,6 +10,7 @@
 //! wait in the kernel backlog while existing ones are served.
 
 mod body;
+pub mod guard;
 pub mod listener;
 pub mod mi;
 pub mod routes;
@@ -53,12 +54,13 @@ pub enum Door {
     Metrics(tokio::net::TcpListener),
 }
 
-/// Who answers a connection's requests.
+/// Who answers a connection's requests (the TCP doors with their door's
+/// denial count, see [`guard`]).
 #[derive(Clone)]
 enum Handler {
     Api(Option<Arc<Peer>>),
-    ManagedIdentity,
-    Metrics,
+    ManagedIdentity(Arc<guard::Denials>),
+    Metrics(Arc<guard::Denials>),
 }
 
 /// Serves until `shutdown` fires, then stops accepting and drains in-flight
@@ -74,6 +76,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let settings = Arc::new(settings);
+    let denials = Arc::new(guard::Denials::new());
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -92,8 +95,8 @@ pub async fn serve(
             }
             Ok(Accepted::Tcp(stream)) => {
                 let handler = match &door {
-                    Door::Metrics(_) => Handler::Metrics,
-                    _ => Handler::ManagedIdentity,
+                    Door::Metrics(_) => Handler::Metrics(denials.clone()),
+                    _ => Handler::ManagedIdentity(denials.clone()),
                 };
                 let conn = connection(stream, handler, &broker, &settings, &graceful);
                 tokio::spawn(drive(conn, permit));
@@ -163,8 +166,12 @@ where
                 Handler::Api(peer) => {
                     routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
                 }
-                Handler::ManagedIdentity => mi::handle(req, &broker, &settings, deadline).await,
-                Handler::Metrics => routes::handle_metrics_door(&req, &broker, &settings),
+                Handler::ManagedIdentity(denials) => {
+                    mi::handle(req, &broker, &settings, denials, deadline).await
+                }
+                Handler::Metrics(denials) => {
+                    routes::handle_metrics_door(&req, &broker, &settings, denials)
+                }
             })
         }
     });

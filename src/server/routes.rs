@@ -2,6 +2,7 @@
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
 use super::body::Body;
+use super::guard::Denials;
 use super::ServerSettings;
 use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
@@ -187,7 +188,18 @@ pub async fn handle(
             }
             r
         }
-        Route::Metrics => metrics(broker),
+        Route::Metrics => {
+            // Like /readyz: per-source series only of sources this caller may read.
+            if privileged(peer, settings) {
+                metrics(broker.metrics().encode())
+            } else {
+                metrics(broker.metrics().encode_for(|name| {
+                    broker.get(name).is_some_and(|h| {
+                        acl::permits(h.config().allow.as_ref(), peer, settings.own_uid)
+                    })
+                }))
+            }
+        }
     };
     tracing::debug!(
         method = %method,
@@ -222,8 +234,8 @@ fn health() -> Resp {
     json_response(StatusCode::OK, &json!({ "status": "ok" }))
 }
 
-fn metrics(broker: &Broker) -> Resp {
-    let mut r = Response::new(Body::from(broker.metrics().encode()));
+fn metrics(text: String) -> Resp {
+    let mut r = Response::new(Body::from(text));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
@@ -232,14 +244,28 @@ fn metrics(broker: &Broker) -> Resp {
 }
 
 /// Answers a request on the metrics listener (`[server] metrics_listen`):
-/// `/metrics`, `/healthz` and `/readyz` only, for an anonymous caller, so
-/// `/readyz` names only sources open to all and never a reload error's
-/// text. Everything else, tokens included, is a 404.
+/// `/metrics` (every source: the listener is opt-in, for Prometheus),
+/// `/healthz` and `/readyz` only, for an anonymous caller, so `/readyz`
+/// names only sources open to all and never a reload error's text.
+/// Everything else, tokens included, is a 404; a `Host` that is not an
+/// address of this machine is a 421 (see [`super::guard`]).
 pub fn handle_metrics_door<B>(
     req: &Request<B>,
     broker: &Broker,
     settings: &ServerSettings,
+    denials: &Denials,
 ) -> Resp {
+    if let Err(refusal) = check_host(req.headers()) {
+        if let Some(unlogged) = denials.log_now(Instant::now()) {
+            tracing::warn!(
+                door = "metrics",
+                host = %refusal.shown,
+                refused_since_last_line = unlogged,
+                "request refused: Host is not an address of this machine"
+            );
+        }
+        return error(refusal.status, "misdirected_request", refusal.message, None);
+    }
     let path = req.uri().path();
     let found = route(path).and_then(|(r, methods)| match r {
         Route::Metrics | Route::Health | Route::Ready => Some((r, methods)),
@@ -257,10 +283,40 @@ pub fn handle_metrics_door<B>(
         return method_not_allowed(req.method(), methods);
     }
     match route {
-        Route::Metrics => metrics(broker),
+        Route::Metrics => metrics(broker.metrics().encode()),
         Route::Health => health(),
         _ => ready(broker, None, settings),
     }
+}
+
+/// Why a TCP door refuses a request's `Host`.
+pub(super) struct HostRefusal {
+    pub status: StatusCode,
+    pub message: String,
+    /// The header as it may be logged.
+    pub shown: String,
+}
+
+/// A TCP door's first check: the request names this machine by address
+/// (an IP literal or `localhost`), not a name a web page could point here.
+pub(super) fn check_host(headers: &hyper::HeaderMap) -> Result<(), HostRefusal> {
+    let Some(host) = headers.get(hyper::header::HOST) else {
+        return Err(HostRefusal {
+            status: StatusCode::BAD_REQUEST,
+            message: "the request has no Host header".into(),
+            shown: "(none)".into(),
+        });
+    };
+    let text = host.to_str().unwrap_or_default();
+    if super::guard::local_host(text) {
+        return Ok(());
+    }
+    let shown = printable(&String::from_utf8_lossy(host.as_bytes()));
+    Err(HostRefusal {
+        status: StatusCode::MISDIRECTED_REQUEST,
+        message: format!("this endpoint answers requests for an address of this machine (127.0.0.1, [::1], localhost), not for {shown}; use the address, as IDENTITY_ENDPOINT and Prometheus targets do"),
+        shown,
+    })
 }
 
 /// The `outcome` label of `tokend_token_requests_total` for a token answer.

@@ -1,0 +1,136 @@
+//! What the TCP doors (the managed-identity endpoint, `metrics_listen`)
+//! check before anything else, and how they log a refusal.
+//!
+//! A web page the host's browser opens can reach loopback ports through a
+//! name that its DNS later points at 127.0.0.1 (DNS rebinding); its requests
+//! then carry that name in `Host`. The doors answer only a `Host` that is an
+//! IP literal or `localhost`, so such a page reads nothing.
+//!
+//! Anyone on the host can knock on these doors, and journald drops lines
+//! past its rate limit: denials are logged at WARN at once for the first,
+//! then at most once a minute per door, with the count of those not logged.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Whether a `Host` header's value names this machine by address: an IP
+/// literal or `localhost`, with or without a port.
+pub fn local_host(host: &str) -> bool {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, "")) => ip.parse::<Ipv6Addr>().is_ok(),
+            Some((ip, port)) => {
+                port.strip_prefix(':').is_some_and(port_ok) && ip.parse::<Ipv6Addr>().is_ok()
+            }
+            None => false,
+        };
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port_ok(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<Ipv4Addr>().is_ok()
+}
+
+/// How often a door logs its denials at most.
+pub const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One door's denials, for the log.
+#[derive(Debug)]
+pub struct Denials {
+    state: Mutex<DenialState>,
+}
+
+#[derive(Debug, Default)]
+struct DenialState {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Denials {
+    pub fn new() -> Denials {
+        Denials {
+            state: Mutex::new(DenialState::default()),
+        }
+    }
+
+    /// Counts a denial at `now`. `Some(n)`: log this one, saying that `n`
+    /// more were refused since the last line; `None`: count it silently.
+    pub fn log_now(&self, now: Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.last_logged {
+            Some(at) if now.saturating_duration_since(at) < DENIAL_LOG_INTERVAL => {
+                s.unlogged = s.unlogged.saturating_add(1);
+                None
+            }
+            _ => {
+                s.last_logged = Some(now);
+                Some(std::mem::take(&mut s.unlogged))
+            }
+        }
+    }
+}
+
+impl Default for Denials {
+    fn default() -> Self {
+        Denials::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_that_name_this_machine_by_address() {
+        for yes in [
+            "127.0.0.1",
+            "127.0.0.1:42356",
+            "127.1.2.3:9",
+            "localhost",
+            "LOCALHOST:9100",
+            "[::1]",
+            "[::1]:42356",
+            "10.0.0.5:80",
+        ] {
+            assert!(local_host(yes), "{yes}");
+        }
+        for no in [
+            "evil.example",
+            "evil.example:42356",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:42356",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "127.0.0.1:",
+            "127.0.0.1:99999999",
+            "",
+            "localhost:42356:1",
+        ] {
+            assert!(!local_host(no), "{no}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn denials_are_logged_once_a_minute_with_a_count() {
+        let d = Denials::new();
+        assert_eq!(d.log_now(Instant::now()), Some(0), "the first is logged");
+        for _ in 0..199 {
+            assert_eq!(d.log_now(Instant::now()), None);
+        }
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(d.log_now(Instant::now()), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            d.log_now(Instant::now()),
+            Some(200),
+            "a minute on: logged, with those not logged"
+        );
+        assert_eq!(d.log_now(Instant::now()), None);
+    }
+}
