@@ -11,6 +11,7 @@ pub use crate::reload::ConfigSource;
 use crate::reload::{Change, Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
 use crate::server::{self, Door, ListenError, Listener, ServerSettings};
+use crate::sink::record::{self, Record};
 use crate::systemd;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -103,10 +104,11 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let broker = Broker::new(
+    let broker = Broker::with_sink_record(
         Arc::new(TokenClient::new(env.clone()).map_err(DaemonError::Client)?),
         config.server.max_concurrent_fetches,
         metrics,
+        sink_record(&from, &env),
     );
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -234,6 +236,21 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     }
     broker.shutdown();
     Ok(())
+}
+
+/// The record of sink files for a daemon reading `from` (none for `tokend
+/// dev`, whose fixed config must never remove a real daemon's files).
+fn sink_record(from: &ConfigSource, env: &SecretEnv) -> Record {
+    let ConfigSource::File(main) = from else {
+        return Record::none();
+    };
+    match record::state_dir(|k| env.var(k)) {
+        Some(dir) => Record::open(&dir, main),
+        None => {
+            tracing::warn!("no state directory (set STATE_DIRECTORY, or HOME): sink files are not recorded, so a crash may leave stale ones");
+            Record::none()
+        }
+    }
 }
 
 fn config_listen(r: &Reloader) -> String {

@@ -151,6 +151,39 @@ pub fn json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
     out
 }
 
+/// What a `json` sink file holds: the API's body without `expires_in`,
+/// which would be stale by the time the file is read (`expires_at` stays).
+/// Zeroed when dropped.
+pub fn file_json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
+    const TAIL: &[u8] = b",\"expires_in\":";
+    if let Some(head) = tok.json_head.strip_suffix(TAIL) {
+        // Prepared: the same body, closed before `expires_in`.
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(head.len() + 1));
+        out.extend_from_slice(head);
+        out.push(b'}');
+        return out;
+    }
+    let mut body = json!({
+        "access_token": tok.access_token.expose_secret(),
+        "token_type": tok.token_type,
+        "expires_at": rfc3339_at(tok.expires_at),
+        "source": source,
+    });
+    if let Some(s) = &tok.scope {
+        body["scope"] = Value::String(s.clone());
+    }
+    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.access_token.bytes().len() + 160));
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &body);
+    if let Value::Object(mut map) = body {
+        // The copy of the token inside the JSON value is wiped too.
+        if let Some(Value::String(t)) = map.get_mut("access_token") {
+            zeroize::Zeroize::zeroize(t);
+        }
+    }
+    out
+}
+
 /// Renders, once per token, what every `/v1/tokens` answer repeats: the
 /// JSON body up to `"expires_in":`. The token itself then lives only in
 /// that buffer (zeroed when dropped): the raw answer is a slice of it.
@@ -190,7 +223,30 @@ pub fn prepare(source: &str, token: Token) -> Token {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A `json` sink holds the API's body less `expires_in`, prepared or not.
+    #[test]
+    fn the_file_json_is_the_answer_without_expires_in() {
+        let now = Instant::now();
+        let tok = Token {
+            access_token: AccessToken::new("t.o.k".into()),
+            json_head: bytes::Bytes::new(),
+            token_type: "Bearer".into(),
+            scope: Some("read".into()),
+            issued_at: now,
+            expires_at: now + Duration::from_secs(600),
+            refresh_in: None,
+        };
+        let plain: Value = serde_json::from_slice(&file_json("s", &tok)).unwrap();
+        let prepared: Value = serde_json::from_slice(&file_json("s", &prepare("s", tok))).unwrap();
+        assert_eq!(plain, prepared);
+        assert_eq!(plain["access_token"], "t.o.k");
+        assert_eq!(plain["scope"], "read");
+        assert!(plain["expires_at"].is_string());
+        assert!(plain.get("expires_in").is_none(), "{plain}");
+    }
 
     #[test]
     fn debug_hides_the_token() {

@@ -82,7 +82,8 @@ async fn raw_json_and_header_files_hold_what_the_api_serves() {
     for key in ["access_token", "token_type", "expires_at", "source"] {
         assert_eq!(file[key], api[key], "json: {key} as the API says");
     }
-    assert!(file["expires_in"].as_u64().unwrap() > 3500);
+    // A file is read later than it is written: a frozen expires_in would lie.
+    assert!(file.get("expires_in").is_none(), "{file}");
     assert_eq!(
         file_text(&header).await,
         format!("Authorization: Bearer {token}\n")
@@ -430,5 +431,203 @@ fn an_unprivileged_daemon_is_told_it_cannot_give_files_away() {
     assert!(
         err.contains("sink owner `0` needs tokend to run as root"),
         "{err}"
+    );
+}
+
+/// One reload moves a file from source `b` to source `a` (whose name
+/// comes first, so its write used to come before `b`'s clean-up): the file
+/// holds `a`'s token and stays.
+#[tokio::test]
+async fn a_path_moved_between_sources_in_one_reload_holds_the_new_owners_token() {
+    let idp = idp(S(3600), &["a", "b", "c"]).await;
+    let out = sink_dir();
+    let (moved, a_own, c_own) = (
+        out.path().join("moved"),
+        out.path().join("a-own"),
+        out.path().join("c-own"),
+    );
+    let text = |a: &Path, b: Option<&Path>| {
+        [
+            source("a", &idp, &format!("sinks = [{}]", sink(a, ""))),
+            source(
+                "b",
+                &idp,
+                &b.map(|b| format!("sinks = [{}]", sink(b, "")))
+                    .unwrap_or_default(),
+            ),
+            source("c", &idp, &format!("sinks = [{}]", sink(&c_own, ""))),
+        ]
+        .concat()
+    };
+    let d = daemon(&text(&a_own, Some(&moved))).start().await;
+    let a_token = file_text(&a_own).await;
+    let b_token = file_text(&moved).await;
+    let c_token = file_text(&c_own).await;
+    assert_ne!(a_token, b_token);
+    let head = {
+        let t = d.config_text();
+        t[..t.find("[sources.a]").unwrap()].to_string()
+    };
+    write_private(&d.config, &format!("{head}{}", text(&moved, None)));
+    wait_until(&d, |doc| doc["config"]["reloads"]["success"] == 1).await;
+    // Everything the reload asked of the sinks is done once a later
+    // event is: c's refresh is written after it, in order.
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/c/refresh")
+        .await;
+    assert_eq!(r.status(), 200);
+    eventually("c's new token in its file", async || {
+        (std::fs::read_to_string(&c_own).ok()? != c_token).then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&moved).ok().as_deref(),
+        Some(a_token.as_str()),
+        "the moved file holds its new owner's token"
+    );
+    assert!(!exists(&a_own), "a's old file went");
+}
+
+/// A sink directory that does not exist yet is no reason to refuse a
+/// start or a reload: the source shows a warning, the socket serves, and
+/// the file comes with the next fetch once the directory exists.
+#[tokio::test]
+async fn a_missing_sink_directory_is_a_warning_until_it_appears() {
+    let idp = idp(S(3600), &["a"]).await;
+    let out = sink_dir();
+    let later = out.path().join("later");
+    let file = later.join("a.token");
+    let d = daemon(&source(
+        "a",
+        &idp,
+        &format!("sinks = [{}]", sink(&file, "")),
+    ))
+    .start()
+    .await;
+    let token = wait_for_status(&d, "/v1/tokens/a?format=raw", 200)
+        .await
+        .text();
+    let st = eventually("a sink warning", async || {
+        let st = d.get("/v1/sources/a").await.json();
+        (!st["warnings"].as_array()?.is_empty()).then_some(st)
+    })
+    .await;
+    assert!(
+        st["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not exist (yet)"),
+        "{st}"
+    );
+    assert!(d.log().contains("does not exist (yet)"), "{}", d.log());
+    std::fs::create_dir(&later).unwrap();
+    std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/a/refresh")
+        .await;
+    assert_eq!(r.status(), 200);
+    let written = file_text(&file).await;
+    assert_ne!(written, token, "the refreshed token");
+    eventually("the warning to clear", async || {
+        let st = d.get("/v1/sources/a").await.json();
+        st["warnings"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// A sink directory swapped for a link after the config loaded: writes
+/// and removals are refused, never followed into where the link leads.
+#[tokio::test]
+async fn a_sink_directory_swapped_for_a_link_is_never_followed() {
+    let idp = idp(S(3600), &["a"]).await;
+    let out = sink_dir();
+    let (dir, elsewhere) = (out.path().join("sinks"), out.path().join("elsewhere"));
+    for d in [&dir, &elsewhere] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let file = dir.join("a.token");
+    let d = daemon(&source(
+        "a",
+        &idp,
+        &format!("sinks = [{}]", sink(&file, "")),
+    ))
+    .start()
+    .await;
+    file_text(&file).await;
+    std::fs::rename(&dir, out.path().join("moved-away")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/a/refresh")
+        .await;
+    assert_eq!(r.status(), 200);
+    let st = eventually("a sink warning", async || {
+        let st = d.get("/v1/sources/a").await.json();
+        (!st["warnings"].as_array()?.is_empty()).then_some(st)
+    })
+    .await;
+    assert!(
+        st["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("is now a symbolic link"),
+        "{st}"
+    );
+    assert!(
+        names_in(&elsewhere).is_empty(),
+        "nothing written through the link"
+    );
+}
+
+/// Killed (SIGKILL: nothing cleaned up), then started with `b` gone and
+/// `a` under another client id: the next start removes b's file, a's file
+/// of the earlier identity, and the temporary a killed write left.
+#[tokio::test]
+async fn the_next_start_removes_what_a_killed_run_left_stale() {
+    let idp = idp(S(3600), &["a", "b", "keep"]).await;
+    let out = sink_dir();
+    let (a, b, keep) = (
+        out.path().join("a.token"),
+        out.path().join("b.token"),
+        out.path().join("keep.token"),
+    );
+    let body = |a_client: &str, with_b: bool| {
+        let mut t = source_as("a", a_client, &idp, &format!("sinks = [{}]", sink(&a, "")));
+        if with_b {
+            t.push_str(&source("b", &idp, &format!("sinks = [{}]", sink(&b, ""))));
+        }
+        t.push_str(&source(
+            "keep",
+            &idp,
+            &format!("sinks = [{}]", sink(&keep, "")),
+        ));
+        t
+    };
+    let d = daemon(&body("a", true)).start().await;
+    for f in [&a, &b, &keep] {
+        file_text(f).await;
+    }
+    let temp = out.path().join(".a.token.tokend-0123456789abcdef");
+    std::fs::write(&temp, "half-written").unwrap();
+    let socket = d.socket.clone();
+    let dir = d.kill_keep_dir();
+
+    // `a` now authenticates as a client the IdP does not know: it never
+    // gets a token, so only the start-up clean-up can remove its old file.
+    let d = daemon(&body("stranger", false))
+        .at(dir, socket)
+        .start()
+        .await;
+    eventually(
+        "b's and a's stale files and the temporary to go",
+        async || (!exists(&b) && !exists(&a) && !exists(&temp)).then_some(()),
+    )
+    .await;
+    wait_for_status(&d, "/v1/tokens/keep", 200).await;
+    assert!(exists(&keep), "a file still configured stays");
+    assert!(
+        d.log().contains("removing a sink file the last run left"),
+        "{}",
+        d.log()
     );
 }

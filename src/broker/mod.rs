@@ -14,7 +14,8 @@ mod tests;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, TokenClient};
-use crate::sink::Sinks;
+use crate::sink::record::Record;
+use crate::sink::{SinkSet, Sinks};
 use crate::timefmt::{rfc3339, rfc3339_at};
 use crate::token::Token;
 use arc_swap::ArcSwap;
@@ -115,15 +116,27 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker with no sources; `max_concurrent_fetches` bounds token
-    /// requests in flight across all sources.
+    /// requests in flight across all sources. Sink files are not recorded
+    /// (see [`Broker::with_sink_record`]).
     pub fn new(
         client: Arc<dyn Fetcher>,
         max_concurrent_fetches: usize,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        Broker::with_sink_record(client, max_concurrent_fetches, metrics, Record::none())
+    }
+
+    /// [`Broker::new`], recording the sink files written in `record`, so
+    /// that what a previous run left stale is removed at the first apply.
+    pub fn with_sink_record(
+        client: Arc<dyn Fetcher>,
+        max_concurrent_fetches: usize,
+        metrics: Arc<Metrics>,
+        record: Record,
+    ) -> Arc<Self> {
         let now = SystemTime::now();
         let shutdown = CancellationToken::new();
-        let sinks = Sinks::start(metrics.clone(), shutdown.clone());
+        let sinks = Sinks::start(metrics.clone(), record, shutdown.clone());
         Arc::new(Broker {
             sources: ArcSwap::default(),
             applying: Mutex::new(()),
@@ -179,6 +192,10 @@ impl Broker {
         // Stopped only once the new map is in place: a request that finds a
         // stopped source then finds its successor by name.
         let mut stopped = Vec::new();
+        // What the sinks hear, in one event, before any new task starts:
+        // removals are worked out over the whole new config.
+        let mut sinks_changed = Vec::new();
+        let mut sinks_removed = Vec::new();
         map.retain(|name, handle| {
             let keep = config
                 .sources
@@ -191,11 +208,12 @@ impl Broker {
                 } else {
                     summary.removed.push(name.clone());
                     self.metrics.forget_source(name);
-                    self.sinks.remove(name, handle.generation());
+                    sinks_removed.push((name.clone(), handle.generation()));
                 }
             }
             keep
         });
+        let mut to_start = Vec::new();
         for (name, cfg) in &config.sources {
             let fp = fingerprints.get(name).copied();
             match map.get(name) {
@@ -212,28 +230,44 @@ impl Broker {
                         handle.reconfigure(cfg.clone(), fp, false);
                     }
                     if old.sinks != cfg.sinks {
-                        self.sinks.configure(
-                            name,
-                            handle.generation(),
-                            cfg.sinks.clone(),
-                            handle.current_token(),
-                        );
+                        sinks_changed.push(SinkSet {
+                            source: name.clone(),
+                            generation: handle.generation(),
+                            identity: cfg.identity_digest(),
+                            sinks: cfg.sinks.clone(),
+                            token: handle.current_token(),
+                        });
                     }
                 }
                 None => {
                     if !summary.restarted.contains(name) {
                         summary.added.push(name.clone());
                     }
-                    // Before the task starts, so its first token finds
-                    // its sinks. Also for a restarted source without
+                    // Known before the task starts, so its first token
+                    // finds its sinks. Also for a restarted source without
                     // sinks: its predecessor's files go.
                     let generation = source::new_generation();
-                    self.sinks
-                        .configure(name, generation, cfg.sinks.clone(), None);
-                    let handle = self.start(cfg.clone(), fp.unwrap_or_default(), generation);
-                    map.insert(name.clone(), handle);
+                    sinks_changed.push(SinkSet {
+                        source: name.clone(),
+                        generation,
+                        identity: cfg.identity_digest(),
+                        sinks: cfg.sinks.clone(),
+                        token: None,
+                    });
+                    to_start.push((
+                        name.clone(),
+                        cfg.clone(),
+                        fp.unwrap_or_default(),
+                        generation,
+                    ));
                 }
             }
+        }
+        if !sinks_changed.is_empty() || !sinks_removed.is_empty() {
+            self.sinks.apply(sinks_changed, sinks_removed);
+        }
+        for (name, cfg, fp, generation) in to_start {
+            map.insert(name, self.start(cfg, fp, generation));
         }
         self.metrics
             .sources

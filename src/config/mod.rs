@@ -319,6 +319,29 @@ impl SourceConfig {
         (!self.scopes.is_empty()).then(|| self.scopes.join(" "))
     }
 
+    /// A digest of what identifies the source's tokens (endpoint, client
+    /// id, scopes, params, auth method), the same in every run: a sink file
+    /// recorded under another one holds an earlier identity's token.
+    pub fn identity_digest(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            self.endpoint.to_string(),
+            self.client_id.clone(),
+            self.scopes.join(" "),
+            format!("{:?}", self.params),
+            self.auth_method.as_str().to_string(),
+        ] {
+            h.update(part.len().to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// True when the two differ in what identifies the token (endpoint, client
     /// id, scopes, params, auth method): the old token must not be served for
     /// the new identity.

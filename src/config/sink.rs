@@ -80,7 +80,11 @@ pub(super) fn sinks(
 fn one(d: &mut Diagnostics, file: usize, name: &str, raw: RawSink, me: &Me) -> Option<SinkConfig> {
     let path_at = At::of(file, &raw.path);
     let path = match sink_path(Path::new(raw.path.get_ref()), me) {
-        Ok(p) => Some(p),
+        Ok(Checked::Ready(p)) => Some(p),
+        Ok(Checked::NoDirectoryYet(p, warning)) => {
+            d.warn(&path_at, warning.message, warning.hint);
+            Some(p)
+        }
         Err(p) => {
             d.problem(&path_at, p);
             None
@@ -169,15 +173,36 @@ fn shown(v: &toml::Value) -> String {
     }
 }
 
+/// A sink path that passed the checks.
+enum Checked {
+    /// Its directory resolved and safe.
+    Ready(PathBuf),
+    /// Its directory does not exist yet: not an error (docs/behaviour.md,
+    /// "File sinks"); the writer checks it when it appears.
+    NoDirectoryYet(PathBuf, Problem),
+}
+
 /// The sink's path with its directory resolved, once every check passed:
-/// absolute, in an existing directory that only root and tokend can write
-/// (and whose parents only they can rename), and not a link or a directory.
-fn sink_path(path: &Path, me: &Me) -> Result<PathBuf, Problem> {
+/// absolute, in a directory that only root and tokend can write (and whose
+/// parents only they can rename), and not a link or a directory. A
+/// directory that does not exist yet is a warning.
+fn sink_path(path: &Path, me: &Me) -> Result<Checked, Problem> {
     let shown = path.display();
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
         return Err(Problem::new(
             format!("sink path {shown} is not an absolute path without `..`"),
             "write the full path, such as \"/run/tokend/sinks/graph.token\"".to_string(),
+        ));
+    }
+    if path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(u8::is_ascii_control)
+    {
+        return Err(Problem::new(
+            "sink path holds a control character",
+            "use a path of printable characters".to_string(),
         ));
     }
     let (Some(dir), Some(file_name)) = (path.parent(), path.file_name()) else {
@@ -187,15 +212,30 @@ fn sink_path(path: &Path, me: &Me) -> Result<PathBuf, Problem> {
                 .to_string(),
         ));
     };
-    let dir = std::fs::canonicalize(dir).map_err(|e| {
-        Problem::new(
-            format!("sink directory {} cannot be used: {e}", dir.display()),
-            format!(
-                "create it, owned by root or tokend and writable by no one else (install -d -m 0755 -o tokend {}), or use /run/tokend/sinks, which the package makes",
-                dir.display()
-            ),
-        )
-    })?;
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Checked::NoDirectoryYet(
+                path.to_path_buf(),
+                Problem::new(
+                    format!("sink directory {} does not exist (yet): the file is written once it does, until then the source shows a sink warning", dir.display()),
+                    format!(
+                        "create it, owned by root or tokend and writable by no one else (install -d -m 0755 -o tokend {}), or use /run/tokend/sinks, which the package makes",
+                        dir.display()
+                    ),
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(Problem::new(
+                format!("sink directory {} cannot be used: {e}", dir.display()),
+                format!(
+                    "make it a directory owned by root or tokend and writable by no one else (install -d -m 0755 -o tokend {})",
+                    dir.display()
+                ),
+            ))
+        }
+    };
     safe_directory(&dir, me)?;
     let path = dir.join(file_name);
     match std::fs::symlink_metadata(&path) {
@@ -207,8 +247,8 @@ fn sink_path(path: &Path, me: &Me) -> Result<PathBuf, Problem> {
             format!("sink path {shown} exists and is not a regular file"),
             "choose a path that is free or holds an earlier token file".to_string(),
         )),
-        Ok(_) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path),
+        Ok(_) => Ok(Checked::Ready(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checked::Ready(path)),
         Err(e) => Err(Problem::new(
             format!("sink path {shown} cannot be checked: {e}"),
             None,

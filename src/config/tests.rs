@@ -769,14 +769,25 @@ mod sinks {
         assert!(e.message.contains("not an absolute path"), "{e}");
         assert_eq!((e.line, e.col), (6, 19), "{e}");
 
-        let e = one(&with_sinks("{ path = \"/nonexistent-tokend/a\" }"));
-        assert!(e.message.contains("cannot be used"), "{e}");
+        // A directory that does not exist yet is a warning, not an error.
+        let c = load_str(
+            &with_sinks("{ path = \"/nonexistent-tokend/a\" }"),
+            Path::new("t"),
+            Some(0o600),
+        )
+        .unwrap();
+        let w = &c.warnings[0];
+        assert!(w.message.contains("does not exist (yet)"), "{w}");
         assert!(
-            e.hint
+            w.hint
                 .as_deref()
                 .unwrap_or("")
                 .contains("/run/tokend/sinks"),
-            "{e}"
+            "{w}"
+        );
+        assert_eq!(
+            c.sources["api"].sinks[0].path,
+            Path::new("/nonexistent-tokend/a")
         );
 
         let d = dir(0o755);

@@ -144,6 +144,8 @@ impl Builder {
             .arg(&given)
             .env("RUST_LOG", &self.rust_log)
             .env_remove("TOKEND_CONFIG")
+            // Each daemon records its sink files in its own directory.
+            .env("STATE_DIRECTORY", dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
