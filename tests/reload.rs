@@ -10,20 +10,6 @@ use std::time::Duration;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
-/// Waits (up to 5 s) until `/v1/sources` lists exactly `names`.
-async fn wait_sources(d: &Daemon, names: &[&str]) -> serde_json::Value {
-    wait_until(d, |doc| {
-        let have: Vec<&str> = doc["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap())
-            .collect();
-        have == names
-    })
-    .await
-}
-
 #[tokio::test]
 async fn in_place_write_is_applied() {
     let idp = idp(S(3600), &["a", "b"]).await;

@@ -27,20 +27,6 @@ fn mkdirs(dir: &Path, subdirs: &[&str]) {
     }
 }
 
-/// Waits (up to 5 s) until `/v1/sources` lists exactly `names`.
-async fn wait_sources(d: &Daemon, names: &[&str]) -> serde_json::Value {
-    wait_until(d, |doc| {
-        let have: Vec<&str> = doc["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["name"].as_str().unwrap())
-            .collect();
-        have == names
-    })
-    .await
-}
-
 /// `etc/tokend.toml -> data/tokend.toml`, `data -> v1`: an admin's layout.
 /// Renaming a new `data -> v2` over the old link is a reload.
 #[tokio::test]

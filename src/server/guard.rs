@@ -36,6 +36,44 @@ pub fn local_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<Ipv4Addr>().is_ok()
 }
 
+/// Why a TCP door refuses a request's `Host`; each door answers it in its
+/// own body shape.
+pub struct HostRefusal {
+    pub status: hyper::StatusCode,
+    pub message: String,
+}
+
+/// A TCP door's first check: the request names this machine by address,
+/// not by a name a web page could point here. A refusal is logged as the
+/// door's denials are (see [`Denials`]).
+pub fn check_host(
+    headers: &hyper::HeaderMap,
+    denials: &Denials,
+    door: &'static str,
+) -> Result<(), HostRefusal> {
+    let (status, shown) = match headers.get(hyper::header::HOST) {
+        Some(h) if local_host(h.to_str().unwrap_or_default()) => return Ok(()),
+        Some(h) => (
+            hyper::StatusCode::MISDIRECTED_REQUEST,
+            crate::text::clip(&String::from_utf8_lossy(h.as_bytes()), 200),
+        ),
+        None => (hyper::StatusCode::BAD_REQUEST, "(none)".to_string()),
+    };
+    if let Some(unlogged) = denials.log_now(Instant::now()) {
+        tracing::warn!(
+            door,
+            host = %shown,
+            refused_since_last_line = unlogged,
+            "request refused: Host is not an address of this machine"
+        );
+    }
+    let message = match status {
+        hyper::StatusCode::BAD_REQUEST => "the request has no Host header".to_string(),
+        _ => format!("this endpoint answers requests for an address of this machine (127.0.0.1, [::1], localhost), not for {shown}; use the address, as IDENTITY_ENDPOINT and Prometheus targets do"),
+    };
+    Err(HostRefusal { status, message })
+}
+
 /// How often a door logs its denials at most.
 pub const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 

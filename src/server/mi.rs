@@ -14,7 +14,7 @@
 
 use super::body::Body;
 use super::guard::Denials;
-use super::routes::{check_host, wait_for_token, Failure};
+use super::routes::{wait_for_token, Failure};
 use super::ServerSettings;
 use crate::broker::Broker;
 use crate::secret::ExposeSecret;
@@ -114,15 +114,7 @@ pub async fn handle(
 ) -> Resp {
     // The Host first, before the header: a page that rebinds a name to
     // 127.0.0.1 learns nothing here, not even whether a header is right.
-    if let Err(refusal) = check_host(req.headers()) {
-        if let Some(unlogged) = denials.log_now(Instant::now()) {
-            tracing::warn!(
-                door = "managed identity",
-                host = %refusal.shown,
-                refused_since_last_line = unlogged,
-                "managed-identity request refused: Host is not an address of this machine"
-            );
-        }
+    if let Err(refusal) = super::guard::check_host(req.headers(), denials, "managed identity") {
         return error(refusal.status, "invalid_request", refusal.message);
     }
     if req.uri().path() != PATH {

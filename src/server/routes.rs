@@ -255,15 +255,7 @@ pub fn handle_metrics_door<B>(
     settings: &ServerSettings,
     denials: &Denials,
 ) -> Resp {
-    if let Err(refusal) = check_host(req.headers()) {
-        if let Some(unlogged) = denials.log_now(Instant::now()) {
-            tracing::warn!(
-                door = "metrics",
-                host = %refusal.shown,
-                refused_since_last_line = unlogged,
-                "request refused: Host is not an address of this machine"
-            );
-        }
+    if let Err(refusal) = super::guard::check_host(req.headers(), denials, "metrics") {
         return error(refusal.status, "misdirected_request", refusal.message, None);
     }
     let path = req.uri().path();
@@ -287,36 +279,6 @@ pub fn handle_metrics_door<B>(
         Route::Health => health(),
         _ => ready(broker, None, settings),
     }
-}
-
-/// Why a TCP door refuses a request's `Host`.
-pub(super) struct HostRefusal {
-    pub status: StatusCode,
-    pub message: String,
-    /// The header as it may be logged.
-    pub shown: String,
-}
-
-/// A TCP door's first check: the request names this machine by address
-/// (an IP literal or `localhost`), not a name a web page could point here.
-pub(super) fn check_host(headers: &hyper::HeaderMap) -> Result<(), HostRefusal> {
-    let Some(host) = headers.get(hyper::header::HOST) else {
-        return Err(HostRefusal {
-            status: StatusCode::BAD_REQUEST,
-            message: "the request has no Host header".into(),
-            shown: "(none)".into(),
-        });
-    };
-    let text = host.to_str().unwrap_or_default();
-    if super::guard::local_host(text) {
-        return Ok(());
-    }
-    let shown = printable(&String::from_utf8_lossy(host.as_bytes()));
-    Err(HostRefusal {
-        status: StatusCode::MISDIRECTED_REQUEST,
-        message: format!("this endpoint answers requests for an address of this machine (127.0.0.1, [::1], localhost), not for {shown}; use the address, as IDENTITY_ENDPOINT and Prometheus targets do"),
-        shown,
-    })
 }
 
 /// The `outcome` label of `tokend_token_requests_total` for a token answer.

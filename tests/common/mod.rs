@@ -315,6 +315,20 @@ pub async fn wait_for_status(d: &Daemon, path: &str, want: u16) -> Resp {
     found.unwrap_or_else(|| panic!("{path} never answered {want}; last answer: {last}"))
 }
 
+/// Waits (up to 5 s) until `/v1/sources` lists exactly `names`.
+pub async fn wait_sources(d: &Daemon, names: &[&str]) -> serde_json::Value {
+    wait_until(d, |doc| {
+        let have: Vec<&str> = doc["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        have == names
+    })
+    .await
+}
+
 /// Polls `/v1/sources` for up to 5 s until `pred` holds for it.
 pub async fn wait_until(
     d: &Daemon,
