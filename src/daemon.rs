@@ -59,7 +59,10 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut watcher = match &from {
         ConfigSource::File(main) => match Watcher::new(events_tx) {
             Ok(mut w) => {
-                w.follow(crate::reload::relevant(main, &config, &env));
+                // Reads links; the runtime has nothing else to do yet.
+                let relevant =
+                    tokio::task::block_in_place(|| crate::reload::relevant(main, &config, &env));
+                w.follow(relevant);
                 Some(w)
             }
             Err(e) => {
@@ -108,7 +111,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         Arc::new(TokenClient::new(env.clone()).map_err(DaemonError::Client)?),
         config.server.max_concurrent_fetches,
         metrics,
-        sink_record(&from, &env),
+        tokio::task::block_in_place(|| sink_record(&from, &env)),
     );
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -206,7 +209,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         // (sources.d, say) is watched before its files are read, so no
         // write into it can fall between the two.
         if let Some(w) = watcher.as_mut() {
-            w.follow(reloader.relevant());
+            w.follow(reloader.relevant().await);
         }
         let Some(reading) = reloader.read(trigger).await else {
             continue;
@@ -218,7 +221,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
             // far: watch them, and look once more for an edit made there
             // between the read and the watch.
             if let Some(w) = watcher.as_mut() {
-                catch_up = w.follow(reloader.relevant());
+                catch_up = w.follow(reloader.relevant().await);
             }
         }
         systemd::ready(&broker.summary());

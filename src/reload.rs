@@ -237,34 +237,39 @@ impl Reloader {
         true
     }
 
-    /// The paths whose changes matter to the running config.
-    pub fn relevant(&self) -> Relevant {
-        match &self.from {
-            ConfigSource::File(main) => relevant(main, &self.running, &self.env),
-            ConfigSource::Fixed(_) => Relevant::default(),
-        }
+    /// The paths whose changes matter to the running config (it reads
+    /// links, in the blocking pool).
+    pub async fn relevant(&self) -> Relevant {
+        let ConfigSource::File(main) = &self.from else {
+            return Relevant::default();
+        };
+        let (main, running, env) = (main.clone(), self.running.clone(), self.env.clone());
+        tokio::task::spawn_blocking(move || relevant(&main, &running, &env))
+            .await
+            .unwrap_or_default()
     }
 }
 
 /// The paths whose changes matter to `config`, loaded from `main`: every
 /// file it reads and every link on the way to each (see [`links`]).
+/// Reads links: call it off the async runtime.
 pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
     let mut r = Relevant::default();
-    r.add_file(main);
     r.add_toml_dir(&include_dir(main, config));
-    let headers = config
+    // Each file once, however many sources share it.
+    let mut files: BTreeSet<PathBuf> = config
         .managed_identity
         .iter()
         .flat_map(|mi| mi.apps.values())
-        .filter_map(|a| a.header.path(env));
-    for p in headers {
-        r.add_file(&p);
-    }
+        .filter_map(|a| a.header.path(env))
+        .collect();
+    files.insert(main.to_path_buf());
     for s in config.sources.values() {
         let ca = s.ca_file.as_ref().map(|c| c.path.clone());
-        for p in s.credential.paths(env).into_iter().chain(ca) {
-            r.add_file(&p);
-        }
+        files.extend(s.credential.paths(env).into_iter().chain(ca));
+    }
+    for p in &files {
+        r.add_file(p);
     }
     r
 }

@@ -245,15 +245,18 @@ impl Broker {
                     }
                     // Known before the task starts, so its first token
                     // finds its sinks. Also for a restarted source without
-                    // sinks: its predecessor's files go.
+                    // sinks: its predecessor's files go. (A new source
+                    // without sinks has nothing to tell them.)
                     let generation = source::new_generation();
-                    sinks_changed.push(SinkSet {
-                        source: name.clone(),
-                        generation,
-                        identity: cfg.identity_digest(),
-                        sinks: cfg.sinks.clone(),
-                        token: None,
-                    });
+                    if !cfg.sinks.is_empty() || summary.restarted.contains(name) {
+                        sinks_changed.push(SinkSet {
+                            source: name.clone(),
+                            generation,
+                            identity: cfg.identity_digest(),
+                            sinks: cfg.sinks.clone(),
+                            token: None,
+                        });
+                    }
                     to_start.push((
                         name.clone(),
                         cfg.clone(),
@@ -263,9 +266,9 @@ impl Broker {
                 }
             }
         }
-        if !sinks_changed.is_empty() || !sinks_removed.is_empty() {
-            self.sinks.apply(sinks_changed, sinks_removed);
-        }
+        // Always, even empty: the first one also clears what a previous
+        // run left (a config that dropped every sink included).
+        self.sinks.apply(sinks_changed, sinks_removed);
         for (name, cfg, fp, generation) in to_start {
             map.insert(name, self.start(cfg, fp, generation));
         }

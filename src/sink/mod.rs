@@ -663,6 +663,29 @@ mod tests {
         assert_eq!(saved.entries.keys().collect::<Vec<_>>(), [&alive]);
     }
 
+    /// A config that dropped every sink still clears what the last run wrote.
+    #[tokio::test]
+    async fn a_first_apply_without_sinks_removes_every_recorded_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.token");
+        std::fs::write(&file, "earlier run").unwrap();
+        let mut record = Record::open(&dir.path().join("state"), Path::new("/c.toml"));
+        record.wrote(
+            &file,
+            Written {
+                source: "gone".into(),
+                expires: u64::MAX,
+                identity: "x".into(),
+            },
+        );
+        let mut w = Worker {
+            record,
+            ..worker()
+        };
+        w.handle(apply(vec![], vec![])).await;
+        assert!(!file.exists());
+    }
+
     #[tokio::test]
     async fn expire_deletes_only_files_whose_token_is_no_longer_served() {
         let dir = tempfile::tempdir().unwrap();
