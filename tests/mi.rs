@@ -391,3 +391,45 @@ async fn a_request_that_follows_a_restarted_source_checks_the_resource_again() {
     assert_eq!(j["error"], "invalid_resource", "{j}");
     assert!(j.get("access_token").is_none(), "{j}");
 }
+
+/// A managed-identity header file reached through two links
+/// (`mi/current -> v1`, `v1/jira.key -> ../store/jira-1`): re-pointing the
+/// outer link to `v2` (whose own link leads elsewhere) rotates the header.
+#[tokio::test]
+async fn a_header_file_behind_two_links_rotates_when_a_link_is_re_pointed() {
+    use std::os::unix::fs::symlink;
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mi = dir.path().join("mi");
+    for d in ["v1", "v2", "store"] {
+        std::fs::create_dir_all(mi.join(d)).unwrap();
+    }
+    write_private(&mi.join("store/jira-1"), "first-header\n");
+    write_private(&mi.join("store/jira-2"), "second-header\n");
+    symlink("../store/jira-1", mi.join("v1/jira.key")).unwrap();
+    symlink("../store/jira-2", mi.join("v2/jira.key")).unwrap();
+    symlink("v1", mi.join("current")).unwrap();
+    let body = config(&idp, port, dir.path()).replace(
+        &format!(
+            "header = {{ file = \"{}\" }}",
+            dir.path().join("jira.key").display()
+        ),
+        &format!(
+            "header = {{ file = \"{}\" }}",
+            mi.join("current/jira.key").display()
+        ),
+    );
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    wait_for_status(&d, "/v1/tokens/graph", 200).await;
+    assert_eq!(mi_get(port, Some("first-header"), &q(GRAPH)).await.0, 200);
+    let tmp = mi.join("next");
+    symlink("v2", &tmp).unwrap();
+    std::fs::rename(&tmp, mi.join("current")).unwrap();
+    eventually("the header the re-pointed link leads to", async || {
+        (mi_get(port, Some("second-header"), &q(GRAPH)).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(mi_get(port, Some("first-header"), &q(GRAPH)).await.0, 401);
+}

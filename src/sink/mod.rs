@@ -678,10 +678,7 @@ mod tests {
                 identity: "x".into(),
             },
         );
-        let mut w = Worker {
-            record,
-            ..worker()
-        };
+        let mut w = Worker { record, ..worker() };
         w.handle(apply(vec![], vec![])).await;
         assert!(!file.exists());
     }
