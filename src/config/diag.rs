@@ -163,8 +163,23 @@ impl Diagnostics {
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a
-/// short message and a did-you-mean hint.
+/// short message and a did-you-mean hint, and drops the value serde quotes
+/// in "invalid type: integer `5`, expected …": a value is never repeated
+/// (it may be a secret).
 fn explain_serde_error(msg: &str) -> (String, Option<String>) {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((unexpected, expected)) = msg
+            .strip_prefix(prefix)
+            .and_then(|r| r.split_once(", expected "))
+        {
+            let kind = unexpected
+                .split(['`', '"', '\''])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            return (format!("{prefix}{kind}, expected {expected}"), None);
+        }
+    }
     let Some(rest) = msg.strip_prefix("unknown field `") else {
         return (msg.to_string(), None);
     };

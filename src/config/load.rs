@@ -166,13 +166,10 @@ fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> Main
     if !parse_errors.is_empty() {
         for e in parse_errors {
             let span = e.span().unwrap_or(0..0);
-            let mut msg = e.message().trim().to_string();
-            if let Some(what) = text
-                .get(span.clone())
-                .filter(|t| !t.is_empty() && t.len() < 80 && !t.contains('\n'))
-            {
-                msg = format!("{msg} `{what}`");
-            }
+            // Never the offending text itself: it may be a secret whose
+            // quotes were forgotten (client_secret = Sup3rSecret). The
+            // line and column say where it is.
+            let msg = e.message().trim().to_string();
             d.error(
                 &At::new(idx, span),
                 msg,

@@ -232,9 +232,10 @@ pub enum Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Printed as any URL is: no credentials, no query.
         match self {
-            Endpoint::Url(u) => write!(f, "{u}"),
-            Endpoint::Issuer(u) => write!(f, "issuer {u}"),
+            Endpoint::Url(u) => write!(f, "{}", crate::text::url(u)),
+            Endpoint::Issuer(u) => write!(f, "issuer {}", crate::text::url(u)),
         }
     }
 }
@@ -325,8 +326,12 @@ impl SourceConfig {
     pub fn identity_digest(&self) -> String {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
+        let endpoint = match &self.endpoint {
+            Endpoint::Url(u) => format!("url {u}"),
+            Endpoint::Issuer(u) => format!("issuer {u}"),
+        };
         for part in [
-            self.endpoint.to_string(),
+            endpoint,
             self.client_id.clone(),
             self.scopes.join(" "),
             format!("{:?}", self.params),

@@ -896,3 +896,71 @@ mod sinks {
         assert!(e.message.contains("cannot be set in [defaults]"), "{e}");
     }
 }
+
+/// A value is never repeated in a message: a secret whose quotes were
+/// forgotten, or of the wrong type, must not reach the log or /readyz.
+#[test]
+fn no_message_quotes_the_value_written() {
+    let base =
+        "[sources.api]\ntoken_url = \"https://sso.example.com/token\"\nclient_id = \"api\"\n";
+    for (line, secret) in [
+        ("client_secret = Sup3rSecret\n", "Sup3rSecret"),
+        (
+            "client_secret = { file = /run/s3cr3t-path }\n",
+            "s3cr3t-path",
+        ),
+        ("client_secret = \"x\"\nmin_ttl = 987654\n", "987654"),
+        ("client_secret = \"x\"\neager = \"hunter2\"\n", "hunter2"),
+    ] {
+        let text = format!("{base}{line}");
+        let all = match load_str(&text, Path::new("t.toml"), Some(0o600)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted: {text}"),
+        };
+        assert!(!all.contains(secret), "{all}");
+        assert!(all.contains("t.toml:"), "the place is still given: {all}");
+    }
+}
+
+/// URLs carry no credentials or fragment, and a printed one no query.
+#[test]
+fn urls_with_credentials_or_fragments_are_refused_without_printing_them() {
+    for (url, why) in [
+        (
+            "https://user:pw-s3cret@sso.example.com/token",
+            "user name or password",
+        ),
+        (
+            "https://user@sso.example.com/token",
+            "user name or password",
+        ),
+        ("https://sso.example.com/token#frag", "fragment"),
+    ] {
+        for key in ["token_url", "issuer"] {
+            let text = format!(
+                "[sources.api]\n{key} = \"{url}\"\nclient_id = \"api\"\nclient_secret = \"x\"\n"
+            );
+            let e = one(&text);
+            assert!(e.message.contains(why), "{e}");
+            assert!(!e.to_string().contains("pw-s3cret"), "{e}");
+        }
+    }
+    let e = one(&GOOD.replace(
+        "https://sso.example.com/token",
+        "http://sso.example.com/token?api_key=k3y",
+    ));
+    assert!(e.message.contains("must use https"), "{e}");
+    assert!(!e.to_string().contains("k3y"), "{e}");
+    let probe = one(&format!(
+        "{GOOD}probe_url = \"https://u:p@graph.example.com/x\"\n"
+    ));
+    assert!(
+        probe.message.contains("`probe_url` carries a user name"),
+        "{probe}"
+    );
+    let authority = one("[sources.api]\nprovider = \"azure\"\ntenant = \"contoso\"\nauthority = \"https://login.example.com/#x\"\nclient_id = \"api\"\nclient_secret = { file = \"/run/s\" }\n");
+    assert!(
+        authority.message.contains("`authority` has a fragment"),
+        "{authority}"
+    );
+}

@@ -50,15 +50,41 @@ pub(super) fn url(d: &mut Diagnostics, file: usize, v: &Spanned<String>, key: &s
             );
             None
         }
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            d.error(
+                &at,
+                format!("`{key}` carries a user name or password: {}", crate::text::url(&u)),
+                Some("remove the `user:password@` part: the client authenticates with client_secret, client_certificate or client_assertion, and a URL's credentials would be sent along and printed".to_string()),
+            );
+            None
+        }
+        Ok(u) if u.fragment().is_some() => {
+            d.error(
+                &at,
+                format!("`{key}` has a fragment (`#…`): {}", crate::text::url(&u)),
+                Some(
+                    "remove everything from `#` on: a fragment is never sent to the server"
+                        .to_string(),
+                ),
+            );
+            None
+        }
         Ok(u) if u.scheme() == "https" => Some(u),
         Ok(u) if u.scheme() == "http" && is_loopback(&u) => Some(u),
         Ok(u) => {
             let mut fixed = u.clone();
             let hint = match fixed.set_scheme("https") {
-                Ok(()) => format!("use https ({fixed}); plain http is only allowed to localhost"),
+                Ok(()) => format!(
+                    "use https ({}); plain http is only allowed to localhost",
+                    crate::text::url(&fixed)
+                ),
                 Err(()) => "use an https URL".to_string(),
             };
-            d.error(&at, format!("`{key}` must use https: {u}"), Some(hint));
+            d.error(
+                &at,
+                format!("`{key}` must use https: {}", crate::text::url(&u)),
+                Some(hint),
+            );
             None
         }
     }

@@ -32,11 +32,12 @@ pub async fn token_endpoint(
     for url in candidates(issuer) {
         match document(http, &url, timeout).await {
             Ok(doc) => return endpoint_in(&doc, issuer, &url),
-            Err(why) => tried.push(format!("{url} ({why})")),
+            Err(why) => tried.push(format!("{} ({why})", crate::text::url(&url))),
         }
     }
     Err(format!(
-        "no discovery document for issuer {issuer}: tried {}",
+        "no discovery document for issuer {}: tried {}",
+        crate::text::url(issuer),
         tried.join(", ")
     ))
 }
@@ -65,11 +66,13 @@ async fn document(
 }
 
 fn endpoint_in(doc: &serde_json::Value, issuer: &Url, from: &Url) -> Result<Url, String> {
+    let from = crate::text::url(from);
     let named = doc["issuer"].as_str().unwrap_or_default();
     if named.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
         return Err(format!(
-            "the discovery document at {from} names issuer {:?}, not {issuer}: set issuer to exactly what the server calls itself",
-            crate::text::clip(named, 200)
+            "the discovery document at {from} names issuer {:?}, not {}: set issuer to exactly what the server calls itself",
+            crate::text::clip(named, 200),
+            crate::text::url(issuer)
         ));
     }
     let endpoint = doc["token_endpoint"]
@@ -84,11 +87,21 @@ fn endpoint_in(doc: &serde_json::Value, issuer: &Url, from: &Url) -> Result<Url,
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     };
-    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+    let shown = crate::text::url(&url);
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "the discovery document at {from} names token endpoint {shown} with a user name, password or fragment"
+        ));
+    }
+    // Plain http only to loopback, and only for an issuer that is itself
+    // plain http: an https issuer's document cannot send the secret to
+    // whoever listens on a local port.
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback && issuer.scheme() == "http")
+    {
         Ok(url)
     } else {
         Err(format!(
-            "the discovery document at {from} names token endpoint {url}, which is not https"
+            "the discovery document at {from} names token endpoint {shown}, which is not https"
         ))
     }
 }
@@ -132,6 +145,17 @@ mod tests {
         assert!(endpoint_in(&http, &issuer, &from)
             .unwrap_err()
             .contains("not https"));
+        // An https issuer cannot downgrade to a local http endpoint.
+        let local = serde_json::json!({"issuer": "https://sso.example.com/realms/main", "token_endpoint": "http://localhost:8080/t"});
+        assert!(endpoint_in(&local, &issuer, &from)
+            .unwrap_err()
+            .contains("not https"));
+        let plain_issuer = Url::parse("http://127.0.0.1:9/i").unwrap();
+        let local = serde_json::json!({"issuer": "http://127.0.0.1:9/i", "token_endpoint": "http://127.0.0.1:9/t"});
+        assert!(endpoint_in(&local, &plain_issuer, &from).is_ok());
+        let creds = serde_json::json!({"issuer": "https://sso.example.com/realms/main", "token_endpoint": "https://u:p@sso.example.com/t"});
+        let e = endpoint_in(&creds, &issuer, &from).unwrap_err();
+        assert!(e.contains("user name") && !e.contains("u:p"), "{e}");
         let none = serde_json::json!({"issuer": "https://sso.example.com/realms/main"});
         assert!(endpoint_in(&none, &issuer, &from)
             .unwrap_err()

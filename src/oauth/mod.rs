@@ -3,7 +3,8 @@
 //! the answer, and errors that say what to fix.
 //!
 //! One `reqwest::Client` (rustls with the platform verifier, so the system CA
-//! store applies; `HTTPS_PROXY`/`NO_PROXY` honoured) serves every source.
+//! store applies; `HTTPS_PROXY`/`NO_PROXY` honoured, but never for a
+//! loopback destination) serves every source.
 //! Secrets are read at fetch time from their [`SecretRef`], so rotated secret
 //! files apply to the next fetch. Redirects are not followed: a token endpoint
 //! that redirects would take the client secret elsewhere.
@@ -125,15 +126,55 @@ impl fmt::Debug for TokenClient {
 const MAX_TLS_CLIENTS: usize = 64;
 
 /// An HTTP client with `tls`: no redirects (a token endpoint that
-/// redirects would take the secret elsewhere), a bounded connect.
-fn with_tls(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// redirects would take the secret elsewhere), a bounded connect, and the
+/// proxies `env` names, never for loopback (see [`proxies`]).
+fn with_tls(tls: rustls::ClientConfig, env: &SecretEnv) -> Result<reqwest::Client, String> {
+    proxies(reqwest::Client::builder(), env)?
         .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| causes(&e).unwrap_or_else(|| "reqwest refused the TLS settings".into()))
+}
+
+/// Loopback destinations, which no proxy ever sees: plain http is allowed
+/// only to them, and a proxy (another host, perhaps) would read the secret
+/// in clear text.
+const NEVER_PROXIED: &str = "localhost,127.0.0.0/8,::1";
+
+/// The proxies of `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` (or their
+/// lower-case forms), each with `NO_PROXY` plus every loopback address.
+/// With none set, no proxy at all.
+fn proxies(
+    mut b: reqwest::ClientBuilder,
+    env: &SecretEnv,
+) -> Result<reqwest::ClientBuilder, String> {
+    let var = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| env.var(n))
+            .filter(|v| !v.is_empty())
+    };
+    let no_proxy = match var(["NO_PROXY", "no_proxy"]) {
+        Some(list) => format!("{list},{NEVER_PROXIED}"),
+        None => NEVER_PROXIED.to_string(),
+    };
+    b = b.no_proxy();
+    type Make = fn(&str) -> reqwest::Result<reqwest::Proxy>;
+    let kinds: [([&str; 2], Make); 3] = [
+        (["HTTPS_PROXY", "https_proxy"], |p| reqwest::Proxy::https(p)),
+        (["HTTP_PROXY", "http_proxy"], |p| reqwest::Proxy::http(p)),
+        (["ALL_PROXY", "all_proxy"], |p| reqwest::Proxy::all(p)),
+    ];
+    for (names, make) in kinds {
+        if let Some(url) = var(names) {
+            // The value may hold the proxy's password: never printed.
+            let proxy = make(&url).map_err(|_| format!("{} is not a proxy URL", names[0]))?;
+            b = b.proxy(proxy.no_proxy(reqwest::NoProxy::from_string(&no_proxy)));
+        }
+    }
+    Ok(b)
 }
 
 /// How one fetch authenticates, with what it read for it.
@@ -152,7 +193,7 @@ enum ClientAuth {
 impl TokenClient {
     pub fn new(env: SecretEnv) -> Result<Self, String> {
         Ok(TokenClient {
-            http: with_tls(tls::client_config(None, None)?)?,
+            http: with_tls(tls::client_config(None, None)?, &env)?,
             env,
             tls: Arc::default(),
             discovered: Arc::default(),
@@ -200,7 +241,7 @@ impl TokenClient {
         let tls = tls::client_config(src.ca_file.as_ref(), cert.zip(identity)).map_err(|e| {
             FetchError::Credential(format!("cannot set up TLS for {}: {e}", src.name))
         })?;
-        let client = with_tls(tls).map_err(|e| {
+        let client = with_tls(tls, &self.env).map_err(|e| {
             FetchError::Credential(format!(
                 "cannot set up the HTTP client for {}: {e}",
                 src.name
@@ -241,7 +282,7 @@ impl TokenClient {
         let found = discovery::token_endpoint(http, issuer, src.fetch_timeout)
             .await
             .map_err(|detail| FetchError::Discovery {
-                issuer: issuer.to_string(),
+                issuer: crate::text::url(issuer),
                 detail,
             })?;
         self.discovered
@@ -292,7 +333,8 @@ impl TokenClient {
             .map_err(FetchError::Credential)?;
             auth = ClientAuth::Assertion(signed);
         }
-        let url = endpoint.as_str().to_string();
+        // As errors print it: no credentials, no query.
+        let url = crate::text::url(&endpoint);
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         let scope = src.scope_param();
         if let Some(s) = &scope {
