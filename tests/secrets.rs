@@ -114,3 +114,84 @@ async fn an_unreachable_endpoint_is_named_without_its_query() {
     assert!(!st.to_string().contains("qu3ry-k3y"), "{st}");
     assert!(!d.log().contains("qu3ry-k3y"), "{}", d.log());
 }
+
+/// A token endpoint that answers 401 with everything it was sent echoed
+/// into `error`, `error_description` and `trace_id`.
+fn echoing_endpoint() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let echoed = String::from_utf8_lossy(&got)
+                .replace("\r\n\r\n", " | body: ")
+                .replace("\r\n", " | ");
+            let body = serde_json::json!({
+                "error": format!("invalid_client {echoed}"),
+                "error_description": format!("you sent: {echoed}"),
+                "trace_id": echoed,
+            })
+            .to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// Whatever an endpoint echoes, the secret reaches neither status nor the
+/// log: not raw, not form-encoded, not inside the Basic credential, not in
+/// part.
+#[tokio::test]
+async fn an_echoed_secret_is_scrubbed_in_every_encoding_and_field() {
+    use base64::Engine;
+    let port = echoing_endpoint();
+    let body = ["client_secret_basic", "client_secret_post"]
+        .iter()
+        .map(|m| {
+            format!(
+                "[sources.{}]\ntoken_url = \"http://127.0.0.1:{port}/t\"\nclient_id = \"echo\"\nclient_secret = {{ env = \"ECHO_SECRET\" }}\nauth_method = \"{m}\"\n",
+                m.replace('_', "-")
+            )
+        })
+        .collect::<String>();
+    let d = daemon(&body).env("ECHO_SECRET", SECRET).start().await;
+    let encoded: String = url::form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("echo:{encoded}"));
+    for name in ["client-secret-basic", "client-secret-post"] {
+        wait_for_status(&d, &format!("/v1/tokens/{name}"), 503).await;
+        let st = d.get(&format!("/v1/sources/{name}")).await.json();
+        let shown = st.to_string();
+        assert!(shown.contains("[REDACTED]"), "the echo arrived: {shown}");
+        for leak in [SECRET, encoded.as_str(), basic.as_str(), "s3cr3t"] {
+            assert!(!shown.contains(leak), "{leak} in {shown}");
+            assert!(!d.log().contains(leak), "{leak} in the log");
+        }
+    }
+}

@@ -347,13 +347,16 @@ impl TokenClient {
             .post(endpoint.clone())
             .timeout(src.fetch_timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        // What the server might echo back into an error description.
-        let sent = match &auth {
+        // What the server might echo back into an error: the secret in
+        // every encoding that goes out (raw, form-urlencoded, Basic).
+        let mut sent: Vec<zeroize::Zeroizing<String>> = Vec::new();
+        let secret = match &auth {
             ClientAuth::Basic(secret) => {
-                req = req.header(
-                    reqwest::header::AUTHORIZATION,
-                    basic_auth(&src.client_id, secret),
-                );
+                let header = basic_auth(&src.client_id, secret);
+                if let Some(b64) = header.to_str().ok().and_then(|h| h.strip_prefix("Basic ")) {
+                    sent.push(zeroize::Zeroizing::new(b64.to_string()));
+                }
+                req = req.header(reqwest::header::AUTHORIZATION, header);
                 Some(secret)
             }
             ClientAuth::Post(secret) => {
@@ -373,6 +376,16 @@ impl TokenClient {
                 None
             }
         };
+        if let Some(secret) = secret {
+            let raw = secret.expose_secret();
+            sent.push(zeroize::Zeroizing::new(raw.to_string()));
+            sent.push(zeroize::Zeroizing::new(
+                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect(),
+            ));
+            sent.push(zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(raw),
+            ));
+        }
         let req = req.form(&form);
         let issued_at = Instant::now();
         let resp = match req.send().await {
@@ -399,11 +412,10 @@ impl TokenClient {
             },
         })?;
         if !(200..300).contains(&status) {
-            let mut e = response::parse_error(status, &body);
-            // An IdP that echoes what it was sent must not put the secret in our logs.
-            if let Some(s) = sent {
-                e.description = e.description.map(|d| scrub(&d, s));
-            }
+            // An IdP that echoes what it was sent must not put the secret
+            // into status or the log.
+            let sent: Vec<&str> = sent.iter().map(|s| s.as_str()).collect();
+            let e = response::parse_error_scrubbed(status, &body, &sent);
             return Err(FetchError::Endpoint(Box::new(e), retry_after));
         }
         let parsed = response::parse_token(&body).map_err(|detail| FetchError::BadResponse {
@@ -506,15 +518,6 @@ pub fn basic_auth(client_id: &str, secret: &SecretString) -> reqwest::header::He
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
     h.set_sensitive(true);
     h
-}
-
-fn scrub(text: &str, secret: &SecretString) -> String {
-    let s = secret.expose_secret();
-    if s.len() >= 4 && text.contains(s) {
-        text.replace(s, "[REDACTED]")
-    } else {
-        text.to_string()
-    }
 }
 
 fn transport_error(url: &str, timeout: Duration, e: &reqwest::Error) -> FetchError {
@@ -698,14 +701,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("4s of it left"), "{e}");
-    }
-
-    #[test]
-    fn scrub_removes_echoed_secret() {
-        let s = SecretString::from("hunter22");
-        assert_eq!(
-            scrub("bad secret hunter22 given", &s),
-            "bad secret [REDACTED] given"
-        );
     }
 }
