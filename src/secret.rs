@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 pub use secrecy::ExposeSecret;
 
@@ -196,7 +197,9 @@ impl SecretRef {
     /// [`SecretRef::resolve`] for a blocking context: reads a file here
     /// and now (a regular file of at most 64 KiB, never a blocking read).
     pub fn resolve_now(&self, env: &SecretEnv) -> Result<SecretString, SecretError> {
-        let raw = match self {
+        // Every buffer that held the value is wiped when dropped; the
+        // SecretString returned wipes its own.
+        let raw = Zeroizing::new(match self {
             SecretRef::Inline(s) => return non_empty(s.expose_secret().to_string(), self),
             SecretRef::Env(name) => env
                 .var(name)
@@ -208,10 +211,8 @@ impl SecretRef {
                     .ok_or_else(|| SecretError::NoCredentialsDirectory(name.clone()))?;
                 read_file(&PathBuf::from(dir).join(name))?
             }
-        };
-        let trimmed = strip_newline(&raw).to_string();
-        // `raw` is dropped here; SecretString zeroizes its own copy on drop.
-        non_empty(trimmed, self)
+        });
+        non_empty(strip_newline(&raw).to_string(), self)
     }
 }
 
@@ -222,16 +223,21 @@ impl SecretRef {
     pub fn fingerprint(&self, env: &SecretEnv) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let read =
-            |p: PathBuf| crate::files::read_regular(&p, MAX_SECRET_FILE).map_err(|e| e.kind());
+        // The bytes read are wiped as soon as they are hashed.
+        let read = |p: PathBuf, h: &mut std::collections::hash_map::DefaultHasher| {
+            match crate::files::read_regular(&p, MAX_SECRET_FILE).map(Zeroizing::new) {
+                Ok(bytes) => (0u8, bytes.as_slice()).hash(h),
+                Err(e) => (1u8, e.kind()).hash(h),
+            }
+        };
         match self {
             SecretRef::Inline(s) => s.expose_secret().hash(&mut h),
-            SecretRef::Env(n) => env.var(n).hash(&mut h),
-            SecretRef::File(p) => read(p.clone()).hash(&mut h),
-            SecretRef::Credential(n) => env
-                .var("CREDENTIALS_DIRECTORY")
-                .map(|d| read(PathBuf::from(d).join(n)))
-                .hash(&mut h),
+            SecretRef::Env(n) => env.var(n).map(Zeroizing::new).as_deref().hash(&mut h),
+            SecretRef::File(p) => read(p.clone(), &mut h),
+            SecretRef::Credential(n) => match env.var("CREDENTIALS_DIRECTORY") {
+                Some(d) => read(PathBuf::from(d).join(n), &mut h),
+                None => 2u8.hash(&mut h),
+            },
         }
         h.finish()
     }
@@ -273,7 +279,10 @@ fn read_file(path: &std::path::Path) -> Result<String, SecretError> {
             path: path.to_path_buf(),
             source,
         })?;
-    String::from_utf8(bytes).map_err(|_| SecretError::NotText(path.to_path_buf()))
+    String::from_utf8(bytes).map_err(|e| {
+        zeroize::Zeroize::zeroize(&mut e.into_bytes());
+        SecretError::NotText(path.to_path_buf())
+    })
 }
 
 /// Fingerprints secrets for one look at the configuration, reading each

@@ -195,3 +195,96 @@ async fn an_echoed_secret_is_scrubbed_in_every_encoding_and_field() {
         }
     }
 }
+
+/// How many times `needle` is in the writable memory of process `pid`
+/// (heap, stacks, anonymous mappings), read through /proc/PID/mem.
+fn copies_in_memory(pid: i32, needle: &[u8]) -> usize {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut count = 0;
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        // Writable, and not a file's own pages.
+        if !perms.starts_with("rw") || fields.get(5).is_some_and(|p| p.starts_with('/')) {
+            continue;
+        }
+        let Some((from, to)) = range.split_once('-') else {
+            continue;
+        };
+        let (from, to) = (
+            u64::from_str_radix(from, 16).unwrap(),
+            u64::from_str_radix(to, 16).unwrap(),
+        );
+        let mut buf = vec![0u8; usize::try_from(to - from).unwrap()];
+        if mem.read_exact_at(&mut buf, from).is_err() {
+            continue;
+        }
+        let first = needle[0];
+        let mut at = 0;
+        while let Some(i) = buf[at..].iter().position(|b| *b == first) {
+            let start = at + i;
+            if buf[start..].starts_with(needle) {
+                count += 1;
+            }
+            at = start + 1;
+        }
+    }
+    count
+}
+
+/// After fetches, rotations and reloads, no copy of a file secret, or of
+/// its form encoding, is left in the daemon's memory: every buffer that
+/// held one (the read, the change check, the config lint, the Basic pair)
+/// is wiped. (Root only: it reads another process's memory.)
+#[tokio::test]
+async fn no_copy_of_a_file_secret_is_left_in_memory() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: reading another process's memory needs root (CI runs as root)");
+        return;
+    }
+    // Form-encoding changes it, so its raw bytes never go on the wire.
+    // Long: free() overwrites the first 16 bytes of a chunk, so what a
+    // freed, unwiped buffer keeps is the tail; that is what is looked for.
+    let secret = "Mem+Secret/7f3a:9c2e-0123456789abcdefghijklmnopqrstuvwxyz-TAIL1";
+    let rotated = "Mem+Secret/rot8:ed11-0123456789abcdefghijklmnopqrstuvwxyz-TAIL2";
+    let idp = idp(S(3600), &[]).await;
+    idp.add_client("mem", secret);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mem.secret");
+    write_private(&file, &format!("{secret}\n"));
+    let body = format!(
+        "[sources.mem]\ntoken_url = \"{}\"\nclient_id = \"mem\"\nclient_secret = {{ file = \"{}\" }}\n",
+        idp.token_url(),
+        file.display()
+    );
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).at(dir, socket).start().await;
+    wait_for_status(&d, "/v1/tokens/mem", 200).await;
+    // A rotation (read, change check, lint, fetch) and a reload.
+    idp.add_client("mem", rotated);
+    write_private(&file, &format!("{rotated}\n"));
+    eventually("a fetch with the rotated secret", async || {
+        (idp.secrets_seen().last().map(String::as_str) == Some(rotated)).then_some(())
+    })
+    .await;
+    d.signal(libc::SIGHUP);
+    wait_until(&d, |doc| doc["config"]["reloads"]["success"] == 1).await;
+    let r = d
+        .request(hyper::Method::POST, "/v1/sources/mem/refresh")
+        .await;
+    assert_eq!(r.status(), 200);
+    // The scan works: the endpoint's URL, which the config holds, is found.
+    assert!(copies_in_memory(d.pid(), idp.token_url().as_bytes()) > 0);
+    for value in [secret, rotated] {
+        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        for whole in [value.to_string(), encoded] {
+            let tail = &whole[whole.len() - 32..];
+            let n = copies_in_memory(d.pid(), tail.as_bytes());
+            assert_eq!(n, 0, "{n} copies of {tail:?} in the daemon's memory");
+        }
+    }
+}

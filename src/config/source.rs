@@ -561,12 +561,17 @@ fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFi
 /// an Entra secret shaped like a GUID is the secret's ID, not its Value;
 /// surrounding whitespace or quotes came along with the value.
 fn lint_secret(d: &mut Diagnostics, at: &At, r: &SecretRef, provider: Provider) {
-    let value = match r {
-        SecretRef::Inline(s) => Some(secrecy::ExposeSecret::expose_secret(s).to_string()),
+    // Looked at, then wiped: the lint keeps no copy of the secret.
+    let value: Option<zeroize::Zeroizing<String>> = match r {
+        SecretRef::Inline(s) => Some(secrecy::ExposeSecret::expose_secret(s).to_string().into()),
         SecretRef::File(p) => crate::files::read_regular(p, crate::secret::MAX_SECRET_FILE)
             .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .map(|v| crate::secret::strip_newline(&v).to_string()),
+            .map(zeroize::Zeroizing::new)
+            .and_then(|b| {
+                std::str::from_utf8(&b)
+                    .ok()
+                    .map(|v| crate::secret::strip_newline(v).to_string().into())
+            }),
         // Not readable before the daemon runs (or not this user's to read).
         SecretRef::Env(_) | SecretRef::Credential(_) => None,
     };

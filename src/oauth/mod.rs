@@ -386,7 +386,12 @@ impl TokenClient {
                 base64::engine::general_purpose::STANDARD.encode(raw),
             ));
         }
-        let req = req.form(&form);
+        let req = req
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(reqwest::Body::from(form_body(&form)));
         let issued_at = Instant::now();
         let resp = match req.send().await {
             Ok(r) => r,
@@ -505,15 +510,36 @@ fn jwt_exp(token: &str) -> Option<f64> {
         .filter(|e| e.is_finite())
 }
 
+/// The form, urlencoded into one buffer that is wiped when the request
+/// is done with it (it may hold the secret or an assertion). Sized for the
+/// worst case first, so no growing leaves a copy behind.
+fn form_body(form: &[(&str, &str)]) -> bytes::Bytes {
+    let worst: usize = form.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
+    let mut out = url::form_urlencoded::Serializer::new(String::with_capacity(worst));
+    for (k, v) in form {
+        out.append_pair(k, v);
+    }
+    crate::token::zeroed(out.finish().into_bytes())
+}
+
 /// `Authorization: Basic` per RFC 6749 §2.3.1: id and secret are
 /// form-urlencoded *before* base64, so `:` or `%` in a secret survive.
 pub fn basic_auth(client_id: &str, secret: &SecretString) -> reqwest::header::HeaderValue {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", enc(client_id), enc(secret.expose_secret()));
-    let value = format!(
+    let enc = |s: &str| {
+        zeroize::Zeroizing::new(
+            url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>(),
+        )
+    };
+    // Every intermediate buffer holds the secret in some encoding: wiped.
+    let pair = zeroize::Zeroizing::new(format!(
+        "{}:{}",
+        *enc(client_id),
+        *enc(secret.expose_secret())
+    ));
+    let value = zeroize::Zeroizing::new(format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    );
+        *zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))
+    ));
     let mut h = reqwest::header::HeaderValue::from_str(&value)
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
     h.set_sensitive(true);
