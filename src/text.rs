@@ -1,16 +1,48 @@
 //! Text from outside (an identity provider, a request path, a file name)
 //! made safe for a terminal or a log line, and URLs made safe to print.
 
-/// At most `max` characters, control characters replaced, so a hostile body
-/// cannot flood or forge log lines.
+/// Characters that move the cursor, start a line, or reorder or hide text
+/// on a terminal or in a log viewer: control characters (C0, DEL, C1),
+/// and the Unicode format and separator characters abused the same way
+/// (bidirectional overrides and isolates such as U+202E, zero-width ones,
+/// U+2028 and U+2029, the BOM, tags).
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}')
+}
+
+/// At most `max` characters, every [`hidden`] one replaced by a space, so
+/// a hostile text (an IdP's error, a token's claim) cannot flood, forge or
+/// disguise a log line or a terminal's output.
 pub fn clip(s: &str, max: usize) -> String {
     let mut out: String = s
         .chars()
         .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if hidden(c) { ' ' } else { c })
         .collect();
     if s.chars().count() > max {
         out.push('…');
+    }
+    out
+}
+
+/// A path as it may be printed: every [`hidden`] character escaped
+/// (`\n` as `\u{a}`), so a file name cannot start a log line of its own.
+pub fn path(p: &std::path::Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -33,6 +65,18 @@ pub fn url(u: &url::Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn format_characters_are_neutralised_too() {
+        assert_eq!(
+            clip("a\u{202E}b\u{2028}c\u{200B}d\u{1b}[2J", 50),
+            "a b c d [2J"
+        );
+        assert_eq!(
+            path(std::path::Path::new("/etc/x\nINFO forged\u{202E}")),
+            "/etc/x\\u{a}INFO forged\\u{202e}"
+        );
+    }
 
     #[test]
     fn a_printed_url_keeps_no_credential_or_query() {

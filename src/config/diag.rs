@@ -23,6 +23,8 @@ pub(super) struct File {
     /// Whether anyone but root and the file's owner may read it (decides
     /// the inline-secret warning); `None` when it was not read from disk.
     pub shared: Option<bool>,
+    /// Who else could change it, if anyone (see [`untrusted`]).
+    pub untrusted: Option<Problem>,
 }
 
 /// Largest config file read.
@@ -32,16 +34,50 @@ impl File {
     /// Reads `path` from disk: a regular file of at most [`MAX_CONFIG_FILE`].
     pub fn read(path: &Path) -> Result<File, ReadError> {
         let bytes = read_regular(path, MAX_CONFIG_FILE)?;
-        let shared = shared(&std::fs::metadata(path)?);
+        let meta = std::fs::metadata(path)?;
         let text = String::from_utf8(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
         })?;
         Ok(File {
             path: path.to_path_buf(),
             text,
-            shared: Some(shared),
+            shared: Some(shared(&meta)),
+            untrusted: untrusted(path, &meta, "file"),
         })
     }
+}
+
+/// Who may change a config file or the include directory, as sshd's
+/// StrictModes judges its files (docs/config.md, "The file"): after
+/// following links, it must belong to root or the daemon's user, and no
+/// one else may write it (a group only if it is root's or the daemon's).
+/// Anyone who could would define a source that sends a real secret to an
+/// endpoint of theirs.
+pub fn untrusted(path: &Path, meta: &std::fs::Metadata, what: &str) -> Option<Problem> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let my_group = nix::unistd::getegid().as_raw();
+    let shown = crate::text::path(path);
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != me {
+        return Some(Problem::new(
+            format!("config {what} {shown} belongs to uid {}, not to root or tokend's user: its owner could define sources", meta.uid()),
+            format!("chown root {shown}"),
+        ));
+    }
+    if mode & 0o002 != 0 {
+        return Some(Problem::new(
+            format!("config {what} {shown} can be written by anyone (mode {mode:04o})"),
+            format!("chmod o-w {shown}"),
+        ));
+    }
+    if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != my_group {
+        return Some(Problem::new(
+            format!("config {what} {shown} can be written by group {} (mode {mode:04o}), which is neither root's nor tokend's", meta.gid()),
+            format!("chmod g-w {shown}"),
+        ));
+    }
+    None
 }
 
 /// Whether a file's mode lets anyone but root and its owner read it. A

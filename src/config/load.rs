@@ -69,6 +69,16 @@ struct Found {
 
 /// Validates `main` and its include directory into a [`Config`].
 pub(super) fn run(main: File) -> Result<Config, ConfigError> {
+    if let Some(p) = &main.untrusted {
+        // Nothing in a file someone else could have written is looked at.
+        return Err(ConfigError::Invalid(vec![super::Diagnostic {
+            file: main.path.clone(),
+            line: 1,
+            col: 1,
+            message: p.message.clone(),
+            hint: p.hint.clone(),
+        }]));
+    }
     let mut d = Diagnostics::new(main);
     let mut found = Vec::new();
     let main = process_file(&mut d, 0, &mut found);
@@ -268,6 +278,14 @@ fn include_dir(d: &mut Diagnostics, key: Option<Result<Spanned<String>, ()>>) ->
 
 /// Loads every `*.toml` in `dir`, in name order, into `found`.
 fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
+    let unsafe_dir = std::fs::metadata(dir)
+        .ok()
+        .and_then(|m| super::diag::untrusted(dir, &m, "directory"));
+    if let Some(p) = unsafe_dir {
+        // Anyone who can write it can add a file: none is loaded.
+        d.error(&At::new(0, 0..0), p.message, p.hint);
+        return Vec::new();
+    }
     let paths = match include_files(dir) {
         Ok(p) => p,
         Err(e) => {
@@ -293,6 +311,16 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
                 continue;
             }
         };
+        if let Some(p) = &file.untrusted {
+            d.errors.push(super::Diagnostic {
+                file: path.clone(),
+                line: 1,
+                col: 1,
+                message: p.message.clone(),
+                hint: p.hint.clone(),
+            });
+            continue;
+        }
         d.files.push(file);
         let idx = d.files.len() - 1;
         process_file(d, idx, found);

@@ -499,5 +499,6 @@ pub fn load_str(text: &str, path: &Path, mode: Option<u32>) -> Result<Config, Co
         path: path.to_path_buf(),
         text: text.to_string(),
         shared: mode.map(|m| m & 0o077 != 0),
+        untrusted: None,
     })
 }

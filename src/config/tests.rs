@@ -964,3 +964,65 @@ fn urls_with_credentials_or_fragments_are_refused_without_printing_them() {
         "{authority}"
     );
 }
+
+/// StrictModes for the config: anyone who could write the main file, the
+/// include directory or an include file (after following links) could
+/// define a source that sends a real secret to an endpoint of theirs.
+#[test]
+fn config_files_others_could_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let set_mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("tokend.toml");
+    std::fs::write(&main, GOOD).unwrap();
+    set_mode(&main, 0o600);
+    assert!(load(&main).is_ok());
+    set_mode(&main, 0o666);
+    let e = load(&main).unwrap_err().to_string();
+    assert!(
+        e.contains("can be written by anyone (mode 0666)") && e.contains("chmod o-w"),
+        "{e}"
+    );
+    set_mode(&main, 0o600);
+
+    let inc = dir.path().join("sources.d");
+    std::fs::create_dir(&inc).unwrap();
+    set_mode(&inc, 0o755);
+    let extra = inc.join("b.toml");
+    std::fs::write(&extra, GOOD.replace("[sources.api]", "[sources.b]")).unwrap();
+    set_mode(&extra, 0o666);
+    let e = load(&main).unwrap_err().to_string();
+    assert!(e.contains(&format!("{}:1:1", extra.display())), "{e}");
+    set_mode(&extra, 0o644);
+    assert_eq!(load(&main).unwrap().sources.len(), 2);
+    set_mode(&inc, 0o1777);
+    let e = load(&main).unwrap_err().to_string();
+    assert!(
+        e.contains("config directory") && e.contains("(mode 1777)"),
+        "{e}"
+    );
+    set_mode(&inc, 0o755);
+
+    if !nix::unistd::geteuid().is_root() {
+        return; // giving files away needs root
+    }
+    // A link in sources.d to a file another user owns.
+    let theirs = dir.path().join("theirs.toml");
+    std::fs::write(&theirs, GOOD.replace("[sources.api]", "[sources.c]")).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    std::os::unix::fs::symlink(&theirs, inc.join("c.toml")).unwrap();
+    let e = load(&main).unwrap_err().to_string();
+    assert!(
+        e.contains("belongs to uid 65534") && e.contains("chown root"),
+        "{e}"
+    );
+    std::fs::remove_file(inc.join("c.toml")).unwrap();
+    // Group-writable: only by root's group (or tokend's own).
+    std::os::unix::fs::chown(&extra, None, Some(65534)).unwrap();
+    set_mode(&extra, 0o664);
+    let e = load(&main).unwrap_err().to_string();
+    assert!(e.contains("written by group 65534"), "{e}");
+    std::os::unix::fs::chown(&extra, None, Some(0)).unwrap();
+    assert!(load(&main).is_ok());
+}
