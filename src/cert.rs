@@ -53,13 +53,16 @@ impl Certificate {
         let how = "give the certificate as a PEM file (-----BEGIN CERTIFICATE-----), e.g. from openssl req -x509 … -out cert.pem".to_string();
         let pem = crate::files::read_regular(path, MAX_CERT_FILE).map_err(|e| {
             Problem::new(
-                format!("cannot read certificate {}: {e}", path.display()),
+                format!("cannot read certificate {}: {e}", crate::text::path(path)),
                 Some(how.clone()),
             )
         })?;
         Certificate::parse(&pem).map_err(|e| {
             Problem::new(
-                format!("{} is not a usable certificate: {e}", path.display()),
+                format!(
+                    "{} is not a usable certificate: {e}",
+                    crate::text::path(path)
+                ),
                 Some(how),
             )
         })

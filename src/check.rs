@@ -29,7 +29,7 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
-    println!("{}: OK, {}", path.display(), source_list(&config));
+    println!("{}: OK, {}", crate::text::path(path), source_list(&config));
     if !fetch {
         return 0;
     }
@@ -46,8 +46,8 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
             println!(
                 "{}: certificate {}: {}, thumbprint {}, valid until {}{}",
                 src.name,
-                c.cert_path.display(),
-                c.cert.subject,
+                crate::text::path(&c.cert_path),
+                crate::text::clip(&c.cert.subject, 500),
                 c.cert.sha1_hex(),
                 crate::timefmt::rfc3339(c.cert.not_after),
                 if c.cert.expired_at(std::time::SystemTime::now()) {
@@ -60,8 +60,10 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
         if let Endpoint::Issuer(issuer) = &src.endpoint {
             match client.token_endpoint(src).await {
                 Ok(u) => println!(
-                    "{}: token endpoint {u} (discovered from issuer {issuer})",
-                    src.name
+                    "{}: token endpoint {} (discovered from issuer {})",
+                    src.name,
+                    crate::text::url(&u),
+                    crate::text::url(issuer)
                 ),
                 Err(e) => println!("{}: discovery failed: {e}", src.name),
             }
@@ -82,7 +84,7 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                     token
                         .scope
                         .as_ref()
-                        .map(|s| format!(", scope {s}"))
+                        .map(|s| format!(", scope {}", crate::text::clip(s, 500)))
                         .unwrap_or_default()
                 );
                 let secret = token.access_token.expose_secret();
@@ -118,10 +120,11 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
                         }
                     }
                 }
-                if let Some(probe) = &src.probe_url {
+                if let Some(probe_url) = &src.probe_url {
+                    let probe = crate::text::url(probe_url);
                     match client
                         .http()
-                        .get(probe.clone())
+                        .get(probe_url.clone())
                         .bearer_auth(secret)
                         .timeout(src.fetch_timeout)
                         .send()

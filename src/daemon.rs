@@ -117,7 +117,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         tracing::warn!("{w}");
     }
     tracing::info!(
-        socket = %config.server.socket.display(),
+        socket = %crate::text::path(&config.server.socket),
         sources = config.sources.len(),
         "tokend listening"
     );

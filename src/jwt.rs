@@ -43,13 +43,19 @@ pub fn consent_warning(claims: &Map<String, Value>) -> Option<String> {
     })
 }
 
-/// Renders a claim for display: strings bare, arrays space-joined.
+/// Renders a claim for a terminal: strings bare, arrays space-joined, at
+/// most 500 characters, nothing that could move the cursor, set a title,
+/// start a line or reorder text (the token's issuer, or whoever it trusts,
+/// wrote it).
 pub fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(show).collect::<Vec<_>>().join(" "),
-        other => other.to_string(),
+    fn raw(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a.iter().map(raw).collect::<Vec<_>>().join(" "),
+            other => other.to_string(),
+        }
     }
+    crate::text::clip(&raw(v), 500)
 }
 
 #[cfg(test)]

@@ -476,7 +476,7 @@ impl Watcher {
         for new in want.difference(&self.watched) {
             grew = true;
             if let Err(e) = self.inner.watch(new, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %new.display(), error = %e, "cannot watch directory; changes there need SIGHUP");
+                tracing::warn!(dir = %crate::text::path(new), error = %e, "cannot watch directory; changes there need SIGHUP");
             }
         }
         self.watched = want;

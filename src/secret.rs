@@ -33,7 +33,7 @@ pub enum SecretRef {
 impl fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SecretRef::File(p) => write!(f, "File({})", p.display()),
+            SecretRef::File(p) => write!(f, "File({})", crate::text::path(p)),
             SecretRef::Env(n) => write!(f, "Env({n})"),
             SecretRef::Credential(n) => write!(f, "Credential({n})"),
             SecretRef::Inline(_) => f.write_str("Inline([REDACTED])"),
@@ -111,13 +111,13 @@ impl SecretRef {
 /// Why a secret could not be read. Names the place, never the value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read secret file {path}: {source}")]
+    #[error("cannot read secret file {}: {source}", crate::text::path(.path))]
     File {
         path: PathBuf,
         #[source]
         source: crate::files::ReadError,
     },
-    #[error("secret file {0} is not UTF-8 text")]
+    #[error("secret file {} is not UTF-8 text", crate::text::path(.0))]
     NotText(PathBuf),
     #[error("environment variable {0} is not set")]
     Env(String),
@@ -170,7 +170,7 @@ impl SecretRef {
     /// Short description of where the secret lives, for messages.
     pub fn describe(&self) -> String {
         match self {
-            SecretRef::File(p) => format!("file {}", p.display()),
+            SecretRef::File(p) => format!("file {}", crate::text::path(p)),
             SecretRef::Env(n) => format!("environment variable {n}"),
             SecretRef::Credential(n) => format!("credential {n}"),
             SecretRef::Inline(_) => "the config file".to_string(),

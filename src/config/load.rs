@@ -126,7 +126,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
                 &header,
                 format!(
                     "source `{name}` is defined twice: here and at {}:{}:{}",
-                    first.file.display(),
+                    crate::text::path(&first.file),
                     first.line,
                     first.col
                 ),
@@ -267,7 +267,7 @@ fn include_dir(d: &mut Diagnostics, key: Option<Result<Spanned<String>, ()>>) ->
             } else {
                 d.error(
                     &At::of(0, &v),
-                    format!("include_dir {} is not a directory", dir.display()),
+                    format!("include_dir {} is not a directory", crate::text::path(&dir)),
                     Some("create it or remove include_dir".to_string()),
                 );
                 None
@@ -291,7 +291,10 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
         Err(e) => {
             d.error(
                 &At::new(0, 0..0),
-                format!("cannot read include directory {}: {e}", dir.display()),
+                format!(
+                    "cannot read include directory {}: {e}",
+                    crate::text::path(dir)
+                ),
                 None,
             );
             return Vec::new();

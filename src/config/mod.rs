@@ -392,7 +392,7 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.file.display(),
+            crate::text::path(&self.file),
             self.line,
             self.col,
             self.message
@@ -407,13 +407,13 @@ impl fmt::Display for Diagnostic {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", crate::text::path(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: crate::files::ReadError,
     },
-    #[error("config file {} is empty: the running configuration stays in force until it has content (a writer that truncates and writes again leaves it empty for a moment; an empty file is never read as \"no sources\")", .path.display())]
+    #[error("config file {} is empty: the running configuration stays in force until it has content (a writer that truncates and writes again leaves it empty for a moment; an empty file is never read as \"no sources\")", crate::text::path(.path))]
     Empty { path: PathBuf },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),

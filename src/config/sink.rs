@@ -61,8 +61,8 @@ pub(super) fn sinks(
                     &at,
                     format!(
                         "sink {} is also written by the sink at {}:{}:{}",
-                        s.path.display(),
-                        first.file.display(),
+                        crate::text::path(&s.path),
+                        crate::text::path(&first.file),
                         first.line,
                         first.col
                     ),
@@ -187,7 +187,7 @@ enum Checked {
 /// parents only they can rename), and not a link or a directory. A
 /// directory that does not exist yet is a warning.
 fn sink_path(path: &Path, me: &Me) -> Result<Checked, Problem> {
-    let shown = path.display();
+    let shown = crate::text::path(path);
     if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
         return Err(Problem::new(
             format!("sink path {shown} is not an absolute path without `..`"),
@@ -218,20 +218,20 @@ fn sink_path(path: &Path, me: &Me) -> Result<Checked, Problem> {
             return Ok(Checked::NoDirectoryYet(
                 path.to_path_buf(),
                 Problem::new(
-                    format!("sink directory {} does not exist (yet): the file is written once it does, until then the source shows a sink warning", dir.display()),
+                    format!("sink directory {} does not exist (yet): the file is written once it does, until then the source shows a sink warning", crate::text::path(dir)),
                     format!(
                         "create it, owned by root or tokend and writable by no one else (install -d -m 0755 -o tokend {}), or use /run/tokend/sinks, which the package makes",
-                        dir.display()
+                        crate::text::path(dir)
                     ),
                 ),
             ))
         }
         Err(e) => {
             return Err(Problem::new(
-                format!("sink directory {} cannot be used: {e}", dir.display()),
+                format!("sink directory {} cannot be used: {e}", crate::text::path(dir)),
                 format!(
                     "make it a directory owned by root or tokend and writable by no one else (install -d -m 0755 -o tokend {})",
-                    dir.display()
+                    crate::text::path(dir)
                 ),
             ))
         }
@@ -264,13 +264,19 @@ fn safe_directory(dir: &Path, me: &Me) -> Result<(), Problem> {
     let trusted = |uid: u32| uid == 0 || uid == me.uid;
     let meta = std::fs::metadata(dir).map_err(|e| {
         Problem::new(
-            format!("sink directory {} cannot be used: {e}", dir.display()),
+            format!(
+                "sink directory {} cannot be used: {e}",
+                crate::text::path(dir)
+            ),
             None,
         )
     })?;
     if !meta.is_dir() {
         return Err(Problem::new(
-            format!("sink directory {} is not a directory", dir.display()),
+            format!(
+                "sink directory {} is not a directory",
+                crate::text::path(dir)
+            ),
             None,
         ));
     }
@@ -278,13 +284,13 @@ fn safe_directory(dir: &Path, me: &Me) -> Result<(), Problem> {
         return Err(Problem::new(
             format!(
                 "sink directory {} can be written by {} (mode {:04o})",
-                dir.display(),
+                crate::text::path(dir),
                 writers(meta.mode()),
                 meta.mode() & 0o7777
             ),
             format!(
                 "anyone who can write it could replace the token file or plant a link in its place: chmod go-w {}, or use a directory of tokend's own such as /run/tokend/sinks",
-                dir.display()
+                crate::text::path(dir)
             ),
         ));
     }
@@ -292,12 +298,12 @@ fn safe_directory(dir: &Path, me: &Me) -> Result<(), Problem> {
         return Err(Problem::new(
             format!(
                 "sink directory {} belongs to uid {}, not to root or tokend",
-                dir.display(),
+                crate::text::path(dir),
                 meta.uid()
             ),
             format!(
                 "its owner could replace the token file: chown root {}",
-                dir.display()
+                crate::text::path(dir)
             ),
         ));
     }
@@ -310,8 +316,8 @@ fn safe_directory(dir: &Path, me: &Me) -> Result<(), Problem> {
             return Err(Problem::new(
                 format!(
                     "sink directory {} lies in {}, which {}",
-                    dir.display(),
-                    parent.display(),
+                    crate::text::path(dir),
+                    crate::text::path(parent),
                     if open {
                         format!("{} can write (mode {:04o})", writers(meta.mode()), meta.mode() & 0o7777)
                     } else {

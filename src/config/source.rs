@@ -429,7 +429,7 @@ fn certificate(
                 at,
                 format!(
                     "alg {other} does not fit {}: it holds {has} key",
-                    cert_path.display()
+                    crate::text::path(&cert_path)
                 ),
                 Some(format!("use alg = {use_}, or leave alg out")),
             );
@@ -535,7 +535,7 @@ fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFi
         Err(e) => {
             d.error(
                 &at,
-                format!("cannot read ca_file {}: {e}", path.display()),
+                format!("cannot read ca_file {}: {e}", crate::text::path(&path)),
                 Some(hint),
             );
             return None;
@@ -549,7 +549,10 @@ fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFi
         _ => {
             d.error(
                 &at,
-                format!("ca_file {} holds no PEM certificate", path.display()),
+                format!(
+                    "ca_file {} holds no PEM certificate",
+                    crate::text::path(&path)
+                ),
                 Some(hint),
             );
             None

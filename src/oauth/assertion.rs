@@ -42,7 +42,7 @@ pub fn sign(
     with_x5t: bool,
     now: SystemTime,
 ) -> Result<SecretString, String> {
-    let cert_file = c.cert_path.display();
+    let cert_file = crate::text::path(&c.cert_path);
     if c.cert.expired_at(now) {
         return Err(format!(
             "certificate {cert_file} expired at {}: create a new one and upload it to the app registration",
@@ -82,7 +82,7 @@ fn encoding_key(
     c: &ClientCertificate,
     key_pem: &SecretString,
 ) -> Result<jsonwebtoken::EncodingKey, String> {
-    let (key_from, cert_file) = (c.key.describe(), c.cert_path.display());
+    let (key_from, cert_file) = (c.key.describe(), crate::text::path(&c.cert_path));
     let pem = key_pem.expose_secret().as_bytes();
     match c.cert.key_kind {
         crate::cert::KeyKind::Rsa => jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| {
@@ -106,7 +106,7 @@ fn verifies(c: &ClientCertificate, message: &[u8], signature: &str) -> Result<()
     Err(format!(
         "the key in {} does not belong to certificate {}: use the key the certificate was made with",
         c.key.describe(),
-        c.cert_path.display()
+        crate::text::path(&c.cert_path)
     ))
 }
 

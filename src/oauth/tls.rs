@@ -34,7 +34,7 @@ pub fn client_config(
         None => rustls_platform_verifier::Verifier::new(provider.clone())
             .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?,
         Some(ca) => {
-            let file = ca.path.display();
+            let file = crate::text::path(&ca.path);
             let roots = certificates(&ca.pem).map_err(|e| format!("ca_file {file} {e}"))?;
             rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())
                 .map_err(|e| format!("ca_file {file} cannot be used as a CA: {e}"))?
@@ -74,7 +74,7 @@ fn certified_key(
 ) -> Result<Arc<CertifiedKey>, String> {
     super::assertion::check_key(c, key_pem)?;
     let chain = certificates(&c.cert.pem)
-        .map_err(|e| format!("certificate {} {e}", c.cert_path.display()))?;
+        .map_err(|e| format!("certificate {} {e}", crate::text::path(&c.cert_path)))?;
     let key_from = c.key.describe();
     let der = PrivateKeyDer::from_pem_slice(key_pem.expose_secret().as_bytes()).map_err(|_| {
         format!(

@@ -68,7 +68,7 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, List
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing stale socket file");
+                tracing::info!(path = %crate::text::path(path), "replacing stale socket file");
             }
             Err(e) => return Err(io_err(e)),
         },

@@ -40,7 +40,7 @@ pub fn env_lines(
     let Some(mi) = &config.managed_identity else {
         return Err(format!(
             "{} has no [managed_identity] section",
-            config.path.display()
+            crate::text::path(&config.path)
         ));
     };
     let Some(app) = mi.apps.get(name) else {

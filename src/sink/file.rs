@@ -29,7 +29,7 @@ const TEMP_MARK: &str = ".tokend-";
 /// Opens `dir` without following a link at its end and checks, on the
 /// descriptor, that only root and tokend can write it.
 fn open_dir(dir: &Path) -> io::Result<File> {
-    let shown = dir.display();
+    let shown = crate::text::path(dir);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)

@@ -304,11 +304,11 @@ impl Worker {
                 _ => None,
             };
             if let Some(why) = why {
-                tracing::info!(path = %path.display(), source = %w.source, "removing a sink file the last run left: {why}");
+                tracing::info!(path = %crate::text::path(&path), source = %w.source, "removing a sink file the last run left: {why}");
                 let p = path.clone();
                 let result = tokio::task::spawn_blocking(move || file::remove(&p)).await;
                 if let Ok(Err(e)) = result {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale sink file");
+                    tracing::warn!(path = %crate::text::path(&path), error = %e, "cannot remove a stale sink file");
                 }
                 self.record.removed(&path);
             }
@@ -386,7 +386,7 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(
                         source = %source,
-                        path = %sink.path.display(),
+                        path = %crate::text::path(&sink.path),
                         error = %e,
                         "cannot write the sink file; the socket still serves the token, and the next fetch tries again"
                     );
@@ -395,7 +395,7 @@ impl Worker {
                         sink,
                         Some(format!(
                             "sink {} could not be written: {e}",
-                            sink.path.display()
+                            crate::text::path(&sink.path)
                         )),
                     );
                 }
@@ -411,7 +411,7 @@ impl Worker {
                 Ok(Ok(())) => self.record.removed(&sink.path),
                 Ok(Err(e)) => tracing::warn!(
                     source = %source,
-                    path = %sink.path.display(),
+                    path = %crate::text::path(&sink.path),
                     error = %e,
                     "cannot remove the sink file"
                 ),

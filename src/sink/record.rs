@@ -128,7 +128,7 @@ impl Save {
     /// themselves are unaffected).
     pub fn run(self) {
         if let Err(e) = replace(&self.file, self.text.as_bytes()) {
-            tracing::warn!(record = %self.file.display(), error = %e, "cannot save the record of sink files; files left by this run may stay after a crash");
+            tracing::warn!(record = %crate::text::path(&self.file), error = %e, "cannot save the record of sink files; files left by this run may stay after a crash");
         }
     }
 }
