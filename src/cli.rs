@@ -75,6 +75,9 @@ pub enum Command {
         /// Print the JSON body instead of the bare token.
         #[arg(long)]
         json: bool,
+        /// Give up on a daemon that has not answered within this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
     },
     /// Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app.
     ///
@@ -98,6 +101,9 @@ pub enum Command {
         /// Print the /v1/sources document.
         #[arg(long)]
         json: bool,
+        /// Give up on a daemon that has not answered within this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        timeout: Duration,
     },
 }
 

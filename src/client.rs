@@ -1,5 +1,11 @@
 //! The `token` and `status` client commands: HTTP/1.1 over the daemon's Unix
 //! socket, with exit codes a shell script can branch on.
+//!
+//! The socket may not be tokend's (`$TOKEND_SOCKET` names anything): an
+//! answer is read for a bounded time and up to a bounded size, and what is
+//! printed from it is escaped (a token must be visible ASCII; text is
+//! clipped and stripped of control and format characters; JSON is written
+//! with those characters escaped).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -32,39 +38,96 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("bad request: {0}")]
     Request(#[from] hyper::http::Error),
+    #[error("no answer from {path} within {} (is it tokend's socket? --timeout sets the wait)", humantime::format_duration(*.timeout))]
+    Timeout { path: String, timeout: Duration },
+    #[error("the answer from {path} is larger than {} MiB: not tokend's", MAX_ANSWER / (1024 * 1024))]
+    TooLarge { path: String },
 }
 
-/// One request to the daemon; returns the whole response.
+/// Largest answer read: `/v1/sources` of tens of thousands of sources fits.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// One request to the daemon; returns the whole response. Waits up to 60 s.
 pub async fn call(
     socket: &Path,
     method: hyper::Method,
     path_and_query: &str,
 ) -> Result<hyper::Response<Bytes>, ClientError> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path_and_query)
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::<Bytes>::new())?;
-    let (parts, body) = sender.send_request(req).await?.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(hyper::Response::from_parts(parts, body))
+    call_within(socket, method, path_and_query, Duration::from_secs(60)).await
+}
+
+/// [`call`], giving up after `timeout`, and after [`MAX_ANSWER`] bytes.
+pub async fn call_within(
+    socket: &Path,
+    method: hyper::Method,
+    path_and_query: &str,
+    timeout: Duration,
+) -> Result<hyper::Response<Bytes>, ClientError> {
+    let path = crate::text::path(socket);
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.clone(),
+                source,
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())?;
+        let (parts, body) = sender.send_request(req).await?.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => ClientError::Http(*e),
+                Err(_) => ClientError::TooLarge { path: path.clone() },
+            })?
+            .to_bytes();
+        Ok(hyper::Response::from_parts(parts, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout {
+            path: path.clone(),
+            timeout,
+        }),
+    }
+}
+
+/// Text from the socket, as it may be printed.
+fn shown(s: &str) -> String {
+    crate::text::clip(s, 2000)
+}
+
+/// `v` as JSON, with every control and format character escaped (serde
+/// leaves U+202E and its kind as they are).
+fn json_out(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if crate::text::hidden(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn print_error(body: &[u8], status: StatusCode) {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => {
             let msg = v["message"].as_str().unwrap_or("request failed");
-            eprintln!("tokend: {msg}");
+            eprintln!("tokend: {}", shown(msg));
             if let Some(h) = v["hint"].as_str() {
-                eprintln!("hint: {h}");
+                eprintln!("hint: {}", shown(h));
             }
         }
         Err(_) => eprintln!("tokend: HTTP {status}"),
@@ -72,7 +135,13 @@ fn print_error(body: &[u8], status: StatusCode) {
 }
 
 /// `tokend token NAME`: prints the bare token (or the JSON body) and returns the exit code.
-pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: bool) -> u8 {
+pub async fn token(
+    socket: &Path,
+    name: &str,
+    min_ttl: Option<Duration>,
+    json: bool,
+    timeout: Duration,
+) -> u8 {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     if !json {
         q.append_pair("format", "raw");
@@ -82,7 +151,7 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
     }
     let enc: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
     let path = format!("/v1/tokens/{enc}?{}", q.finish());
-    match call(socket, hyper::Method::GET, &path)
+    match call_within(socket, hyper::Method::GET, &path, timeout)
         .await
         .map(|r| (r.status(), r.into_body()))
     {
@@ -90,7 +159,23 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
             eprintln!("tokend: {e}");
             exit::OTHER
         }
+        Ok((StatusCode::OK, body)) if json => match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => {
+                println!("{}", json_out(&v));
+                exit::OK
+            }
+            Err(_) => {
+                eprintln!("tokend: the answer is not JSON: not tokend's");
+                exit::OTHER
+            }
+        },
         Ok((StatusCode::OK, body)) => {
+            // A token is visible ASCII; anything else could run on a
+            // terminal or start a line in a script.
+            if body.is_empty() || !body.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                eprintln!("tokend: the answer is not a token (it holds characters a token cannot): not tokend's");
+                return exit::OTHER;
+            }
             println!("{}", String::from_utf8_lossy(&body));
             exit::OK
         }
@@ -107,8 +192,9 @@ pub async fn token(socket: &Path, name: &str, min_ttl: Option<Duration>, json: b
 }
 
 /// `tokend status`: a table of sources, or the raw document with `--json`.
-pub async fn status(socket: &Path, json: bool) -> u8 {
-    let (status, body) = match call(socket, hyper::Method::GET, "/v1/sources").await {
+pub async fn status(socket: &Path, json: bool, timeout: Duration) -> u8 {
+    let (status, body) = match call_within(socket, hyper::Method::GET, "/v1/sources", timeout).await
+    {
         Ok(r) => (r.status(), r.into_body()),
         Err(e) => {
             eprintln!("tokend: {e}");
@@ -119,11 +205,11 @@ pub async fn status(socket: &Path, json: bool) -> u8 {
         print_error(&body, status);
         return exit::OTHER;
     }
-    if json {
-        println!("{}", String::from_utf8_lossy(&body));
-        return exit::OK;
-    }
     match serde_json::from_slice::<Value>(&body) {
+        Ok(doc) if json => {
+            println!("{}", json_out(&doc));
+            exit::OK
+        }
         Ok(doc) => {
             print!("{}", render_table(&doc, SystemTime::now()));
             exit::OK
@@ -164,33 +250,37 @@ pub fn render_table(doc: &Value, now: SystemTime) -> String {
     let empty = Vec::new();
     let sources = doc["sources"].as_array().unwrap_or(&empty);
     for s in sources {
-        let name = s["name"].as_str().unwrap_or("?").to_string();
+        let name = shown(s["name"].as_str().unwrap_or("?"));
         rows.push(vec![
             name.clone(),
-            s["state"].as_str().unwrap_or("?").to_string(),
+            shown(s["state"].as_str().unwrap_or("?")),
             relative(&s["expires_at"], now),
             relative(&s["refreshed_at"], now),
             relative(&s["next_refresh_at"], now),
-            s["consecutive_failures"].to_string(),
+            shown(&s["consecutive_failures"].to_string()),
             relative(&s["credential_expires_at"], now),
         ]);
         if let Some(e) = s["last_error"].as_object() {
             notes.push(format!(
                 "{name}: {}",
-                e.get("message").and_then(Value::as_str).unwrap_or("")
+                shown(e.get("message").and_then(Value::as_str).unwrap_or(""))
             ));
             if let Some(h) = e.get("hint").and_then(Value::as_str) {
-                notes.push(format!("{name}: hint: {h}"));
+                notes.push(format!("{name}: hint: {}", shown(h)));
             }
         }
         for w in s["warnings"].as_array().unwrap_or(&empty) {
-            notes.push(format!("{name}: warning: {}", w.as_str().unwrap_or("")));
+            notes.push(format!(
+                "{name}: warning: {}",
+                shown(w.as_str().unwrap_or(""))
+            ));
         }
-        let apps: Vec<&str> = s["managed_identity_apps"]
+        let apps: Vec<String> = s["managed_identity_apps"]
             .as_array()
             .unwrap_or(&empty)
             .iter()
             .filter_map(Value::as_str)
+            .map(shown)
             .collect();
         if !apps.is_empty() {
             notes.push(format!(

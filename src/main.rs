@@ -81,8 +81,13 @@ async fn dispatch(command: Command) -> u8 {
             socket,
             min_ttl,
             json,
-        } => tokend::client::token(&socket, &name, min_ttl, json).await,
-        Command::Status { socket, json } => tokend::client::status(&socket, json).await,
+            timeout,
+        } => tokend::client::token(&socket, &name, min_ttl, json, timeout).await,
+        Command::Status {
+            socket,
+            json,
+            timeout,
+        } => tokend::client::status(&socket, json, timeout).await,
         Command::MiEnv { app, config } => mi_env(&app, &config),
     }
 }

@@ -104,3 +104,143 @@ async fn paths_in_the_log_are_escaped() {
             .to_string(),
     );
 }
+
+/// A Unix socket that is not tokend's: each connection gets `answer`
+/// (after reading the request), or nothing at all when it is `None`.
+fn hostile_socket(
+    dir: &std::path::Path,
+    answer: Option<Vec<u8>>,
+    endless: bool,
+) -> std::path::PathBuf {
+    use std::io::{Read, Write};
+    let path = dir.join(format!("hostile-{}.sock", rand_suffix()));
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let answer = answer.clone();
+            std::thread::spawn(move || match answer {
+                None => std::thread::sleep(Duration::from_secs(600)),
+                Some(a) => {
+                    let _ = conn.write_all(&a);
+                    while endless {
+                        if conn.write_all(&[b'a'; 65536]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    path
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn tokend_client(
+    args: &[&str],
+    socket: &std::path::Path,
+) -> (Option<i32>, String, String, Duration) {
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+/// `tokend token` and `status` against someone else's socket: an endless
+/// body is cut off, a silent server is given up on, and a crafted status
+/// document or token prints nothing that acts on a terminal.
+#[tokio::test]
+async fn client_commands_survive_a_hostile_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let endless = hostile_socket(
+        dir.path(),
+        Some(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()),
+        true,
+    );
+    // Chunked framing aside, the body never ends: bounded in size.
+    let raw_endless = hostile_socket(
+        dir.path(),
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n".to_vec()),
+        true,
+    );
+    let (code, _, err, took) = tokio::task::spawn_blocking({
+        let s = raw_endless.clone();
+        move || tokend_client(&["status"], &s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("larger than 64 MiB"), "{err}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let (code, _, _, _) = tokio::task::spawn_blocking(move || tokend_client(&["status"], &endless))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+
+    let silent = hostile_socket(dir.path(), None, false);
+    let (code, _, err, took) = tokio::task::spawn_blocking(move || {
+        tokend_client(&["token", "x", "--timeout", "1s"], &silent)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no answer") && err.contains("within 1s"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let doc = serde_json::json!({
+        "sources": [{
+            "name": "x\u{1b}[2J",
+            "state": "ready\u{1b}]0;pwned\u{7}",
+            "consecutive_failures": 0,
+            "last_error": { "message": "boom\nforged: line", "hint": "h\u{202e}int" },
+            "warnings": ["w\u{2028}forged too"],
+            "managed_identity_apps": ["a\u{1b}[31m"],
+        }]
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{doc}",
+        doc.len()
+    );
+    let crafted = hostile_socket(dir.path(), Some(answer.into_bytes()), false);
+    for args in [vec!["status"], vec!["status", "--json"]] {
+        let s = crafted.clone();
+        let (code, out, err, _) = tokio::task::spawn_blocking(move || tokend_client(&args, &s))
+            .await
+            .unwrap();
+        assert_eq!(code, Some(0), "{err}");
+        assert_inert(&out);
+    }
+    let body = "abc\u{1b}]0;pwned\u{7}\nforged";
+    let token = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let crafted = hostile_socket(dir.path(), Some(token.into_bytes()), false);
+    let (code, out, err, _) =
+        tokio::task::spawn_blocking(move || tokend_client(&["token", "x"], &crafted))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.is_empty(), "{out:?}");
+    assert!(err.contains("not a token"), "{err}");
+}

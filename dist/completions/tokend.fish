@@ -41,11 +41,13 @@ complete -c tokend -n "__fish_tokend_using_subcommand check" -l fetch -d 'Reques
 complete -c tokend -n "__fish_tokend_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l socket -d 'The daemon\'s socket' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l min-ttl -d 'The token must stay valid at least this long (e.g. 5m)' -r
+complete -c tokend -n "__fish_tokend_using_subcommand token" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l json -d 'Print the JSON body instead of the bare token'
 complete -c tokend -n "__fish_tokend_using_subcommand token" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand mi-env" -s c -l config -d 'Config file' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand mi-env" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand status" -l socket -d 'The daemon\'s socket' -r -F
+complete -c tokend -n "__fish_tokend_using_subcommand status" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand status" -l json -d 'Print the /v1/sources document'
 complete -c tokend -n "__fish_tokend_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env status help" -f -a "run" -d 'Run the daemon in the foreground'
