@@ -125,10 +125,8 @@ fn hostile_socket(
                 None => std::thread::sleep(Duration::from_secs(600)),
                 Some(a) => {
                     let _ = conn.write_all(&a);
-                    while endless {
-                        if conn.write_all(&[b'a'; 65536]).is_err() {
-                            break;
-                        }
+                    if endless {
+                        while conn.write_all(&[b'a'; 65536]).is_ok() {}
                     }
                 }
             });
