@@ -25,6 +25,10 @@ pub(super) struct File {
     pub shared: Option<bool>,
     /// Who else could change it, if anyone (see [`untrusted`]).
     pub untrusted: Option<Problem>,
+    /// Where each line starts, made at the first diagnostic: placing a
+    /// problem is a binary search, not a scan from the top (40,000 sources
+    /// with one warning each would otherwise take minutes).
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
 /// Largest config file read.
@@ -38,12 +42,41 @@ impl File {
         let text = String::from_utf8(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
         })?;
-        Ok(File {
-            path: path.to_path_buf(),
+        Ok(File::new(
+            path.to_path_buf(),
             text,
-            shared: Some(shared(&meta)),
-            untrusted: untrusted(path, &meta, "file"),
-        })
+            Some(shared(&meta)),
+            untrusted(path, &meta, "file"),
+        ))
+    }
+
+    pub fn new(
+        path: PathBuf,
+        text: String,
+        shared: Option<bool>,
+        untrusted: Option<Problem>,
+    ) -> File {
+        File {
+            path,
+            text,
+            shared,
+            untrusted,
+            line_starts: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Line and column (both from 1, columns in characters) of byte `at`.
+    fn place(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.text.len());
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let line = starts.partition_point(|s| *s <= at).max(1);
+        let start = starts[line - 1];
+        let col = self.text.get(start..at).map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
     }
 }
 
@@ -124,6 +157,8 @@ pub(super) struct Diagnostics {
     pub files: Vec<File>,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
+    /// The warnings so far, to keep each once in constant time.
+    warned: std::collections::HashSet<Diagnostic>,
 }
 
 impl Diagnostics {
@@ -132,18 +167,14 @@ impl Diagnostics {
             files: vec![main],
             errors: Vec::new(),
             warnings: Vec::new(),
+            warned: std::collections::HashSet::new(),
         }
     }
 
     /// Line and column (both from 1, columns in characters) of `at`.
     pub fn diagnostic(&self, at: &At, message: String, hint: Option<String>) -> Diagnostic {
         let f = &self.files[at.file];
-        let upto = f
-            .text
-            .get(..at.span.start.min(f.text.len()))
-            .unwrap_or_default();
-        let line = upto.matches('\n').count() + 1;
-        let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, col) = f.place(at.span.start);
         Diagnostic {
             file: f.path.clone(),
             line,
@@ -162,7 +193,7 @@ impl Diagnostics {
     /// in `[defaults]` is inherited by many sources).
     pub fn warn(&mut self, at: &At, message: impl Into<String>, hint: impl Into<Option<String>>) {
         let d = self.diagnostic(at, message.into(), hint.into());
-        if !self.warnings.contains(&d) {
+        if self.warned.insert(d.clone()) {
             self.warnings.push(d);
         }
     }

@@ -378,7 +378,7 @@ pub struct MiApp {
 }
 
 /// One problem (or warning), pinned to a place in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Diagnostic {
     pub file: PathBuf,
     pub line: usize,
@@ -495,10 +495,10 @@ pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
 /// there is no group to look at, so any group or other bit counts). An
 /// include directory beside `path` is read from disk as usual.
 pub fn load_str(text: &str, path: &Path, mode: Option<u32>) -> Result<Config, ConfigError> {
-    load::run(diag::File {
-        path: path.to_path_buf(),
-        text: text.to_string(),
-        shared: mode.map(|m| m & 0o077 != 0),
-        untrusted: None,
-    })
+    load::run(diag::File::new(
+        path.to_path_buf(),
+        text.to_string(),
+        mode.map(|m| m & 0o077 != 0),
+        None,
+    ))
 }

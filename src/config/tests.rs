@@ -1026,3 +1026,26 @@ fn config_files_others_could_write_are_refused() {
     std::os::unix::fs::chown(&extra, None, Some(0)).unwrap();
     assert!(load(&main).is_ok());
 }
+
+/// Every diagnostic's line and column come from one index of the file:
+/// right at the first and last line, after multi-byte characters, and for
+/// thousands of warnings (each kept once).
+#[test]
+fn places_are_exact_across_a_large_file() {
+    let mut text = String::from("# é ü\n");
+    for i in 0..3000 {
+        text.push_str(&format!(
+            "[sources.s{i}]\ntoken_url = \"https://sso.example.com/t\"\nclient_id = \"c\"\nclient_secret = \"plain-{i}\"\n"
+        ));
+    }
+    let c = load_str(&text, Path::new("big.toml"), Some(0o644)).unwrap();
+    assert_eq!(c.warnings.len(), 3000);
+    let first = &c.warnings[0];
+    let last = c.warnings.last().unwrap();
+    let (lines, col) = (|w: &Diagnostic| w.line, |w: &Diagnostic| w.col);
+    let mut at: Vec<usize> = c.warnings.iter().map(lines).collect();
+    at.sort();
+    assert_eq!(at[0], 5, "{first}");
+    assert_eq!(at[2999], 5 + 4 * 2999, "{last}");
+    assert!(c.warnings.iter().all(|w| col(w) == 17), "{first}");
+}
