@@ -454,3 +454,101 @@ async fn a_group_with_thousands_of_members_resolves() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("OK, 1 source(s)"), "{stdout}");
 }
+
+/// README's secret-file recipe, as the daemon's user reads it: a
+/// `root:tokend` directory 0750 and file 0640 work; the old recipe's
+/// root-only 0700 directory was "Permission denied" for the daemon.
+/// (uid 4242 in group 4242 stands for the tokend user and group.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
+    if !root_or_skip("the_readme_secret_recipe_is_readable_by_the_daemons_user") {
+        return;
+    }
+    let idp = idp(Duration::from_secs(3600), &["graph"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let check_as_daemon = |secrets_mode: u32, file_mode: u32| {
+        let secrets = dir.path().join(format!("secrets-{secrets_mode:o}"));
+        let run = |args: &[&str]| {
+            let out = Command::new("install").args(args).output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        // The recipe's commands, with 4242 for tokend.
+        run(&[
+            "-d",
+            "-m",
+            &format!("{secrets_mode:o}"),
+            "-o",
+            "root",
+            "-g",
+            "4242",
+            secrets.to_str().unwrap(),
+        ]);
+        let file = secrets.join("graph");
+        run(&[
+            "-m",
+            &format!("{file_mode:o}"),
+            "-o",
+            "root",
+            "-g",
+            "4242",
+            "/dev/null",
+            file.to_str().unwrap(),
+        ]);
+        std::fs::write(&file, SECRET).unwrap();
+        let config = dir.path().join(format!("tokend-{secrets_mode:o}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[sources.graph]\ntoken_url = \"{}\"\nclient_id = \"graph\"\nclient_secret = {{ file = \"{}\" }}\n",
+                idp.token_url(),
+                file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        cmd.args(["check", "--fetch", "-c"]).arg(&config);
+        // SAFETY: async-signal-safe calls only, in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(4242) != 0
+                    || libc::setuid(4242) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The modes README's recipe gives the directory and the file.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let recipe = readme
+        .split("### An Entra client secret as a systemd credential")
+        .nth(1)
+        .unwrap();
+    let mode_in = |prefix: &str| {
+        let line = recipe.lines().find(|l| l.starts_with(prefix)).unwrap();
+        let m = line
+            .split_whitespace()
+            .skip_while(|w| *w != "-m")
+            .nth(1)
+            .unwrap();
+        u32::from_str_radix(m, 8).unwrap()
+    };
+    let (dir_mode, file_mode) = (mode_in("install -d "), mode_in("install -m "));
+    let (code, out) = tokio::task::block_in_place(|| check_as_daemon(dir_mode, file_mode));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("graph: ok"), "{out}");
+    // What the recipe used to say: root only, and the daemon cannot read it.
+    let (code, out) = tokio::task::block_in_place(|| check_as_daemon(0o700, 0o600));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+}
