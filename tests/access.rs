@@ -507,7 +507,14 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
         )
         .unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        // A copy the other user can run: the checkout may be private
+        // (a clone made with mktemp -d is 0700).
+        let binary = dir.path().join("tokend");
+        if !binary.exists() {
+            std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
+            std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut cmd = Command::new(&binary);
         cmd.args(["check", "--fetch", "-c"]).arg(&config);
         // SAFETY: async-signal-safe calls only, in the child before exec.
         unsafe {
