@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(short, long, env = "TOKEND_CONFIG", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Print a source's token in the format a tool's credential helper expects.
+    ///
+    /// For tools that run a program for their credentials: kubectl and other
+    /// client-go programs (exec plugin), git (credential helper), Google's
+    /// SDKs (executable-sourced credentials). A client of the running daemon,
+    /// like `tokend token`: the caller's uid and groups and the source's
+    /// allow list apply, and no secret is read. Errors are one line on
+    /// stderr naming the source and the daemon's error code.
+    Credential {
+        #[command(subcommand)]
+        kind: CredentialKind,
+    },
     /// Show the state of every source.
     ///
     /// State, expiry, last and next refresh, failures, credential expiry and
@@ -105,6 +117,62 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
         timeout: Duration,
     },
+}
+
+/// The tools `tokend credential` speaks to.
+#[derive(Subcommand)]
+pub enum CredentialKind {
+    /// An ExecCredential for kubectl and other client-go programs.
+    ///
+    /// Kubeconfig: users[].user.exec with command: tokend,
+    /// args: [credential, kubectl, SOURCE], interactiveMode: Never. The
+    /// apiVersion follows $KUBERNETES_EXEC_INFO (v1 when unset).
+    Kubectl {
+        /// The source's name.
+        source: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// git's credential-helper protocol (get; store and erase do nothing).
+    ///
+    /// git config credential.https://dev.azure.com.helper
+    /// '!tokend credential git SOURCE'. A Bearer token where git offers
+    /// capability[]=authtype (git 2.46 and later), else the token as the
+    /// password of --username. Nothing for a protocol other than https.
+    Git {
+        /// The source's name.
+        source: String,
+        /// The user name sent with the token as password (git before 2.46).
+        #[arg(long, default_value = "tokend")]
+        username: String,
+        /// What git asks: get, store or erase.
+        #[arg(value_parser = ["get", "store", "erase"])]
+        action: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Google's executable-sourced credential (workload identity federation).
+    ///
+    /// credential_source.executable.command in an external_account config,
+    /// with GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1. The version-1 JSON,
+    /// on success and on failure; nothing on stderr.
+    Gcp {
+        /// The source's name.
+        source: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+/// Where the daemon is, and how long to wait for it.
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// The daemon's socket.
+    #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Give up on a daemon that has not answered within this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub timeout: Duration,
 }
 
 /// The shells completions are generated for, with the file name and the
@@ -153,14 +221,19 @@ pub fn man_page() -> Vec<u8> {
     roff.control("SH", ["COMMANDS"]);
     out.extend(roff.render().into_bytes());
     for sub in cmd.get_subcommands() {
-        out.extend(subcommand(sub));
+        out.extend(subcommand(sub, "tokend"));
+        // `tokend credential KIND`: each kind has its own subsection.
+        let prefix = format!("tokend {}", sub.get_name());
+        for nested in sub.get_subcommands() {
+            out.extend(subcommand(nested, &prefix));
+        }
     }
     out.extend(extra_sections().render().into_bytes());
     out
 }
 
 /// One subcommand as a `.SS` subsection: synopsis, description, options.
-fn subcommand(sub: &clap::Command) -> Vec<u8> {
+fn subcommand(sub: &clap::Command, prefix: &str) -> Vec<u8> {
     let man = clap_mangen::Man::new(sub.clone());
     let mut parts = Vec::new();
     let _ = man.render_synopsis_section(&mut parts);
@@ -172,7 +245,7 @@ fn subcommand(sub: &clap::Command) -> Vec<u8> {
         match line {
             // The synopsis opens the subsection; the other headings go.
             ".SH SYNOPSIS" => {
-                out.push_str(&format!(".SS \"tokend {}\"\n", sub.get_name()));
+                out.push_str(&format!(".SS \"{prefix} {}\"\n", sub.get_name()));
             }
             ".SH DESCRIPTION" | ".SH OPTIONS" => out.push_str(".PP\n"),
             _ => {

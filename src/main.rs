@@ -89,6 +89,13 @@ async fn dispatch(command: Command) -> u8 {
             timeout,
         } => tokend::client::status(&socket, json, timeout).await,
         Command::MiEnv { app, config } => mi_env(&app, &config),
+        Command::Credential { kind } => {
+            let exec_info = std::env::var("KUBERNETES_EXEC_INFO").ok();
+            let out = tokend::credential::run(kind, std::io::stdin(), exec_info).await;
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            out.code
+        }
     }
 }
 

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 /// The layers, top to bottom, and the top-level modules in each. A module
 /// may use modules of its own layer (without a cycle) and of layers below.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("commands", &["main", "cli", "client", "check", "dev"]),
+    (
+        "commands",
+        &["main", "cli", "client", "credential", "check", "dev"],
+    ),
     ("wiring", &["daemon"]),
     ("doors", &["server", "reload"]),
     ("running state", &["broker"]),
