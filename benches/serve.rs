@@ -123,45 +123,56 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
 
     println!();
     println!(
-        "{:<8} {:>5} {:>12} {:>10} {:>10}",
-        "server", "conns", "req/s", "p50 ms", "p99 ms"
+        "{:<8} {:>10} {:>5} {:>12} {:>10} {:>10}",
+        "server", "load", "conns", "req/s", "p50 ms", "p99 ms"
     );
+    // Two views of the same servers: the load generator in this process
+    // (sharing its runtime with nothing else), and in a process of its own,
+    // as every real consumer is (`--load`, spawned per round).
     let mut results = Vec::new();
-    for conns in [16usize, 64] {
-        for round in 0..plan.rounds {
-            for (name, socket) in [("tokend", &daemon.socket), ("baseline", &base_socket)] {
-                let r = load(socket, path, conns, plan.run).await;
-                println!(
-                    "{:<8} {:>5} {:>12.0} {:>10.3} {:>10.3}   (round {})",
-                    name,
-                    conns,
-                    r.rate,
-                    r.p50,
-                    r.p99,
-                    round + 1
-                );
-                results.push((name, conns, r));
+    for view in ["in-process", "external"] {
+        for conns in [16usize, 64] {
+            for round in 0..plan.rounds {
+                for (name, socket) in [("tokend", &daemon.socket), ("baseline", &base_socket)] {
+                    let r = match view {
+                        "external" => external_load(socket, path, conns, plan.run)?,
+                        _ => load(socket, path, conns, plan.run).await,
+                    };
+                    println!(
+                        "{:<8} {:>10} {:>5} {:>12.0} {:>10.3} {:>10.3}   (round {})",
+                        name,
+                        view,
+                        conns,
+                        r.rate,
+                        r.p50,
+                        r.p99,
+                        round + 1
+                    );
+                    results.push((view, name, conns, r));
+                }
             }
         }
     }
     println!();
-    for conns in [16usize, 64] {
-        let best = |who: &str| {
-            results
-                .iter()
-                .filter(|(n, c, _)| *n == who && *c == conns)
-                .map(|(_, _, r)| r)
-                .fold(None::<&Load>, |acc, r| match acc {
-                    Some(a) if a.rate >= r.rate => Some(a),
-                    _ => Some(r),
-                })
-        };
-        if let (Some(t), Some(b)) = (best("tokend"), best("baseline")) {
-            println!(
-                "c={conns}: tokend/baseline throughput {:.2}×, p99 {:.2}× (best round of each)",
-                t.rate / b.rate,
-                t.p99 / b.p99
-            );
+    for view in ["in-process", "external"] {
+        for conns in [16usize, 64] {
+            let best = |who: &str| {
+                results
+                    .iter()
+                    .filter(|(v, n, c, _)| *v == view && *n == who && *c == conns)
+                    .map(|(_, _, _, r)| r)
+                    .fold(None::<&Load>, |acc, r| match acc {
+                        Some(a) if a.rate >= r.rate => Some(a),
+                        _ => Some(r),
+                    })
+            };
+            if let (Some(t), Some(b)) = (best("tokend"), best("baseline")) {
+                println!(
+                    "{view:>10} c={conns}: tokend/baseline throughput {:.2}×, p99 {:.2}× (best round of each)",
+                    t.rate / b.rate,
+                    t.p99 / b.p99
+                );
+            }
         }
     }
     let _ = base.kill();
@@ -322,6 +333,37 @@ struct Load {
     rate: f64,
     p50: f64,
     p99: f64,
+}
+
+/// [`load`] from a process of its own: this benchmark run with `--load`.
+fn external_load(
+    socket: &Path,
+    path: &str,
+    conns: usize,
+    run: Duration,
+) -> Result<Load, Box<dyn std::error::Error>> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--load")
+        .arg(socket)
+        .arg(path)
+        .arg(run.as_secs().max(1).to_string())
+        .arg(conns.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    // "N req/s, p50 X ms, p99 Y ms"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let nums: Vec<f64> = text
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [rate, _, p50, _, p99, ..] => Ok(Load {
+            rate: *rate,
+            p50: *p50,
+            p99: *p99,
+        }),
+        _ => Err(format!("unreadable --load output: {text}").into()),
+    }
 }
 
 /// `conns` keep-alive connections sending `path` for `run`.
