@@ -1,16 +1,17 @@
 //! How fast tokend serves a cached token, next to a bare hyper server that
 //! serves the same bytes; and what it costs to hold many sources.
 //!
-//!     cargo bench --bench serve            # the full run (about 2 minutes)
+//!     cargo bench --bench serve            # the full run (about 3 minutes)
 //!     cargo bench --bench serve -- --smoke # seconds: CI runs this
 //!     cargo bench --bench serve -- --startup # only the many-sources start-up, 3 times
 //!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
 //!                                          # load only, to profile a server
 //!
 //! Both servers run as their own processes on Unix sockets; one load
-//! generator (a hyper client with N keep-alive connections, in this process)
-//! drives them in turn for a fixed time, two rounds, at 16 and 64
-//! connections. Then: tokend's RSS after a million requests; with 10,000
+//! generator (a hyper client with N keep-alive connections) drives them in
+//! turn for a fixed time, two rounds, at 16 and 64 connections: first from
+//! this process, then from a process of its own (this benchmark run with
+//! `--load`), as a real consumer is. Then: tokend's RSS after a million requests; with 10,000
 //! sources, the time to listening and to the first answer, and RSS; and 10,000 concurrent cold
 //! requests to one lazy source, which must cause one upstream fetch.
 //! Figures, not assertions: nothing here fails on a slow machine.
