@@ -33,36 +33,9 @@ fn run_ok(cmd: &mut Command, what: &str) {
     );
 }
 
-/// The venv's python, with azure-identity as pinned (made once, kept in
-/// the target directory).
+/// The venv's python, with azure-identity as pinned.
 fn python() -> PathBuf {
-    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("azure-identity-venv");
-    let python = venv.join("bin/python");
-    let reqs = azure_dir().join("requirements.txt");
-    let stamp = venv.join("requirements.txt");
-    if std::fs::read(&stamp).ok() != std::fs::read(&reqs).ok() {
-        let _ = std::fs::remove_dir_all(&venv);
-        run_ok(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        );
-        run_ok(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(&reqs),
-            "pip install azure-identity",
-        );
-        std::fs::copy(&reqs, &stamp).unwrap();
-    }
-    python
+    pinned_venv("azure-identity", &azure_dir().join("requirements.txt"))
 }
 
 /// Installs @azure/identity (npm ci) once.

@@ -12,7 +12,6 @@ use common::*;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -21,42 +20,9 @@ fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
 }
 
-static INSTALL: Mutex<()> = Mutex::new(());
-
-/// A venv's python with the pinned requirements `reqs` (made once, kept in
-/// the target directory).
+/// A venv's python with the pinned requirements `reqs` of tests/clients.
 fn python(name: &str, reqs: &str) -> PathBuf {
-    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-venv"));
-    let python = venv.join("bin/python");
-    let reqs = clients_dir().join(reqs);
-    let stamp = venv.join("requirements.txt");
-    if std::fs::read(&stamp).ok() != std::fs::read(&reqs).ok() {
-        let _ = std::fs::remove_dir_all(&venv);
-        let ok = |cmd: &mut Command, what: &str| {
-            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(out.status.success(), "{what}: {out:?}");
-        };
-        ok(
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv",
-        );
-        ok(
-            Command::new(&python)
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(&reqs),
-            "pip install",
-        );
-        std::fs::copy(&reqs, &stamp).unwrap();
-    }
-    python
+    pinned_venv(name, &clients_dir().join(reqs))
 }
 
 /// One of tests/clients/servers.py's servers; killed on drop.

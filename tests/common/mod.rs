@@ -427,3 +427,47 @@ impl Daemon {
         std::fs::read_to_string(&self.config).unwrap()
     }
 }
+
+/// The python of a venv `NAME-venv` in the target directory with exactly
+/// the pinned `requirements` installed from PyPI (made once; made again
+/// when the pins change). The SDK tests share it, one install at a time.
+pub fn pinned_venv(name: &str, requirements: &Path) -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-venv"));
+    let python = venv.join("bin/python");
+    let stamp = venv.join("requirements.txt");
+    if std::fs::read(&stamp).ok() != std::fs::read(requirements).ok() {
+        let _ = std::fs::remove_dir_all(&venv);
+        let run = |cmd: &mut Command, what: &str| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{what}: {e} (install python3 with venv and pip)"));
+            assert!(
+                out.status.success(),
+                "{what} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        );
+        run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(requirements),
+            &format!("pip install -r {}", requirements.display()),
+        );
+        std::fs::copy(requirements, &stamp).unwrap();
+    }
+    python
+}
