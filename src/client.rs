@@ -172,7 +172,7 @@ pub async fn token(
         Ok((StatusCode::OK, body)) => {
             // A token is visible ASCII; anything else could run on a
             // terminal or start a line in a script.
-            if body.is_empty() || !body.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            if !crate::token::is_token_text(&body) {
                 eprintln!("tokend: the answer is not a token (it holds characters a token cannot): not tokend's");
                 return exit::OTHER;
             }

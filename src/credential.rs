@@ -58,7 +58,7 @@ async fn fetch(socket: &Path, source: &str, timeout: Duration) -> Result<Issued,
         });
     }
     let token = body["access_token"].as_str().unwrap_or_default();
-    if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if !crate::token::is_token_text(token.as_bytes()) {
         return Err(Refused {
             code: "bad_answer".into(),
             message: "the daemon's answer holds no usable token".into(),

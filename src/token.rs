@@ -99,6 +99,13 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Whether `bytes` can be a token: not empty, and visible ASCII only
+/// (`%x21-7E`), so served in a header line, a file or a shell variable it
+/// can start no line and move no cursor.
+pub fn is_token_text(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
 /// How long before `expires_at` a token stops being served.
 pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
 

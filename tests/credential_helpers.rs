@@ -143,31 +143,25 @@ async fn kubectl_and_the_kubernetes_client_send_the_daemons_token() {
         .output()
         .is_ok()
     {
-        for version in ["v1", "v1beta1"] {
-            let k = kubeconfig(dir.path(), api.port, version, "k", &d.socket);
-            let (ok, out) = tokio::task::block_in_place(|| {
+        let kubectl = |k: &Path| {
+            tokio::task::block_in_place(|| {
                 output(
                     Command::new("kubectl")
                         .arg("--kubeconfig")
-                        .arg(&k)
+                        .arg(k)
                         .args(["get", "--raw", "/version"]),
                 )
-            });
+            })
+        };
+        for version in ["v1", "v1beta1"] {
+            let (ok, out) = kubectl(&kubeconfig(dir.path(), api.port, version, "k", &d.socket));
             assert!(
                 ok && out.contains("v1.32.0-tokend-test"),
                 "kubectl {version}: {out}"
             );
             assert_eq!(api.seen().last().unwrap()["authorization"], bearer);
         }
-        let k = kubeconfig(dir.path(), api.port, "v1", "nope", &d.socket);
-        let (ok, out) = tokio::task::block_in_place(|| {
-            output(
-                Command::new("kubectl")
-                    .arg("--kubeconfig")
-                    .arg(&k)
-                    .args(["get", "--raw", "/version"]),
-            )
-        });
+        let (ok, out) = kubectl(&kubeconfig(dir.path(), api.port, "v1", "nope", &d.socket));
         assert!(!ok, "{out}");
         assert!(out.contains("source nope: unknown_source"), "{out}");
     } else {

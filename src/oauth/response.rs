@@ -87,7 +87,7 @@ pub fn parse_token(body: &[u8]) -> Result<TokenResponse, String> {
             MAX_TOKEN
         ));
     }
-    if !access_token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if !crate::token::is_token_text(access_token.as_bytes()) {
         return Err("`access_token` holds a character other than visible ASCII (a space, a control character such as CR or LF, or a non-ASCII one); it is not served".to_string());
     }
     let token_type = match raw.token_type {
