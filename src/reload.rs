@@ -264,6 +264,8 @@ pub fn relevant(main: &Path, config: &Config, env: &SecretEnv) -> Relevant {
         .filter_map(|a| a.header.path(env))
         .collect();
     files.insert(main.to_path_buf());
+    // An include file may itself be a link to a file elsewhere.
+    files.extend(config.include_files.iter().cloned());
     for s in config.sources.values() {
         let ca = s.ca_file.as_ref().map(|c| c.path.clone());
         files.extend(s.credential.paths(env).into_iter().chain(ca));

@@ -140,6 +140,32 @@ async fn a_secret_behind_two_links_rotates_when_either_is_re_pointed() {
     .await;
 }
 
+/// An include file that is a link to a file elsewhere: an edit of the
+/// file it leads to is seen, though only `sources.d` names it.
+#[tokio::test]
+async fn an_include_file_behind_a_link_is_followed() {
+    let idp = idp(S(3600), &["a", "b", "c"]).await;
+    let b = source("b", &idp, "");
+    let d = daemon(&source("a", &idp, ""))
+        .layout(move |dir, text| {
+            mkdirs(dir, &["sources.d", "shared"]);
+            write_private(&dir.join("tokend.toml"), text);
+            write_private(&dir.join("shared/b.toml"), &b);
+            symlink("../shared/b.toml", dir.join("sources.d/b.toml")).unwrap();
+            dir.join("tokend.toml")
+        })
+        .start()
+        .await;
+    let root = d.dir.path().to_path_buf();
+    wait_sources(&d, &["a", "b"]).await;
+    // In place, in a directory only the link leads to.
+    write_private(
+        &root.join("shared/b.toml"),
+        &format!("{}{}", source("b", &idp, ""), source("c", &idp, "")),
+    );
+    wait_sources(&d, &["a", "b", "c"]).await;
+}
+
 /// `tokend run -c tokend.toml` from the config's directory reloads too.
 #[tokio::test]
 async fn a_relative_config_path_is_reloaded() {
