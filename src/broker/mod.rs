@@ -214,6 +214,10 @@ impl Broker {
             keep
         });
         let mut to_start = Vec::new();
+        // Looked up once per new source: a set, so that restarting
+        // thousands of sources at once stays linear.
+        let restarted: std::collections::HashSet<String> =
+            summary.restarted.iter().cloned().collect();
         for (name, cfg) in &config.sources {
             let fp = fingerprints.get(name).copied();
             match map.get(name) {
@@ -240,7 +244,8 @@ impl Broker {
                     }
                 }
                 None => {
-                    if !summary.restarted.contains(name) {
+                    let was_running = restarted.contains(name);
+                    if !was_running {
                         summary.added.push(name.clone());
                     }
                     // Known before the task starts, so its first token
@@ -248,7 +253,7 @@ impl Broker {
                     // sinks: its predecessor's files go. (A new source
                     // without sinks has nothing to tell them.)
                     let generation = source::new_generation();
-                    if !cfg.sinks.is_empty() || summary.restarted.contains(name) {
+                    if !cfg.sinks.is_empty() || was_running {
                         sinks_changed.push(SinkSet {
                             source: name.clone(),
                             generation,
