@@ -368,16 +368,23 @@ async fn wrong_headers_are_logged_once_a_minute_per_door_not_once_each() {
 #[tokio::test]
 async fn a_request_that_follows_a_restarted_source_checks_the_resource_again() {
     let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
-    // The first fetch takes a while: a request joins it and waits.
+    // Lazy sources and a slow IdP: the request starts graph's first fetch
+    // and waits for it, so the fetch reaching the IdP says it is waiting.
     idp.set_delay(S(3));
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let body = config(&idp, port, dir.path());
+    let body = format!(
+        "{}[defaults]\neager = false\n",
+        config(&idp, port, dir.path())
+    );
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;
     let waiting =
         tokio::spawn(async move { mi_get(port, Some("jira-header-value"), &q(GRAPH)).await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    eventually("the request's fetch at the IdP", async || {
+        (idp.requests() >= 1).then_some(())
+    })
+    .await;
     // graph now asks for another resource: a new identity, a restart.
     write_private(
         &d.config,

@@ -337,7 +337,11 @@ async fn a_lazy_source_made_eager_by_a_reload_starts_at_once() {
     ))
     .start()
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Lazy sources start no task until asked: idle, nothing fetched.
+    for name in ["lazy", "sunk"] {
+        let st = d.get(&format!("/v1/sources/{name}")).await.json();
+        assert_eq!(st["state"], "idle", "{st}");
+    }
     assert_eq!(idp.issued(), 0, "lazy sources fetch nothing at start");
     // Sinks make "sunk" eager (whatever its `eager` says).
     let sink = d.dir.path().join("sunk.token");
