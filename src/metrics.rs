@@ -38,6 +38,23 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// A source's lifecycle state, one series per state (1 for the current).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceState {
+    pub source: String,
+    pub state: &'static str,
+}
+
+/// Every `state` of `tokend_source_state` (as `/v1/sources` names them).
+pub const SOURCE_STATES: [&str; 6] = [
+    "idle",
+    "fetching",
+    "ready",
+    "refreshing",
+    "degraded",
+    "failed",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
@@ -62,6 +79,8 @@ pub struct Metrics {
     pub reloads: Family<OutcomeLabel, Counter>,
     pub source_restarts: Family<SourceLabel, Counter>,
     pub sink_writes: Family<SourceOutcome, Counter>,
+    pub source_state: Family<SourceState, Gauge>,
+    pub last_reload_ok: Gauge,
     pub last_reload_success: FloatGauge,
     pub sources: Gauge,
 }
@@ -94,6 +113,8 @@ impl Metrics {
             reloads: Family::default(),
             source_restarts: Family::default(),
             sink_writes: Family::default(),
+            source_state: Family::default(),
+            last_reload_ok: Gauge::default(),
             last_reload_success: FloatGauge::default(),
             sources: Gauge::default(),
             registry: Registry::default(),
@@ -147,6 +168,17 @@ impl Metrics {
             "Token files written for file sinks, by source and outcome (success, error)",
             m.sink_writes.clone(),
         );
+        registry.register(
+            "tokend_source_state",
+            "A source's state (idle, fetching, ready, refreshing, degraded, failed), 1 for the current one, as at the scrape",
+            m.source_state.clone(),
+        );
+        m.last_reload_ok.set(1);
+        registry.register(
+            "tokend_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried yet), 0 if it failed and an older configuration runs",
+            m.last_reload_ok.clone(),
+        );
         registry.register("tokend_sources", "Configured sources", m.sources.clone());
         let build: Family<VersionLabel, Gauge> = Family::default();
         build
@@ -182,6 +214,18 @@ impl Metrics {
         out
     }
 
+    /// Sets `source`'s state series: 1 for `current`, 0 for the others.
+    pub fn set_state(&self, source: &str, current: &'static str) {
+        for state in SOURCE_STATES {
+            self.source_state
+                .get_or_create(&SourceState {
+                    source: source.to_string(),
+                    state,
+                })
+                .set(i64::from(state == current));
+        }
+    }
+
     pub fn count_request(&self, source: &str, outcome: &'static str) {
         self.token_requests
             .get_or_create(&SourceOutcome {
@@ -201,6 +245,12 @@ impl Metrics {
         self.credential_expiry.remove(&l);
         self.fetch_duration.remove(&l);
         self.source_restarts.remove(&l);
+        for state in SOURCE_STATES {
+            self.source_state.remove(&SourceState {
+                source: source.to_string(),
+                state,
+            });
+        }
         for outcome in REQUEST_OUTCOMES {
             self.token_requests.remove(&SourceOutcome {
                 source: source.to_string(),

@@ -103,10 +103,22 @@ async fn invalid_edit_keeps_serving_and_shows_the_error_then_a_fix_applies() {
     assert!(d
         .log()
         .contains("reload failed, keeping the running configuration"));
+    let metrics = d.get("/metrics").await.text();
+    assert!(
+        metrics.contains("tokend_config_last_reload_successful 0\n")
+            && metrics.contains("tokend_source_state{source=\"a\",state=\"ready\"} 1\n")
+            && metrics.contains("tokend_source_state{source=\"a\",state=\"failed\"} 0\n"),
+        "{metrics}"
+    );
 
     write_private(&d.config, &format!("{good}{}", source("b", &idp, "")));
     let doc = wait_sources(&d, &["a", "b"]).await;
     assert_eq!(doc["config"]["last_reload"]["ok"], true);
+    let metrics = d.get("/metrics").await.text();
+    assert!(
+        metrics.contains("tokend_config_last_reload_successful 1\n"),
+        "{metrics}"
+    );
     assert_eq!(doc["config"]["reloads"]["error"], 1);
     assert_eq!(
         d.get("/readyz").await.json()["config_error"],

@@ -89,6 +89,9 @@ impl ApplySummary {
     }
 }
 
+/// A borrowed view of the running sources, by name (see [`Broker::registry`]).
+pub type Registry = arc_swap::Guard<Arc<BTreeMap<String, Arc<SourceHandle>>>>;
+
 /// All running sources.
 pub struct Broker {
     /// The running sources by name: read without a lock on every request,
@@ -307,6 +310,7 @@ impl Broker {
         r.at = now;
         r.ok = true;
         r.error = None;
+        self.metrics.last_reload_ok.set(1);
         summary
     }
 
@@ -331,6 +335,21 @@ impl Broker {
         r.at = SystemTime::now();
         r.ok = false;
         r.error = Some(message);
+        self.metrics.last_reload_ok.set(0);
+    }
+
+    /// The metrics exposition as of now (each source's state is taken at
+    /// the scrape), with only the series of the sources `readable` admits.
+    pub fn scrape(&self, readable: Option<&dyn Fn(&str) -> bool>) -> String {
+        let now = Instant::now();
+        for handle in self.registry().values() {
+            let state = handle.snapshot().state(now);
+            self.metrics.set_state(handle.name(), state.name());
+        }
+        match readable {
+            None => self.metrics.encode(),
+            Some(f) => self.metrics.encode_for(f),
+        }
     }
 
     fn start(
@@ -386,9 +405,16 @@ impl Broker {
         format!("{} {noun}: {}", list.len(), parts.join(", "))
     }
 
-    /// The source called `name` (no lock: the hot path).
+    /// The source called `name` (no lock).
     pub fn get(&self, name: &str) -> Option<Arc<SourceHandle>> {
         self.sources.load().get(name).cloned()
+    }
+
+    /// The registry as it is now, borrowed (the hot path): a look-up in it
+    /// touches no reference count that other threads touch too. Hold it only
+    /// briefly and never across an `.await`.
+    pub fn registry(&self) -> Registry {
+        self.sources.load()
     }
 
     pub fn list(&self) -> Vec<Arc<SourceHandle>> {

@@ -64,6 +64,20 @@ pub enum State {
     Failed,
 }
 
+impl State {
+    /// The name `/v1/sources` and the `tokend_source_state` metric use.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Fetching => "fetching",
+            State::Ready => "ready",
+            State::Refreshing => "refreshing",
+            State::Degraded => "degraded",
+            State::Failed => "failed",
+        }
+    }
+}
+
 /// What a source publishes after every change. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -244,13 +258,20 @@ impl SourceHandle {
         self.shared.served.inc();
     }
 
-    /// The cached token, if it stays valid for `min_ttl` (and 5 s more):
-    /// the hot path, with no lock and no wait. `None`: ask [`Self::token`].
-    pub fn try_token(&self, min_ttl: Option<Duration>) -> Option<Arc<Token>> {
-        let t = self.shared.current.load_full()?;
-        let now = Instant::now();
+    /// Calls `f` with the cached token if it stays valid at `now` for
+    /// `min_ttl` (and 5 s more): the hot path, with no lock and no wait.
+    /// `None`: ask [`Self::token`]. The token is borrowed, not counted, so
+    /// requests on other threads touch no shared reference count.
+    pub fn with_token<R>(
+        &self,
+        min_ttl: Option<Duration>,
+        now: Instant,
+        f: impl FnOnce(&Token) -> R,
+    ) -> Option<R> {
+        let current = self.shared.current.load();
+        let t = current.as_deref()?;
         let ok = t.servable_at(now) && min_ttl.is_none_or(|want| t.remaining_at(now) >= want);
-        (ok && !self.shared.cancel.is_cancelled()).then_some(t)
+        (ok && !self.shared.cancel.is_cancelled()).then(|| f(t))
     }
 
     /// Unique to this source task (see [`crate::sink`]).

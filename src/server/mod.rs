@@ -10,6 +10,7 @@
 //! wait in the kernel backlog while existing ones are served.
 
 mod body;
+mod drain;
 pub mod guard;
 pub mod listener;
 pub mod mi;
@@ -74,7 +75,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(settings.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Arc::new(drain::Drain::default());
     let settings = Arc::new(settings);
     let denials = Arc::new(guard::Denials::new());
     loop {
@@ -90,7 +91,7 @@ pub async fn serve(
             Ok(Accepted::Unix(stream)) => {
                 // Taken once per connection, at accept.
                 let peer = Peer::of(&stream).map(Arc::new);
-                let conn = connection(stream, Handler::Api(peer), &broker, &settings, &graceful);
+                let conn = connection(stream, Handler::Api(peer), &broker, &settings, &drain);
                 tokio::spawn(drive(conn, permit));
             }
             Ok(Accepted::Tcp(stream)) => {
@@ -98,7 +99,7 @@ pub async fn serve(
                     Door::Metrics(_) => Handler::Metrics(denials.clone()),
                     _ => Handler::ManagedIdentity(denials.clone()),
                 };
-                let conn = connection(stream, handler, &broker, &settings, &graceful);
+                let conn = connection(stream, handler, &broker, &settings, &drain);
                 tokio::spawn(drive(conn, permit));
             }
             Err(e) => {
@@ -109,8 +110,11 @@ pub async fn serve(
         }
     }
     drop(door);
+    drain.start();
+    // Every connection holds a slot until it ends.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = slots.acquire_many(all) => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("requests still in flight after the drain timeout; closing them"),
     }
 }
@@ -146,31 +150,35 @@ fn connection<S>(
     handler: Handler,
     broker: &Arc<Broker>,
     settings: &Arc<ServerSettings>,
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    drain: &Arc<drain::Drain>,
 ) -> impl std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let broker = broker.clone();
     let request_timeout = settings.request_timeout;
-    let settings = settings.clone();
+    // One count per connection, not per request: the broker and settings
+    // are shared by every connection, and bumping their counts on each
+    // request made the cores fight over those cache lines.
+    let conn = Arc::new((broker.clone(), settings.clone(), handler));
     let service = hyper::service::service_fn(move |req| {
-        let (broker, settings, handler) = (broker.clone(), settings.clone(), handler.clone());
+        let conn = conn.clone();
         async move {
+            let (broker, settings, handler) = &*conn;
             // request_timeout bounds the whole request: every wait in the
             // handlers ends at this deadline (504 for a fetch, else 408 and
             // the connection closed), and the stall guard bounds writing the
             // answer. A request that waits for nothing sets no timer.
-            let deadline = crate::timefmt::later(Instant::now(), settings.request_timeout);
-            Ok::<_, std::convert::Infallible>(match &handler {
+            let now = Instant::now();
+            let deadline = crate::timefmt::later(now, settings.request_timeout);
+            Ok::<_, std::convert::Infallible>(match handler {
                 Handler::Api(peer) => {
-                    routes::handle(req, &broker, peer.as_deref(), &settings, deadline).await
+                    routes::handle(req, broker, peer.as_deref(), settings, now, deadline).await
                 }
                 Handler::ManagedIdentity(denials) => {
-                    mi::handle(req, &broker, &settings, denials, deadline).await
+                    mi::handle(req, broker, settings, denials, deadline).await
                 }
                 Handler::Metrics(denials) => {
-                    routes::handle_metrics_door(&req, &broker, &settings, denials)
+                    routes::handle_metrics_door(&req, broker, settings, denials)
                 }
             })
         }
@@ -182,5 +190,7 @@ where
         .max_buf_size(MAX_HEAD)
         .keep_alive(true);
     let io = TokioIo::new(stall::StallGuard::new(stream, request_timeout));
-    graceful.watch(builder.serve_connection(io, service))
+    drain.run(builder.serve_connection(io, service), |c| {
+        c.graceful_shutdown()
+    })
 }

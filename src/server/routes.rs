@@ -6,7 +6,7 @@ use super::guard::Denials;
 use super::ServerSettings;
 use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
-use crate::broker::{self, Broker, RefreshError, ServeError};
+use crate::broker::{self, Broker, RefreshError, Registry, ServeError};
 use crate::config::valid_source_name;
 use crate::timefmt::ceil_secs;
 use crate::token::Token;
@@ -134,6 +134,7 @@ pub async fn handle(
     broker: &Broker,
     peer: Option<&Peer>,
     settings: &ServerSettings,
+    now: Instant,
     deadline: Instant,
 ) -> Resp {
     let (parts, body) = req.into_parts();
@@ -176,10 +177,7 @@ pub async fn handle(
             Err(f) => f.render(),
         },
         Route::Token(name) => {
-            let r = match readable(broker, name, peer, settings) {
-                Ok(h) => token(h, query, broker, peer, settings, deadline).await,
-                Err(f) => f.render(),
-            };
+            let r = token(name, query, broker, peer, settings, now, deadline).await;
             // Unknown names are not counted: callers must not mint label
             // values. A served token was counted on the fast path already.
             match request_outcome(r.status()) {
@@ -191,13 +189,13 @@ pub async fn handle(
         Route::Metrics => {
             // Like /readyz: per-source series only of sources this caller may read.
             if privileged(peer, settings) {
-                metrics(broker.metrics().encode())
+                metrics(broker.scrape(None))
             } else {
-                metrics(broker.metrics().encode_for(|name| {
+                metrics(broker.scrape(Some(&|name: &str| {
                     broker.get(name).is_some_and(|h| {
-                        acl::permits(h.config().allow.as_ref(), peer, settings.own_uid)
+                        acl::permits(h.config_ref().allow.as_ref(), peer, settings.own_uid)
                     })
-                }))
+                })))
             }
         }
     };
@@ -275,7 +273,7 @@ pub fn handle_metrics_door<B>(
         return method_not_allowed(req.method(), methods);
     }
     match route {
-        Route::Metrics => metrics(broker.metrics().encode()),
+        Route::Metrics => metrics(broker.scrape(None)),
         Route::Health => health(),
         _ => ready(broker, None, settings),
     }
@@ -307,15 +305,25 @@ fn readable(
     peer: Option<&Peer>,
     settings: &ServerSettings,
 ) -> Result<Arc<SourceHandle>, Failure> {
+    readable_in(&broker.registry(), name, peer, settings).cloned()
+}
+
+/// [`readable`] borrowing from the registry (the hot path).
+fn readable_in<'r>(
+    registry: &'r Registry,
+    name: &str,
+    peer: Option<&Peer>,
+    settings: &ServerSettings,
+) -> Result<&'r Arc<SourceHandle>, Failure> {
     let found = if valid_source_name(name) {
-        broker.get(name)
+        registry.get(name)
     } else {
         None
     };
     let Some(h) = found else {
         return Err(unknown_source(name));
     };
-    if acl::permits(h.config().allow.as_ref(), peer, settings.own_uid) {
+    if acl::permits(h.config_ref().allow.as_ref(), peer, settings.own_uid) {
         return Ok(h);
     }
     tracing::warn!(
@@ -522,27 +530,40 @@ pub(super) async fn wait_for_token(
 }
 
 async fn token(
-    handle: Arc<SourceHandle>,
+    name: &str,
     query: &str,
     broker: &Broker,
     peer: Option<&Peer>,
     settings: &ServerSettings,
+    now: Instant,
     deadline: Instant,
 ) -> Resp {
     let q = match parse_token_query(query) {
         Ok(q) => q,
         Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m, None),
     };
-    // The hot path: a cached token, no lock, no wait, no timer.
-    if let Some(tok) = handle.try_token(q.min_ttl) {
-        handle.count_served();
-        return token_answer(&handle, &tok, q.raw);
-    }
+    // The hot path: a cached token, no lock, no wait, no timer, and no
+    // reference count shared with other threads (the registry, the source
+    // and the token are borrowed; the scope ends before any `.await`).
+    let handle = {
+        let registry = broker.registry();
+        let handle = match readable_in(&registry, name, peer, settings) {
+            Ok(h) => h,
+            Err(f) => return f.render(),
+        };
+        if let Some(r) =
+            handle.with_token(q.min_ttl, now, |tok| token_answer(handle, tok, q.raw, now))
+        {
+            handle.count_served();
+            return r;
+        }
+        handle.clone()
+    };
     let next = |name: &str| readable(broker, name, peer, settings);
     match wait_for_token(handle, q.min_ttl, deadline, settings, next).await {
         Ok((handle, tok)) => {
             handle.count_served();
-            token_answer(&handle, &tok, q.raw)
+            token_answer(&handle, &tok, q.raw, Instant::now())
         }
         Err(f) => f.render(),
     }
@@ -550,7 +571,7 @@ async fn token(
 
 /// The answer with `tok`: the bare token, or its JSON rendered once (see
 /// [`prepare`]) and the live `expires_in`.
-fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool) -> Resp {
+fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool, now: Instant) -> Resp {
     let mut r = if raw {
         let mut r = Response::new(Body::from(tok.access_token.bytes().clone()));
         r.headers_mut()
@@ -567,7 +588,7 @@ fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool) -> Resp {
         use std::io::Write;
         let mut tail = [0u8; 24];
         let mut w = &mut tail[..];
-        let _ = write!(w, "{}}}", tok.remaining_at(Instant::now()).as_secs());
+        let _ = write!(w, "{}}}", tok.remaining_at(now).as_secs());
         let len = 24 - w.len();
         let mut r = Response::new(Body::two(
             tok.json_head.clone(),
