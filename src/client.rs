@@ -34,6 +34,10 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "permission denied on {path}: join group {group} (sudo usermod -aG {group} USER, then start a new login or restart the service), see docs/troubleshooting.md"
+    )]
+    Denied { path: String, group: String },
     #[error("talking to tokend failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("bad request: {0}")]
@@ -42,6 +46,25 @@ pub enum ClientError {
     Timeout { path: String, timeout: Duration },
     #[error("the answer from {path} is larger than {} MiB: not tokend's", MAX_ANSWER / (1024 * 1024))]
     TooLarge { path: String },
+}
+
+/// EACCES on the socket: the fix is a group to join (the socket's).
+fn connect_error(socket: &Path, path: String, source: std::io::Error) -> ClientError {
+    use std::os::unix::fs::MetadataExt;
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        if let Ok(meta) = std::fs::metadata(socket) {
+            let gid = meta.gid();
+            let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map_or_else(|| gid.to_string(), |g| g.name);
+            return ClientError::Denied {
+                path,
+                group: crate::text::clip(&group, 64),
+            };
+        }
+    }
+    ClientError::Connect { path, source }
 }
 
 /// Largest answer read: `/v1/sources` of tens of thousands of sources fits.
@@ -67,10 +90,7 @@ pub async fn call_within(
     let exchange = async {
         let stream = tokio::net::UnixStream::connect(socket)
             .await
-            .map_err(|source| ClientError::Connect {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| connect_error(socket, path.clone(), source))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);

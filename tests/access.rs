@@ -262,6 +262,37 @@ async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
     assert_eq!(code, 200);
     let (code, _) = curl_as(NOBODY, NOBODY, &[], &socket, "GET", "/v1/tokens/a").await;
     assert_eq!(code, 0, "connection refused by the socket's mode");
+    // The client command says which group to join.
+    let binary = d.dir.path().join("tokend-client");
+    std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(&binary);
+    cmd.args(["token", "a", "--socket"]).arg(&socket);
+    // SAFETY: async-signal-safe calls only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "permission denied on {}: join group users",
+            socket.display()
+        )),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
 
     // Killed hard, the daemon leaves a stale socket; a new one replaces it with the same mode and group.
     let dir = d.kill_keep_dir();
