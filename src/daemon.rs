@@ -76,7 +76,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     raise_fd_limit();
     let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
         Some(l) => {
-            tracing::info!("serving the socket systemd passed; [server] socket is not used");
+            tracing::info!("serving the socket systemd passed; [server] socket, socket_mode and socket_group are not used (systemctl edit tokend.socket sets them)");
             Listener::borrowed(l)
         }
         None => server::bind(
