@@ -269,7 +269,7 @@ fn extra_sections() -> Roff {
     item(&mut r, vec![italic("/etc/tokend/sources.d/*.toml")], "More [sources.NAME] tables, one file per team or service if you like, loaded in name order (include_dir changes the directory).");
     item(&mut r, vec![italic(config::DEFAULT_SOCKET)], "The socket programs ask for tokens on (HTTP/1.1: GET /v1/tokens/NAME). Its mode and group decide who may connect; each source's allow list decides who may read it.");
     item(&mut r, vec![italic("/usr/lib/systemd/system/tokend.service"), roman(", "), italic("tokend.socket")], "The systemd units: the socket unit creates the socket and passes it to the service, which runs as user tokend.");
-    item(&mut r, vec![italic("/usr/share/doc/tokend/")], "README.md; under docs/ the reference for the configuration (config.md), the HTTP API (api.md) and the daemon's behaviour (behaviour.md); an annotated example configuration under examples/.");
+    item(&mut r, vec![italic("/usr/share/doc/tokend/")], "README.md; under docs/ the reference for the configuration (config.md), the HTTP API (api.md), the daemon's behaviour (behaviour.md), operations (operations.md) and troubleshooting (troubleshooting.md); an annotated example configuration under examples/.");
     r.control("SH", ["ENVIRONMENT"]);
     item(
         &mut r,
@@ -297,19 +297,28 @@ tokend token also exits 2 for an unknown source, 3 when the caller may not read 
 and 4 when no token is available (503, 504, 422).",
     )]);
     r.control("SH", ["EXAMPLES"]);
-    r.text([roman(
-        "Check the configuration and fetch one token per source:",
-    )]);
-    r.control("IP", ["", "4"]);
-    r.text([bold("tokend check --fetch")]);
-    r.control("PP", []);
-    r.text([roman(
+    let example = |r: &mut Roff, what: &str, command: &str| {
+        r.control("PP", []);
+        r.text([roman(what)]);
+        r.control("RS", ["4"]);
+        r.text([bold(command)]);
+        r.control("RE", []);
+    };
+    example(
+        &mut r,
+        "Check the configuration and fetch one token per source, as the daemon's user (who must be able to read every secret file):",
+        "sudo -u tokend tokend check --fetch",
+    );
+    example(
+        &mut r,
+        "Let the user nightly connect to the socket (then log in again):",
+        "sudo usermod -aG tokend-clients nightly",
+    );
+    example(
+        &mut r,
         "Call an API with a token, from a program whose user may read the source:",
-    )]);
-    r.control("IP", ["", "4"]);
-    r.text([bold(
         "curl -H \"Authorization: Bearer $(tokend token graph)\" https://graph.microsoft.com/v1.0/users",
-    )]);
+    );
     r.control("SH", ["SEE ALSO"]);
     r.text([
         bold("systemctl"),
@@ -325,6 +334,12 @@ and 4 when no token is available (503, 504, 422).",
         italic("api.md"),
         roman(", "),
         italic("behaviour.md"),
+        roman(", "),
+        italic("operations.md"),
+        roman(", "),
+        italic("troubleshooting.md"),
+        roman("; alert rules and a Grafana dashboard in "),
+        italic("/usr/share/tokend/monitoring/"),
         roman("."),
     ]);
     r

@@ -80,6 +80,22 @@ fn the_man_page_renders_without_warnings_and_covers_every_command() {
     ] {
         assert!(text.contains(needle), "the page does not mention {needle}");
     }
+    // Each example is its command, indented, with no stray tag before it.
+    let examples = text.split("EXAMPLES").nth(1).unwrap();
+    let examples = examples.split("SEE ALSO").next().unwrap();
+    for command in [
+        "sudo -u tokend tokend check --fetch",
+        "sudo usermod -aG tokend-clients nightly",
+    ] {
+        assert!(
+            examples.lines().any(|l| l.trim() == command),
+            "EXAMPLES lacks a line `{command}`:\n{examples}"
+        );
+    }
+    assert!(
+        !examples.lines().any(|l| l.trim().starts_with("4 ")),
+        "a stray tag in EXAMPLES:\n{examples}"
+    );
 }
 
 #[test]
