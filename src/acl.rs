@@ -1,4 +1,4 @@
-//! Who may read which source (README "Security model").
+//! Who may read which source (docs/security.md).
 //!
 //! Each connection's peer credentials are taken once, at accept: uid, gid and
 //! pid from SO_PEERCRED, and the supplementary groups from SO_PEERGROUPS

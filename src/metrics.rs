@@ -1,4 +1,4 @@
-//! Prometheus metrics (README "Reload, status, metrics, logs"), served at `GET /metrics` on the same socket.
+//! Prometheus metrics (docs/api.md, GET /metrics), served at `GET /metrics` on the same socket.
 //!
 //! Label values are only ever configured source names and fixed outcome
 //! words, never anything a caller sends, so a client cannot grow the series

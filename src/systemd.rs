@@ -1,4 +1,4 @@
-//! systemd integration (README "Operations"): sd_notify states, the watchdog, and
+//! systemd integration (docs/operations.md): sd_notify states, the watchdog, and
 //! socket activation. Everything is a no-op outside systemd.
 //!
 //! Uses the sd-notify crate, which reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`

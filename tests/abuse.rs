@@ -1,4 +1,4 @@
-//! Hostile input on the socket (README "Security model", limits): oversized heads, garbage, slow
+//! Hostile input on the socket (docs/security.md, docs/behaviour.md Limits): oversized heads, garbage, slow
 //! clients, connection floods and clients that vanish mid-response. After
 //! each, the daemon still answers a normal request, and its memory does not
 //! keep what the abuse cost. The tests use blocking sockets, so they run on a

@@ -568,12 +568,13 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
     // The modes README's recipe gives the directory and the file.
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let recipe = readme
-        .split("### An Entra client secret as a systemd credential")
-        .nth(1)
-        .unwrap();
+    let recipe = readme.split("## First token").nth(1).unwrap();
     let mode_in = |prefix: &str| {
-        let line = recipe.lines().find(|l| l.starts_with(prefix)).unwrap();
+        let line = recipe
+            .lines()
+            .map(|l| l.trim_start().trim_start_matches("sudo "))
+            .find(|l| l.starts_with(prefix))
+            .unwrap();
         let m = line
             .split_whitespace()
             .skip_while(|w| *w != "-m")

@@ -213,3 +213,142 @@ fn the_packaged_config_defines_no_sources_and_shows_every_key() {
         "debian/tokend.toml does not show: {missing:?}"
     );
 }
+
+/// README and every page under docs/.
+fn pages() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    collect(&root.join("docs"), &mut files);
+    files
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+        .map(|f| {
+            (
+                f.strip_prefix(root).unwrap().display().to_string(),
+                std::fs::read_to_string(&f).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// GitHub's anchor for a heading: lower case, spaces to dashes, most
+/// punctuation dropped.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The headings of a page, outside code blocks.
+fn anchors(text: &str) -> Vec<String> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.push(slug(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Every relative link in README and docs/ reaches a file that exists, and
+/// its `#anchor`, if any, a heading in that file.
+#[test]
+fn every_link_between_the_pages_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    for (page, text) in pages() {
+        let dir = root.join(&page).parent().unwrap().to_path_buf();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = &rest[..end];
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let path = if file.is_empty() {
+                root.join(&page)
+            } else {
+                dir.join(file)
+            };
+            if !path.exists() {
+                broken.push(format!("{page}: {target} (no such file)"));
+                continue;
+            }
+            if !anchor.is_empty() && path.is_file() {
+                let heads = anchors(&std::fs::read_to_string(&path).unwrap());
+                if !heads.iter().any(|h| h == anchor) {
+                    broken.push(format!("{page}: {target} (no such heading)"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// README is a landing page: short, and its documentation map names every
+/// page under docs/.
+#[test]
+fn the_readme_is_a_landing_page_that_maps_every_doc() {
+    let readme = read("README.md");
+    let lines = readme.lines().count();
+    assert!(lines <= 250, "README.md has {lines} lines; reference belongs in docs/");
+    let map = readme.split("## Documentation").nth(1).unwrap();
+    let map = map.split("\n## ").next().unwrap();
+    for (page, _) in pages() {
+        if page.starts_with("docs/") {
+            assert!(map.contains(&format!("]({page})")), "README's map lacks {page}");
+        }
+    }
+}
+
+/// A rule lives in one page: no paragraph of reference text appears in two
+/// pages (the README included), so an edit cannot update one copy and
+/// leave the other.
+#[test]
+fn no_paragraph_is_written_twice_across_the_pages() {
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let mut twice = Vec::new();
+    for (page, text) in pages() {
+        let mut fenced = false;
+        let mut para = String::new();
+        let mut flush = |para: &mut String, page: &str| {
+            let p = para.split_whitespace().collect::<Vec<_>>().join(" ");
+            para.clear();
+            if p.len() < 120 {
+                return;
+            }
+            match seen.get(&p) {
+                Some(other) if other != page => {
+                    twice.push(format!("{other} and {page}: {}…", p.chars().take(80).collect::<String>()));
+                }
+                _ => {
+                    seen.insert(p, page.to_string());
+                }
+            }
+        };
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                flush(&mut para, &page);
+            } else if fenced || line.trim().is_empty() || line.starts_with('#') {
+                flush(&mut para, &page);
+            } else {
+                para.push_str(line);
+                para.push('\n');
+            }
+        }
+        flush(&mut para, &page);
+    }
+    assert!(twice.is_empty(), "written twice:\n{}", twice.join("\n"));
+}

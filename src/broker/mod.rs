@@ -176,7 +176,7 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
     }
 
-    /// Makes the running sources match `config` (README "Reload"). `fingerprints`
+    /// Makes the running sources match `config` (docs/behaviour.md, Reload). `fingerprints`
     /// holds each source's credential fingerprint; a missing entry counts as
     /// unchanged.
     ///

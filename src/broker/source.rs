@@ -52,7 +52,7 @@ impl From<&FetchError> for LastError {
     }
 }
 
-/// Lifecycle state, as `/v1/sources` shows it (README "HTTP API").
+/// Lifecycle state, as `/v1/sources` shows it (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {

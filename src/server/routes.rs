@@ -1,4 +1,4 @@
-//! Routes of the HTTP API (README "HTTP API"): path and query parsing, status codes,
+//! Routes of the HTTP API (docs/api.md): path and query parsing, status codes,
 //! and JSON error bodies `{"error", "message", "hint"?}`.
 
 use super::body::Body;
