@@ -64,6 +64,31 @@ fn curl_blocking(
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `binary` (copied where `uid` can run it: the checkout may be private, as
+/// a clone made with mktemp -d is) as a command that runs as `uid`:`gid`
+/// with no supplementary groups.
+fn command_as(dir: &Path, uid: u32, gid: u32) -> Command {
+    let binary = dir.join("tokend-as-other");
+    if !binary.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = Command::new(&binary);
+    // SAFETY: async-signal-safe calls only, in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// [`curl_blocking`] off the async runtime.
 async fn curl_as(
     uid: u32,
@@ -263,23 +288,8 @@ async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
     let (code, _) = curl_as(NOBODY, NOBODY, &[], &socket, "GET", "/v1/tokens/a").await;
     assert_eq!(code, 0, "connection refused by the socket's mode");
     // The client command says which group to join.
-    let binary = d.dir.path().join("tokend-client");
-    std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
-    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = Command::new(&binary);
+    let mut cmd = command_as(d.dir.path(), NOBODY, NOBODY);
     cmd.args(["token", "a", "--socket"]).arg(&socket);
-    // SAFETY: async-signal-safe calls only, in the child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(NOBODY) != 0
-                || libc::setuid(NOBODY) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -538,27 +548,8 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
         )
         .unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-        // A copy the other user can run: the checkout may be private
-        // (a clone made with mktemp -d is 0700).
-        let binary = dir.path().join("tokend");
-        if !binary.exists() {
-            std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
-            std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let mut cmd = Command::new(&binary);
+        let mut cmd = command_as(dir.path(), 4242, 4242);
         cmd.args(["check", "--fetch", "-c"]).arg(&config);
-        // SAFETY: async-signal-safe calls only, in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(4242) != 0
-                    || libc::setuid(4242) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let out = cmd.output().unwrap();
         (
             out.status.code(),

@@ -1,7 +1,12 @@
-//! The reference docs cannot drift from the code: every key the config
-//! parser accepts is in docs/config.md, every route the server answers is in
-//! docs/api.md, and the project cites only its own docs.
+//! The reference docs cannot drift from the code or from each other: every
+//! key the config parser accepts is in docs/config.md, every route the
+//! server answers is in docs/api.md, the project cites only its own docs,
+//! every link between the pages resolves, README stays a landing page that
+//! maps every page, and no paragraph is written in two pages.
 
+mod common;
+
+use common::anchors;
 use std::path::{Path, PathBuf};
 
 fn read(rel: &str) -> String {
@@ -231,35 +236,6 @@ fn pages() -> Vec<(String, String)> {
         .collect()
 }
 
-/// GitHub's anchor for a heading: lower case, spaces to dashes, most
-/// punctuation dropped.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The headings of a page, outside code blocks.
-fn anchors(text: &str) -> Vec<String> {
-    let mut fenced = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            fenced = !fenced;
-        } else if !fenced && line.starts_with('#') {
-            out.push(slug(line.trim_start_matches('#')));
-        }
-    }
-    out
-}
-
 /// Every relative link in README and docs/ reaches a file that exists, and
 /// its `#anchor`, if any, a heading in that file.
 #[test]
@@ -302,12 +278,18 @@ fn every_link_between_the_pages_resolves() {
 fn the_readme_is_a_landing_page_that_maps_every_doc() {
     let readme = read("README.md");
     let lines = readme.lines().count();
-    assert!(lines <= 250, "README.md has {lines} lines; reference belongs in docs/");
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; reference belongs in docs/"
+    );
     let map = readme.split("## Documentation").nth(1).unwrap();
     let map = map.split("\n## ").next().unwrap();
     for (page, _) in pages() {
         if page.starts_with("docs/") {
-            assert!(map.contains(&format!("]({page})")), "README's map lacks {page}");
+            assert!(
+                map.contains(&format!("]({page})")),
+                "README's map lacks {page}"
+            );
         }
     }
 }
@@ -330,7 +312,10 @@ fn no_paragraph_is_written_twice_across_the_pages() {
             }
             match seen.get(&p) {
                 Some(other) if other != page => {
-                    twice.push(format!("{other} and {page}: {}…", p.chars().take(80).collect::<String>()));
+                    twice.push(format!(
+                        "{other} and {page}: {}…",
+                        p.chars().take(80).collect::<String>()
+                    ));
                 }
                 _ => {
                     seen.insert(p, page.to_string());

@@ -69,27 +69,9 @@ fn every_alert_has_a_unit_test_and_a_runbook_that_exists() {
         let (page, anchor) = link.trim_end_matches('"').split_once('#').unwrap();
         let doc =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(page)).unwrap();
-        let found = doc
-            .lines()
-            .filter_map(|l| l.strip_prefix('#'))
-            .map(|h| slug(h.trim_start_matches('#')))
-            .any(|s| s == anchor);
+        let found = common::anchors(&doc).iter().any(|s| s == anchor);
         assert!(found, "{page} has no heading for #{anchor}");
     }
-}
-
-/// GitHub's heading anchors: lower case, spaces to dashes, most punctuation gone.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
 }
 
 struct Prometheus {
