@@ -170,7 +170,7 @@ impl Metrics {
         );
         registry.register(
             "tokend_source_state",
-            "A source's state (idle, fetching, ready, refreshing, degraded, failed), 1 for the current one, as at the scrape",
+            "A source's state as at the scrape (idle, fetching, ready, refreshing, degraded or failed): one series per source, at 1",
             m.source_state.clone(),
         );
         m.last_reload_ok.set(1);
@@ -214,15 +214,19 @@ impl Metrics {
         out
     }
 
-    /// Sets `source`'s state series: 1 for `current`, 0 for the others.
+    /// Sets `source`'s state series: one, for `current`, at 1 (the series
+    /// of its other states go, so 10,000 sources make 10,000 lines).
     pub fn set_state(&self, source: &str, current: &'static str) {
         for state in SOURCE_STATES {
-            self.source_state
-                .get_or_create(&SourceState {
-                    source: source.to_string(),
-                    state,
-                })
-                .set(i64::from(state == current));
+            let label = SourceState {
+                source: source.to_string(),
+                state,
+            };
+            if state == current {
+                self.source_state.get_or_create(&label).set(1);
+            } else {
+                self.source_state.remove(&label);
+            }
         }
     }
 
