@@ -66,18 +66,14 @@ pub enum Command {
     Token {
         /// The source's name.
         name: String,
-        /// The daemon's socket.
-        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
         /// The token must stay valid at least this long (e.g. 5m).
         #[arg(long, value_parser = humantime::parse_duration)]
         min_ttl: Option<Duration>,
         /// Print the JSON body instead of the bare token.
         #[arg(long)]
         json: bool,
-        /// Give up on a daemon that has not answered within this long.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        timeout: Duration,
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
     /// Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app.
     ///
@@ -107,15 +103,11 @@ pub enum Command {
     /// State, expiry, last and next refresh, failures, credential expiry and
     /// the last error with its hint; only the sources the caller may read.
     Status {
-        /// The daemon's socket.
-        #[arg(long, env = "TOKEND_SOCKET", default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
         /// Print the /v1/sources document.
         #[arg(long)]
         json: bool,
-        /// Give up on a daemon that has not answered within this long.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
-        timeout: Duration,
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
 }
 
@@ -164,7 +156,7 @@ pub enum CredentialKind {
     },
 }
 
-/// Where the daemon is, and how long to wait for it.
+/// Where the daemon is, and how long to wait for it: every client command.
 #[derive(clap::Args)]
 pub struct DaemonArgs {
     /// The daemon's socket.

@@ -78,16 +78,13 @@ async fn dispatch(command: Command) -> u8 {
         }
         Command::Token {
             name,
-            socket,
             min_ttl,
             json,
-            timeout,
-        } => tokend::client::token(&socket, &name, min_ttl, json, timeout).await,
-        Command::Status {
-            socket,
-            json,
-            timeout,
-        } => tokend::client::status(&socket, json, timeout).await,
+            daemon,
+        } => tokend::client::token(&daemon.socket, &name, min_ttl, json, daemon.timeout).await,
+        Command::Status { json, daemon } => {
+            tokend::client::status(&daemon.socket, json, daemon.timeout).await
+        }
         Command::MiEnv { app, config } => mi_env(&app, &config),
         Command::Credential { kind } => {
             let exec_info = std::env::var("KUBERNETES_EXEC_INFO").ok();

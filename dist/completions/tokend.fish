@@ -40,8 +40,8 @@ complete -c tokend -n "__fish_tokend_using_subcommand dev" -s h -l help -d 'Prin
 complete -c tokend -n "__fish_tokend_using_subcommand check" -s c -l config -d 'Config file' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand check" -l fetch -d 'Request a token per source and show its claims'
 complete -c tokend -n "__fish_tokend_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tokend -n "__fish_tokend_using_subcommand token" -l socket -d 'The daemon\'s socket' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l min-ttl -d 'The token must stay valid at least this long (e.g. 5m)' -r
+complete -c tokend -n "__fish_tokend_using_subcommand token" -l socket -d 'The daemon\'s socket' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand token" -l json -d 'Print the JSON body instead of the bare token'
 complete -c tokend -n "__fish_tokend_using_subcommand token" -s h -l help -d 'Print help (see more with \'--help\')'
