@@ -71,13 +71,7 @@ struct Found {
 pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     if let Some(p) = &main.untrusted {
         // Nothing in a file someone else could have written is looked at.
-        return Err(ConfigError::Invalid(vec![super::Diagnostic {
-            file: main.path.clone(),
-            line: 1,
-            col: 1,
-            message: p.message.clone(),
-            hint: p.hint.clone(),
-        }]));
+        return Err(ConfigError::Invalid(vec![refused(&main.path, p)]));
     }
     let mut d = Diagnostics::new(main);
     let mut found = Vec::new();
@@ -276,6 +270,17 @@ fn include_dir(d: &mut Diagnostics, key: Option<Result<Spanned<String>, ()>>) ->
     }
 }
 
+/// A file refused as a whole (see [`super::diag::untrusted`]), placed at its start.
+fn refused(path: &Path, why: &crate::problem::Problem) -> super::Diagnostic {
+    super::Diagnostic {
+        file: path.to_path_buf(),
+        line: 1,
+        col: 1,
+        message: why.message.clone(),
+        hint: why.hint.clone(),
+    }
+}
+
 /// Loads every `*.toml` in `dir`, in name order, into `found`.
 fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
     let unsafe_dir = std::fs::metadata(dir)
@@ -315,13 +320,7 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
             }
         };
         if let Some(p) = &file.untrusted {
-            d.errors.push(super::Diagnostic {
-                file: path.clone(),
-                line: 1,
-                col: 1,
-                message: p.message.clone(),
-                hint: p.hint.clone(),
-            });
+            d.errors.push(refused(path, p));
             continue;
         }
         d.files.push(file);
