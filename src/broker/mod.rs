@@ -343,7 +343,7 @@ impl Broker {
     pub fn scrape(&self, readable: Option<&dyn Fn(&str) -> bool>) -> String {
         let now = Instant::now();
         for handle in self.registry().values() {
-            let state = handle.snapshot().state(now);
+            let state = handle.state(now);
             self.metrics.set_state(handle.name(), state.name());
         }
         match readable {
@@ -388,7 +388,7 @@ impl Broker {
         let mut pending = 0;
         let mut failing = Vec::new();
         for h in &list {
-            match h.snapshot().state(now) {
+            match h.state(now) {
                 State::Ready | State::Refreshing => ready += 1,
                 State::Idle | State::Fetching => pending += 1,
                 State::Degraded | State::Failed => failing.push(h.name().to_string()),

@@ -53,8 +53,7 @@ impl From<&FetchError> for LastError {
 }
 
 /// Lifecycle state, as `/v1/sources` shows it (docs/api.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Idle,
     Fetching,
@@ -65,6 +64,15 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Idle,
+        State::Fetching,
+        State::Ready,
+        State::Refreshing,
+        State::Degraded,
+        State::Failed,
+    ];
+
     /// The name `/v1/sources` and the `tokend_source_state` metric use.
     pub fn name(self) -> &'static str {
         match self {
@@ -75,6 +83,12 @@ impl State {
             State::Degraded => "degraded",
             State::Failed => "failed",
         }
+    }
+}
+
+impl serde::Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -312,6 +326,11 @@ impl SourceHandle {
     /// The current snapshot (a clone; never waits on a fetch).
     pub fn snapshot(&self) -> Snapshot {
         self.shared.snapshot.borrow().clone()
+    }
+
+    /// The state at `now`, read in place (no clone of the snapshot).
+    pub fn state(&self, now: Instant) -> State {
+        self.shared.snapshot.borrow().state(now)
     }
 
     pub(crate) fn stop(&self) {

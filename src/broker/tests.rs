@@ -906,3 +906,16 @@ mod served_tokens_are_never_dead {
         }
     }
 }
+
+/// The metric's list of states is the lifecycle's: a new state cannot be
+/// left out of `tokend_source_state`'s clean-up.
+#[test]
+fn the_state_metric_knows_every_state_by_its_api_name() {
+    assert_eq!(
+        source::State::ALL.map(source::State::name),
+        crate::metrics::SOURCE_STATES
+    );
+    for s in source::State::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+    }
+}
