@@ -203,15 +203,25 @@ async fn prometheus_scrapes_tokend_fires_the_refresh_alert_and_runs_every_dashbo
     wait_for_status(&d, "/v1/tokens/a", 200).await;
     let prom = Prometheus::start(&format!("127.0.0.1:{metrics_port}")).await;
 
-    // Scraped and evaluated with the source ready: the alert is not pending.
-    prom.eventually("the ready state scraped", async || {
-        let data = prom
-            .query("tokend_source_state{job=\"tokend\",source=\"a\",state=\"ready\"} == 1")
-            .await;
-        (!data["result"].as_array().unwrap().is_empty()).then_some(())
+    // Scraped, and the rules evaluated after that scrape, with the source
+    // ready: the alert is not even pending.
+    let scraped: f64 = prom
+        .eventually("the ready state scraped", async || {
+            let data = prom
+                .query("timestamp(tokend_source_state{job=\"tokend\",source=\"a\",state=\"ready\"} == 1)")
+                .await;
+            data["result"][0]["value"][1].as_str()?.parse().ok()
+        })
+        .await;
+    prom.eventually("a rule evaluation after that scrape", async || {
+        let rules = get_json(&prom.url("/api/v1/rules")).await;
+        let at: jiff::Timestamp = rules["data"]["groups"][0]["lastEvaluation"]
+            .as_str()?
+            .parse()
+            .ok()?;
+        (at.as_millisecond() as f64 / 1000.0 > scraped).then_some(())
     })
     .await;
-    tokio::time::sleep(S::from_millis(1500)).await; // one more rule evaluation
     assert!(prom.alerts("TokendRefreshFailing").await.is_empty());
 
     // The IdP fails; a forced refresh fails; the token still serves.
