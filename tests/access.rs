@@ -538,15 +538,7 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
         ]);
         std::fs::write(&file, SECRET).unwrap();
         let config = dir.path().join(format!("tokend-{secrets_mode:o}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[sources.graph]\ntoken_url = \"{}\"\nclient_id = \"graph\"\nclient_secret = {{ file = \"{}\" }}\n",
-                idp.token_url(),
-                file.display()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, source_with_file_secret("graph", &idp, &file, "")).unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut cmd = command_as(dir.path(), 4242, 4242);
         cmd.args(["check", "--fetch", "-c"]).arg(&config);

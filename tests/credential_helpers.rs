@@ -169,29 +169,25 @@ async fn kubectl_and_the_kubernetes_client_send_the_daemons_token() {
     }
     let python = python("kubernetes-google", "kubernetes-google.txt");
     let clients = clients_dir().join("clients.py");
-    let k = kubeconfig(dir.path(), api.port, "v1", "k", &d.socket);
+    // The Python client with a kubeconfig for `source`.
+    let client_with = |source: &str| {
+        let k = kubeconfig(dir.path(), api.port, "v1", source, &d.socket);
+        tokio::task::block_in_place(|| {
+            output(
+                Command::new(&python)
+                    .arg(&clients)
+                    .arg("kubernetes")
+                    .arg(&k),
+            )
+        })
+    };
     let before = api.seen().len();
-    let (ok, out) = tokio::task::block_in_place(|| {
-        output(
-            Command::new(&python)
-                .arg(&clients)
-                .arg("kubernetes")
-                .arg(&k),
-        )
-    });
+    let (ok, out) = client_with("k");
     assert!(ok && out.contains("v1.32.0-tokend-test"), "{out}");
     let seen = api.seen();
     assert!(seen.len() > before);
     assert_eq!(seen.last().unwrap()["authorization"], bearer);
-    let k = kubeconfig(dir.path(), api.port, "v1", "nope", &d.socket);
-    let (ok, out) = tokio::task::block_in_place(|| {
-        output(
-            Command::new(&python)
-                .arg(&clients)
-                .arg("kubernetes")
-                .arg(&k),
-        )
-    });
+    let (ok, out) = client_with("nope");
     assert!(!ok, "{out}");
 }
 

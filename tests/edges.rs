@@ -96,11 +96,7 @@ async fn a_fifo_as_secret_file_is_a_clear_error_and_sigterm_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("secret");
     mkfifo(&fifo);
-    let body = format!(
-        "[sources.a]\ntoken_url = \"{}\"\nclient_id = \"a\"\nclient_secret = {{ file = \"{}\" }}\n",
-        idp.token_url(),
-        fifo.display()
-    );
+    let body = source_with_file_secret("a", &idp, &fifo, "");
     let socket = dir.path().join("tokend.sock");
     let mut d = daemon(&body).at(dir, socket).start().await;
     let st = wait_until(&d, |doc| !doc["sources"][0]["last_error"].is_null()).await;
@@ -218,11 +214,7 @@ async fn a_secret_rotated_while_hundreds_of_requests_wait_is_used_for_the_next_f
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     write_private(&secret, SECRET);
-    let body = format!(
-        "[sources.a]\ntoken_url = \"{}\"\nclient_id = \"a\"\nclient_secret = {{ file = \"{}\" }}\neager = false\n",
-        idp.token_url(),
-        secret.display()
-    );
+    let body = source_with_file_secret("a", &idp, &secret, "eager = false");
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;
     let waiters: Vec<_> = (0..400)

@@ -162,11 +162,7 @@ async fn rotated_secret_file_keeps_the_token_and_the_next_fetch_uses_the_new_sec
     std::fs::create_dir(&secrets).unwrap();
     let file = secrets.join("rot");
     write_private(&file, &format!("{SECRET}\n"));
-    let body = format!(
-        "[sources.rot]\ntoken_url = \"{}\"\nclient_id = \"rot\"\nclient_secret = {{ file = \"{}\" }}\n",
-        idp.token_url(),
-        file.display()
-    );
+    let body = source_with_file_secret("rot", &idp, &file, "");
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;
     let old = wait_for_status(&d, "/v1/tokens/rot?format=raw", 200)

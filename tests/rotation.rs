@@ -114,11 +114,7 @@ async fn a_secret_behind_two_links_rotates_when_either_is_re_pointed() {
     symlink("../store/graph-1", s.join("gen1/graph")).unwrap();
     symlink("../store/graph-2", s.join("gen2/graph")).unwrap();
     symlink("gen1", s.join("current")).unwrap();
-    let body = format!(
-        "[sources.rot]\ntoken_url = \"{}\"\nclient_id = \"rot\"\nclient_secret = {{ file = \"{}\" }}\n",
-        idp.token_url(),
-        s.join("current/graph").display()
-    );
+    let body = source_with_file_secret("rot", &idp, &s.join("current/graph"), "");
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;
     wait_for_status(&d, "/v1/tokens/rot", 200).await;

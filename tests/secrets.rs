@@ -256,11 +256,7 @@ async fn no_copy_of_a_file_secret_is_left_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("mem.secret");
     write_private(&file, &format!("{secret}\n"));
-    let body = format!(
-        "[sources.mem]\ntoken_url = \"{}\"\nclient_id = \"mem\"\nclient_secret = {{ file = \"{}\" }}\n",
-        idp.token_url(),
-        file.display()
-    );
+    let body = source_with_file_secret("mem", &idp, &file, "");
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;
     wait_for_status(&d, "/v1/tokens/mem", 200).await;

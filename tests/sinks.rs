@@ -180,11 +180,11 @@ async fn a_reader_never_sees_a_partial_empty_or_wider_file_across_100_refreshes(
     write_private(&secret, SECRET);
     let out = sink_dir();
     let path = out.path().join("a.token");
-    let body = format!(
-        "[sources.a]\ntoken_url = \"{}\"\nclient_id = \"a\"\nclient_secret = {{ file = \"{}\" }}\nsinks = [{}]\n",
-        idp.token_url(),
-        secret.display(),
-        sink(&path, ", mode = \"0640\""),
+    let body = source_with_file_secret(
+        "a",
+        &idp,
+        &secret,
+        &format!("sinks = [{}]", sink(&path, ", mode = \"0640\"")),
     );
     let socket = dir.path().join("tokend.sock");
     let d = daemon(&body).at(dir, socket).start().await;

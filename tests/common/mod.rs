@@ -72,6 +72,15 @@ pub fn source_as(name: &str, client_id: &str, idp: &DevIdp, extra: &str) -> Stri
     )
 }
 
+/// Like [`source`], its secret read from `file` (`{ file = … }`).
+pub fn source_with_file_secret(name: &str, idp: &DevIdp, file: &Path, extra: &str) -> String {
+    format!(
+        "[sources.{name}]\ntoken_url = \"{}\"\nclient_id = \"{name}\"\nclient_secret = {{ file = \"{}\" }}\n{extra}\n",
+        idp.token_url(),
+        file.display()
+    )
+}
+
 impl Builder {
     pub fn server(mut self, lines: &str) -> Self {
         self.server = lines.to_string();
