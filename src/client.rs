@@ -121,7 +121,7 @@ pub async fn call_within(
 
 /// Text from the socket, as it may be printed.
 fn shown(s: &str) -> String {
-    crate::text::clip(s, 2000)
+    crate::text::clip(s, crate::text::MAX_FIELD)
 }
 
 /// `v` as JSON, with every control and format character escaped (serde

@@ -18,6 +18,10 @@ pub fn hidden(c: char) -> bool {
             | '\u{E0000}'..='\u{E007F}')
 }
 
+/// The most characters of one field of outside text that is printed or
+/// logged (an IdP's error description, a status message).
+pub const MAX_FIELD: usize = 1000;
+
 /// At most `max` characters, every [`hidden`] one replaced by a space, so
 /// a hostile text (an IdP's error, a token's claim) cannot flood, forge or
 /// disguise a log line or a terminal's output.

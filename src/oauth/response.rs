@@ -206,7 +206,7 @@ pub fn parse_error_scrubbed(status: u16, body: &[u8], sent: &[&str]) -> Endpoint
     if let Ok(raw) = serde_json::from_slice::<RawError>(body) {
         e.error = text(raw.error, 100, sent);
         // Entra's description spans lines: "AADSTS…: message\r\nTrace ID: …"; keep the first.
-        e.description = text(raw.error_description, 2000, sent)
+        e.description = text(raw.error_description, crate::text::MAX_FIELD, sent)
             .map(|d| d.split("  ").next().unwrap_or_default().trim().to_string())
             .filter(|d| !d.is_empty());
         e.error_codes = match raw.error_codes {
@@ -369,6 +369,16 @@ mod tests {
         }
         assert!(!all.contains("s3cr"), "no part survives the clip: {all}");
         assert!(all.contains("[REDACTED]"), "{all}");
+    }
+
+    #[test]
+    fn a_long_description_is_clipped_to_one_field() {
+        let body =
+            serde_json::json!({"error": "invalid_request", "error_description": "y".repeat(5000)});
+        let e = parse_error(400, body.to_string().as_bytes());
+        let d = e.description.unwrap();
+        assert_eq!(d.chars().count(), crate::text::MAX_FIELD + 1, "{d}");
+        assert!(d.ends_with('…'));
     }
 
     #[test]
