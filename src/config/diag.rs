@@ -210,23 +210,44 @@ impl Diagnostics {
     }
 
     /// Deserializes one table of file `file`, turning a serde error into a
-    /// diagnostic (an unknown key gets a did-you-mean hint).
+    /// diagnostic (see [`deserialize`]).
     pub fn deserialize<T: for<'de> Deserialize<'de>>(
         &mut self,
         file: usize,
         value: Spanned<DeValue<'_>>,
     ) -> Option<T> {
-        let whole = value.span();
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let span = e.span().unwrap_or(whole);
-                let (msg, hint) = explain_serde_error(e.message().trim());
-                self.error(&At::new(file, span), msg, hint);
-                None
-            }
-        }
+        deserialize(value).map_err(|p| self.pending(file, p)).ok()
     }
+
+    /// Pins a problem found away from here to its place in `file`.
+    pub fn pending(&mut self, file: usize, p: Pending) {
+        self.error(&At::new(file, p.span), p.message, p.hint);
+    }
+}
+
+/// A problem found where no [`Diagnostics`] is at hand (on a thread parsing
+/// part of a file), with its byte span; [`Diagnostics::pending`] places it.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub span: Range<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Deserializes one parsed table; a serde error becomes a problem at the
+/// key or value it is about (an unknown key gets a did-you-mean hint).
+pub(super) fn deserialize<T: for<'de> Deserialize<'de>>(
+    value: Spanned<DeValue<'_>>,
+) -> Result<T, Pending> {
+    let whole = value.span();
+    T::deserialize(ValueDeserializer::from(value)).map_err(|e| {
+        let (message, hint) = explain_serde_error(e.message().trim());
+        Pending {
+            span: e.span().unwrap_or(whole),
+            message,
+            hint,
+        }
+    })
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a

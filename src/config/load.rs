@@ -9,7 +9,6 @@ use super::{Config, ConfigError};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -165,27 +164,62 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
 /// owned, so the parsed text need not outlive this call.
 fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> MainParts {
     let mut parts = MainParts::default();
+    // A copy: placing a diagnostic reads the file's text in `d`.
     let text = d.files[idx].text.clone();
-    let (doc, parse_errors) = DeTable::parse_recoverable(&text);
-    if !parse_errors.is_empty() {
-        for e in parse_errors {
-            let span = e.span().unwrap_or(0..0);
-            // Never the offending text itself: it may be a secret whose
-            // quotes were forgotten (client_secret = Sup3rSecret). The
-            // line and column say where it is.
-            let msg = e.message().trim().to_string();
-            d.error(
-                &At::new(idx, span),
-                msg,
-                Some("fix the TOML syntax".to_string()),
-            );
+    let parsed = super::pieces::parse(&text, super::pieces::PIECE);
+    match parsed {
+        Err(parse_errors) => {
+            for e in parse_errors {
+                let span = e.span().unwrap_or(0..0);
+                // Never the offending text itself: it may be a secret whose
+                // quotes were forgotten (client_secret = Sup3rSecret). The
+                // line and column say where it is.
+                let msg = e.message().trim().to_string();
+                d.error(
+                    &At::new(idx, span),
+                    msg,
+                    Some("fix the TOML syntax".to_string()),
+                );
+            }
         }
-        return parts;
+        Ok(pieces) => {
+            for piece in pieces {
+                take_piece(d, idx, piece, found, &mut parts);
+            }
+        }
     }
-    for (key, value) in doc.into_inner() {
+    parts
+}
+
+/// Takes one parsed piece of file `idx` (see [`process_file`]).
+fn take_piece(
+    d: &mut Diagnostics,
+    idx: usize,
+    piece: super::pieces::Piece<'_>,
+    found: &mut Vec<Found>,
+    parts: &mut MainParts,
+) {
+    if let Some(span) = piece.sources_not_table {
+        d.error(
+            &At::new(idx, span),
+            "`sources` must be a table",
+            Some("write sources as [sources.NAME] tables".to_string()),
+        );
+    }
+    for s in piece.sources {
+        match s.raw {
+            Ok(raw) => found.push(Found {
+                file: idx,
+                name: s.name,
+                span: s.span,
+                raw,
+            }),
+            Err(p) => d.pending(idx, p),
+        }
+    }
+    for (key, value) in piece.others {
         let at = At::of(idx, &key);
         match (key.get_ref().as_ref(), idx == 0) {
-            ("sources", _) => collect_sources(d, idx, value, found),
             ("server", true) => parts.server = d.deserialize(idx, value),
             ("defaults", true) => parts.defaults = d.deserialize(idx, value),
             ("managed_identity", true) => parts.managed_identity = d.deserialize(idx, value),
@@ -205,38 +239,6 @@ fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> Main
                 d.error(&at, msg, Some("include files hold only [sources.NAME] tables; put [server] and [defaults] in the main file".to_string()));
             }
         }
-    }
-    parts
-}
-
-/// The `[sources.*]` tables of one parsed file.
-fn collect_sources(
-    d: &mut Diagnostics,
-    file: usize,
-    value: Spanned<DeValue<'_>>,
-    found: &mut Vec<Found>,
-) {
-    let at = At::of(file, &value);
-    match value.into_inner() {
-        DeValue::Table(t) => {
-            for (name, v) in t {
-                let name_span = name.span();
-                let name = name.into_inner().into_owned();
-                if let Some(raw) = d.deserialize::<RawSource>(file, v) {
-                    found.push(Found {
-                        file,
-                        name,
-                        span: name_span,
-                        raw,
-                    });
-                }
-            }
-        }
-        _ => d.error(
-            &at,
-            "`sources` must be a table",
-            Some("write sources as [sources.NAME] tables".to_string()),
-        ),
     }
 }
 

@@ -1049,3 +1049,36 @@ fn places_are_exact_across_a_large_file() {
     assert_eq!(at[2999], 5 + 4 * 2999, "{last}");
     assert!(c.warnings.iter().all(|w| col(w) == 17), "{first}");
 }
+
+/// A large file is parsed in pieces on every core (see pieces.rs): what it
+/// says of a problem is what it says for a small file, at the same place.
+#[test]
+fn a_large_file_reports_problems_as_a_small_one_does() {
+    let source = |i: usize| {
+        format!("[sources.s{i}]\ntoken_url = \"https://sso.example.com/t\"\nclient_id = \"c\"\nclient_secret = {{ file = \"/run/s\" }}\n")
+    };
+    let big: String = (0..3000).map(source).collect();
+    assert_eq!(
+        load_str(&big, Path::new("t.toml"), Some(0o600))
+            .unwrap()
+            .sources
+            .len(),
+        3000
+    );
+    // A typo far down; a source defined twice.
+    let typo = big.replace("[sources.s2500]\ntoken_url", "[sources.s2500]\ntokn_url");
+    let d = one(&typo);
+    assert_eq!(
+        (d.line, d.col, d.message.as_str()),
+        (1 + 4 * 2500 + 1, 1, "unknown key `tokn_url`")
+    );
+    let small = problems(&format!("{}{}{}", source(0), source(1), source(0)));
+    let twice = problems(&format!("{big}{}", source(10)));
+    assert_eq!(twice.len(), small.len());
+    for (t, s) in twice.iter().zip(&small) {
+        assert_eq!(
+            (t.line - 4 * 3000, t.col, &t.message),
+            (s.line - 4 * 2, s.col, &s.message)
+        );
+    }
+}
