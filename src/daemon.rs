@@ -48,13 +48,19 @@ pub enum DaemonError {
 /// removed before this returns.
 pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
+    // Loading the system's CA certificates takes milliseconds: on another
+    // core while the files are watched and the sockets bound.
+    let client = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || TokenClient::new(env))
+    };
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
-    // The watcher exists before anything else; once the sources run, the
-    // files are compared with the bytes `config` was parsed from (see
-    // `catch_up` below), and every later edit raises an event.
+    // The watcher exists before anything else; then the files are compared
+    // with the bytes `config` was parsed from (see `catch_up` below), and
+    // every later edit raises an event.
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut watcher = match &from {
         ConfigSource::File(main) => match Watcher::new(events_tx) {
@@ -72,6 +78,8 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         },
         ConfigSource::Fixed(_) => None,
     };
+    let server_config = config.server.clone();
+    let starting = Reloader::begin(from.clone(), env.clone(), config);
 
     raise_fd_limit();
     let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
@@ -80,25 +88,27 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
             Listener::borrowed(l)
         }
         None => server::bind(
-            &config.server.socket,
-            config.server.socket_mode,
-            config.server.socket_group,
+            &server_config.socket,
+            server_config.socket_mode,
+            server_config.socket_group,
         )?,
     };
     // The managed-identity endpoint, if configured: loopback TCP.
-    let mi_listener = match &config.managed_identity {
-        Some(mi) => Some(
-            tokio::net::TcpListener::bind(mi.listen)
+    let mi_listener = match starting
+        .config()
+        .managed_identity
+        .as_ref()
+        .map(|mi| mi.listen)
+    {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| DaemonError::ManagedIdentity {
-                    addr: mi.listen,
-                    source,
-                })?,
+                .map_err(|source| DaemonError::ManagedIdentity { addr, source })?,
         ),
         None => None,
     };
     // The metrics listener, if configured: TCP for Prometheus.
-    let metrics_listener = match config.server.metrics_listen {
+    let metrics_listener = match server_config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -108,30 +118,34 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     };
     let metrics = Arc::new(Metrics::new());
     let broker = Broker::with_sink_record(
-        Arc::new(TokenClient::new(env.clone()).map_err(DaemonError::Client)?),
-        config.server.max_concurrent_fetches,
+        Arc::new(
+            client
+                .await
+                .map_err(|e| DaemonError::Client(e.to_string()))?
+                .map_err(DaemonError::Client)?,
+        ),
+        server_config.max_concurrent_fetches,
         metrics,
         tokio::task::block_in_place(|| sink_record(&from, &env)),
     );
-    for w in &config.warnings {
+    for w in &starting.config().warnings {
         tracing::warn!("{w}");
     }
     tracing::info!(
-        socket = %crate::text::path(&config.server.socket),
-        sources = config.sources.len(),
+        socket = %crate::text::path(&server_config.socket),
+        sources = starting.config().sources.len(),
         "tokend listening"
     );
     let settings = ServerSettings {
-        max_connections: config.server.max_connections,
-        request_timeout: config.server.request_timeout,
+        max_connections: server_config.max_connections,
+        request_timeout: server_config.request_timeout,
         own_uid: crate::acl::own_uid(),
     };
-    let mut reloader = Reloader::start(from, broker.clone(), env, config).await;
+    let (mut reloader, changed) = starting.finish(broker.clone()).await;
     // The watch is in place: an edit made since the start-up read shows as
-    // a difference now (asked before any client is served, so no test or
-    // writer can be half-way yet) and is applied first thing. Anything
-    // later raises events, so nothing is read half-written.
-    let mut catch_up = watcher.is_some() && reloader.changed_on_disk().await;
+    // a difference in the look taken right after it, and is applied first
+    // thing. Anything later raises events, so nothing is read half-written.
+    let mut catch_up = watcher.is_some() && changed;
     let mi_server = mi_listener.map(|l| {
         tracing::info!(listen = %config_listen(&reloader), "managed-identity endpoint listening");
         tokio::spawn(server::serve(

@@ -89,34 +89,75 @@ pub struct Reading {
     loaded: Result<(Config, BTreeMap<String, u64>, MiState), ConfigError>,
 }
 
+/// A [`Reloader`] on its way (see [`Reloader::begin`]).
+pub struct Starting {
+    from: ConfigSource,
+    env: SecretEnv,
+    running: Arc<Config>,
+    read: tokio::task::JoinHandle<(BTreeMap<String, u64>, MiState)>,
+    look: Option<tokio::task::JoinHandle<u64>>,
+}
+
+impl Starting {
+    /// The config being started.
+    pub fn config(&self) -> &Config {
+        &self.running
+    }
+
+    /// Applies the config to `broker`. With the reloader, whether the files
+    /// or secrets changed since the config was read (an edit made during
+    /// start-up, to apply first thing): `seen` starts from the bytes the
+    /// config was parsed from, and the look was taken after the watch.
+    pub async fn finish(self, broker: Arc<Broker>) -> (Reloader, bool) {
+        let (fps, mi) = self.read.await.unwrap_or_default();
+        broker.apply(&self.running, &fps);
+        broker.set_managed_identity(mi);
+        let seen = state_of(self.running.digest, &fps);
+        let changed = match self.look {
+            Some(look) => look.await.map_or(true, |now| now != seen),
+            None => false,
+        };
+        let reloader = Reloader {
+            from: self.from,
+            broker,
+            env: self.env,
+            running: self.running,
+            seen,
+        };
+        (reloader, changed)
+    }
+}
+
 impl Reloader {
-    /// Applies `running` to the broker (start-up). `seen` starts from the
-    /// bytes `running` was parsed from, so a change that landed after that
-    /// read (before the watcher existed) shows in [`Reloader::changed_on_disk`].
-    pub async fn start(
-        from: ConfigSource,
-        broker: Arc<Broker>,
-        env: SecretEnv,
-        running: Config,
-    ) -> Reloader {
+    /// Starts taking what start-up needs besides the config, off the
+    /// runtime while the daemon binds its sockets: the secrets'
+    /// fingerprints, the managed-identity headers, and for a file one more
+    /// look at the files. Call it right after the watch is set up: a later
+    /// look could catch a writer half-way, which only events should report.
+    /// [`Starting::finish`] applies the config.
+    pub fn begin(from: ConfigSource, env: SecretEnv, running: Config) -> Starting {
         let running = Arc::new(running);
-        let (fps, mi) = {
+        let look = match &from {
+            ConfigSource::File(path) => {
+                let (path, running, env) = (path.clone(), running.clone(), env.clone());
+                Some(tokio::task::spawn_blocking(move || {
+                    disk_state(&path, &running, &env)
+                }))
+            }
+            ConfigSource::Fixed(_) => None,
+        };
+        let read = {
             let (config, env) = (running.clone(), env.clone());
             tokio::task::spawn_blocking(move || {
                 (fingerprints(&config, &env), MiState::load(&config, &env))
             })
-            .await
-            .unwrap_or_default()
         };
-        broker.apply(&running, &fps);
-        broker.set_managed_identity(mi);
-        let seen = state_of(running.digest, &fps);
-        Reloader {
+        Starting {
             from,
-            broker,
             env,
             running,
-            seen,
+            read,
+            look,
         }
     }
 
@@ -167,25 +208,6 @@ impl Reloader {
                 None
             }
         }
-    }
-
-    /// True if the files or secrets differ from what the running config
-    /// was read from: an edit landed between that read and the watch. Ask
-    /// right after the watch is set up (a later answer could catch a writer
-    /// half-way, which only events should report).
-    pub async fn changed_on_disk(&self) -> bool {
-        let ConfigSource::File(path) = &self.from else {
-            return false;
-        };
-        let (path, running, env, seen) = (
-            path.clone(),
-            self.running.clone(),
-            self.env.clone(),
-            self.seen,
-        );
-        tokio::task::spawn_blocking(move || disk_state(&path, &running, &env) != seen)
-            .await
-            .unwrap_or(true)
     }
 
     /// Applies what [`Reloader::read`] found: a valid config replaces the
