@@ -17,6 +17,7 @@ use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
 /// One file of the configuration: the main file or an include.
+#[derive(Clone)]
 pub(super) struct File {
     pub path: PathBuf,
     pub text: String,
@@ -28,7 +29,7 @@ pub(super) struct File {
     /// Where each line starts, made at the first diagnostic: placing a
     /// problem is a binary search, not a scan from the top (40,000 sources
     /// with one warning each would otherwise take minutes).
-    line_starts: std::cell::OnceCell<Vec<usize>>,
+    line_starts: std::sync::OnceLock<Vec<usize>>,
 }
 
 /// Largest config file read.
@@ -61,7 +62,7 @@ impl File {
             text,
             shared,
             untrusted,
-            line_starts: std::cell::OnceCell::new(),
+            line_starts: std::sync::OnceLock::new(),
         }
     }
 
@@ -154,7 +155,8 @@ impl At {
 
 /// The files being validated and every problem found in them so far.
 pub(super) struct Diagnostics {
-    pub files: Vec<File>,
+    /// Shared with [`Diagnostics::fork`]s.
+    pub files: std::sync::Arc<Vec<File>>,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
     /// The warnings so far, to keep each once in constant time.
@@ -164,10 +166,39 @@ pub(super) struct Diagnostics {
 impl Diagnostics {
     pub fn new(main: File) -> Self {
         Diagnostics {
-            files: vec![main],
+            files: std::sync::Arc::new(vec![main]),
             errors: Vec::new(),
             warnings: Vec::new(),
             warned: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Adds an include file; its index.
+    pub fn add_file(&mut self, file: File) -> usize {
+        let files = std::sync::Arc::make_mut(&mut self.files);
+        files.push(file);
+        files.len() - 1
+    }
+
+    /// Diagnostics for the same files with no problems yet, for another
+    /// thread; [`Diagnostics::join`] takes its problems back.
+    pub fn fork(&self) -> Diagnostics {
+        Diagnostics {
+            files: self.files.clone(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            warned: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Takes the problems of a [`Diagnostics::fork`], after those so far;
+    /// a warning already given is kept once.
+    pub fn join(&mut self, fork: Diagnostics) {
+        self.errors.extend(fork.errors);
+        for w in fork.warnings {
+            if self.warned.insert(w.clone()) {
+                self.warnings.push(w);
+            }
         }
     }
 

@@ -63,7 +63,8 @@ struct Found {
     file: usize,
     name: String,
     span: Range<usize>,
-    raw: RawSource,
+    /// Boxed: a source as written is a kilobyte, moved several times.
+    raw: Box<RawSource>,
 }
 
 /// Validates `main` and its include directory into a [`Config`].
@@ -88,15 +89,16 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             Some("a sink file belongs to one source: set sinks in each [sources.NAME]".to_string()),
         );
     }
-    let mut sink_paths = BTreeMap::new();
     let server = super::server::server(&mut d, main.server.unwrap_or_default());
     let include_dir = include_dir(&mut d, main.include_dir);
     let include_files = match &include_dir {
         Some(dir) => load_includes(&mut d, dir, &mut found),
         None => Vec::new(),
     };
-    let mut sources = BTreeMap::new();
+    // Names first, in file order: which definition of a name is the first
+    // decides which one the error is about.
     let mut defined: BTreeMap<String, At> = BTreeMap::new();
+    let mut to_check = Vec::new();
     for Found {
         file,
         name,
@@ -128,10 +130,23 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             continue;
         }
         defined.insert(name.clone(), header.clone());
-        if let Some(s) =
-            super::source::source(&mut d, &name, &header, raw, &defaults, &mut sink_paths)
-        {
-            sources.insert(name, std::sync::Arc::new(s));
+        to_check.push((name, header, raw));
+    }
+    // Then each source on its own, on every core; their problems and sink
+    // files are taken back in file order.
+    let checked = super::cores::map(to_check, |(name, header, raw)| {
+        let mut fork = d.fork();
+        let mut claims = Vec::new();
+        let s = super::source::source(&mut fork, &name, &header, *raw, &defaults, &mut claims);
+        (fork, name, s.map(std::sync::Arc::new), claims)
+    });
+    let mut sources = BTreeMap::new();
+    let mut sink_paths = BTreeMap::new();
+    for (fork, name, s, claims) in checked {
+        d.join(fork);
+        let own_sinks = super::sink::one_writer(&mut d, claims, &mut sink_paths);
+        if let Some(s) = s.filter(|_| own_sinks) {
+            sources.insert(name, s);
         }
     }
     let managed_identity = main
@@ -164,9 +179,9 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
 /// owned, so the parsed text need not outlive this call.
 fn process_file(d: &mut Diagnostics, idx: usize, found: &mut Vec<Found>) -> MainParts {
     let mut parts = MainParts::default();
-    // A copy: placing a diagnostic reads the file's text in `d`.
-    let text = d.files[idx].text.clone();
-    let parsed = super::pieces::parse(&text, super::pieces::PIECE);
+    let files = d.files.clone();
+    let text = &files[idx].text;
+    let parsed = super::pieces::parse(text, super::pieces::PIECE);
     match parsed {
         Err(parse_errors) => {
             for e in parse_errors {
@@ -325,8 +340,7 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
             d.errors.push(refused(path, p));
             continue;
         }
-        d.files.push(file);
-        let idx = d.files.len() - 1;
+        let idx = d.add_file(file);
         process_file(d, idx, found);
     }
     paths

@@ -27,8 +27,6 @@
 use super::diag::{self, Pending};
 use super::raw::RawSource;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
@@ -42,7 +40,7 @@ pub(super) const PIECE: usize = 64 * 1024;
 pub(super) struct FoundSource {
     pub name: String,
     pub span: Range<usize>,
-    pub raw: Result<RawSource, Pending>,
+    pub raw: Result<Box<RawSource>, Pending>,
 }
 
 /// What a file (or one piece of it) holds at the top level.
@@ -73,7 +71,7 @@ impl<'t> Piece<'t> {
                         .extend(t.into_iter().map(|(name, v)| FoundSource {
                             span: name.span(),
                             name: name.into_inner().into_owned(),
-                            raw: diag::deserialize(v),
+                            raw: diag::deserialize(v).map(Box::new),
                         }));
                 }
                 _ => piece.sources_not_table = Some(span),
@@ -142,38 +140,13 @@ fn is_source_header(line: &str) -> bool {
 /// if they must not be used (see the module's text).
 fn in_pieces<'t>(text: &'t str, cuts: &[usize]) -> Option<Vec<Piece<'t>>> {
     let ranges: Vec<Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
-    let parsed: Vec<Mutex<Option<Option<Piece<'t>>>>> =
-        ranges.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(range) = ranges.get(i) else { break };
-        // After an error nothing else is worth parsing.
-        let piece = DeTable::parse(&text[range.clone()])
+    let pieces: Vec<Piece<'t>> = super::cores::map(ranges, |range| {
+        DeTable::parse(&text[range.clone()])
             .ok()
-            .map(|doc| Piece::of(shift_table(doc.into_inner(), range.start)));
-        let failed = piece.is_none();
-        *parsed[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(piece);
-        if failed {
-            next.store(ranges.len(), Ordering::Relaxed);
-        }
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(ranges.len());
-    std::thread::scope(|s| {
-        // A thread that cannot be started leaves its share to the others.
-        for _ in 1..threads {
-            let _ = std::thread::Builder::new()
-                .name("tokend-parse".to_string())
-                .spawn_scoped(s, work);
-        }
-        work();
-    });
-    let pieces: Vec<Piece<'t>> = parsed
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).flatten())
-        .collect::<Option<_>>()?;
+            .map(|doc| Piece::of(shift_table(doc.into_inner(), range.start)))
+    })
+    .into_iter()
+    .collect::<Option<_>>()?;
     disjoint(&pieces).then_some(pieces)
 }
 

@@ -41,40 +41,56 @@ impl Me {
     }
 }
 
-/// Validates source `name`'s sinks. `seen` holds every sink path so far,
-/// so two sinks (of any sources) never write the same file.
+/// Validates source `name`'s sinks; each valid sink's path, and where it
+/// was written, goes into `claims` (see [`one_writer`]).
 pub(super) fn sinks(
     d: &mut Diagnostics,
     file: usize,
     name: &str,
     raw: Spanned<Vec<Spanned<RawSink>>>,
-    seen: &mut BTreeMap<PathBuf, At>,
+    claims: &mut Vec<(PathBuf, At)>,
 ) -> Vec<SinkConfig> {
     let me = Me::current();
     let mut out = Vec::new();
     for sink in raw.into_inner() {
         let at = At::of(file, &sink);
         if let Some(s) = one(d, file, name, sink.into_inner(), &me) {
-            if let Some(first) = seen.get(&s.path) {
-                let first = d.diagnostic(first, String::new(), None);
-                d.error(
-                    &at,
-                    format!(
-                        "sink {} is also written by the sink at {}:{}:{}",
-                        crate::text::path(&s.path),
-                        crate::text::path(&first.file),
-                        first.line,
-                        first.col
-                    ),
-                    Some("give each sink its own file".to_string()),
-                );
-                continue;
-            }
-            seen.insert(s.path.clone(), at);
+            claims.push((s.path.clone(), at));
             out.push(s);
         }
     }
     out
+}
+
+/// Checks one source's sink `claims` against `seen`, every sink path of the
+/// sources before it, so that two sinks (of any sources) never write the
+/// same file. False if one was taken.
+pub(super) fn one_writer(
+    d: &mut Diagnostics,
+    claims: Vec<(PathBuf, At)>,
+    seen: &mut BTreeMap<PathBuf, At>,
+) -> bool {
+    let mut ok = true;
+    for (path, at) in claims {
+        if let Some(first) = seen.get(&path) {
+            let first = d.diagnostic(first, String::new(), None);
+            d.error(
+                &at,
+                format!(
+                    "sink {} is also written by the sink at {}:{}:{}",
+                    crate::text::path(&path),
+                    crate::text::path(&first.file),
+                    first.line,
+                    first.col
+                ),
+                Some("give each sink its own file".to_string()),
+            );
+            ok = false;
+            continue;
+        }
+        seen.insert(path, at);
+    }
+    ok
 }
 
 fn one(d: &mut Diagnostics, file: usize, name: &str, raw: RawSink, me: &Me) -> Option<SinkConfig> {

@@ -12,7 +12,6 @@ use super::{
 };
 use crate::entra;
 use crate::secret::SecretRef;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +36,7 @@ pub(super) fn source(
     header: &At,
     raw: RawSource,
     defaults: &RawSource,
-    sink_paths: &mut BTreeMap<PathBuf, At>,
+    sink_claims: &mut Vec<(PathBuf, At)>,
 ) -> Option<SourceConfig> {
     let file = header.file;
     // An inherited plain secret lives in the main file: that file's
@@ -180,7 +179,7 @@ pub(super) fn source(
         Duration::from_millis(100),
     );
     let sinks = match raw.sinks {
-        Some(list) => super::sink::sinks(d, file, name, list, sink_paths),
+        Some(list) => super::sink::sinks(d, file, name, list, sink_claims),
         None => Vec::new(),
     };
     // A sink is written without being asked: its source fetches at start.
