@@ -142,6 +142,10 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         own_uid: crate::acl::own_uid(),
     };
     let (mut reloader, changed) = starting.finish(broker.clone()).await;
+    // Parsing, checking and registering thousands of sources left freed
+    // memory in several threads' heaps: back to the system, off the way to
+    // serving.
+    tokio::task::spawn_blocking(crate::heap::trim);
     // The watch is in place: an edit made since the start-up read shows as
     // a difference in the look taken right after it, and is applied first
     // thing. Anything later raises events, so nothing is read half-written.

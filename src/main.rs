@@ -128,10 +128,8 @@ async fn run(path: &Path) -> u8 {
         return 1;
     };
     // Not rehomed (see Config::rehome): at start-up the copy would delay
-    // the first answer by 15 ms for 10,000 sources to save about 3 MiB
-    // (docs/performance.md). The parse's freed memory goes back to the
-    // system off the way to serving.
-    tokio::task::spawn_blocking(tokend::heap::trim);
+    // the first answer by 15 ms for 10,000 sources. The daemon trims the
+    // heap once the sources are registered.
     init_logging(cfg.server.log_format);
     match daemon::run(
         cfg,

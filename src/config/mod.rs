@@ -64,8 +64,8 @@ impl Config {
     /// tens of MiB); glibc can return none of it while the config lives
     /// there. Moved out, the loading thread's heap is all free and goes back
     /// whole. The original is freed, and the heap trimmed, on a blocking
-    /// thread: off the way to serving. Every reload calls it; start-up, whose
-    /// heaps hold nothing else yet, only trims (see main.rs).
+    /// thread: off the way to serving. Every reload calls it; start-up only
+    /// trims the heap once its sources are registered (see daemon.rs).
     pub fn rehome(self) -> Config {
         let mut fresh = self.clone();
         fresh.sources = self
