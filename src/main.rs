@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run { .. } | Command::Dev) {
         harden();
+        tokend::heap::settle();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
