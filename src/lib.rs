@@ -20,6 +20,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod cores;
 pub mod credential;
 pub mod daemon;
 pub mod dev;

@@ -277,9 +277,11 @@ impl Broker {
         // Always, even empty: the first one also clears what a previous
         // run left (a config that dropped every sink included).
         self.sinks.apply(sinks_changed, sinks_removed);
-        for (name, cfg, fp, generation) in to_start {
-            map.insert(name, self.start(cfg, fp, generation));
-        }
+        // Thousands at start-up: registered on every core.
+        let started = crate::cores::map(to_start, |(name, cfg, fp, generation)| {
+            (name, self.start(cfg, fp, generation))
+        });
+        map.extend(started);
         self.metrics
             .sources
             .set(i64::try_from(map.len()).unwrap_or(i64::MAX));

@@ -134,7 +134,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     }
     // Then each source on its own, on every core; their problems and sink
     // files are taken back in file order.
-    let checked = super::cores::map(to_check, |(name, header, raw)| {
+    let checked = crate::cores::map(to_check, |(name, header, raw)| {
         let mut fork = d.fork();
         let mut claims = Vec::new();
         let s = super::source::source(&mut fork, &name, &header, *raw, &defaults, &mut claims);

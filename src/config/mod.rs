@@ -6,7 +6,6 @@
 //! [`Duration`], a parsed [`Url`], a resolved gid). Every problem is reported
 //! at once, each as `FILE:LINE:COL: what is wrong — how to fix`.
 
-mod cores;
 mod diag;
 mod load;
 mod mi;

@@ -140,7 +140,7 @@ fn is_source_header(line: &str) -> bool {
 /// if they must not be used (see the module's text).
 fn in_pieces<'t>(text: &'t str, cuts: &[usize]) -> Option<Vec<Piece<'t>>> {
     let ranges: Vec<Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
-    let pieces: Vec<Piece<'t>> = super::cores::map(ranges, |range| {
+    let pieces: Vec<Piece<'t>> = crate::cores::map(ranges, |range| {
         DeTable::parse(&text[range.clone()])
             .ok()
             .map(|doc| Piece::of(shift_table(doc.into_inner(), range.start)))

@@ -1,15 +1,16 @@
-//! Work spread over every core, for the steps whose cost grows with the
-//! number of sources: parsing a large file and checking its sources
-//! (docs/performance.md). A config of 10,000 sources kept one core busy
-//! for 100 ms while the other waited.
+//! Work spread over every core, for the start-up steps whose cost grows
+//! with the number of sources: parsing a large file, checking its sources,
+//! registering them (docs/performance.md). With 10,000 sources they kept
+//! one core busy for 100 ms while the other waited.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// `f` applied to every item on as many threads as there are cores (the
 /// calling one included), the results in the items' order. A thread that
-/// cannot be started leaves its share to the others.
-pub(super) fn map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+/// cannot be started leaves its share to the others. Called on a tokio
+/// runtime, the threads are in it too (`f` may spawn tasks).
+pub fn map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len());
@@ -30,11 +31,15 @@ pub(super) fn map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) ->
             }
         }
     };
+    let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|s| {
         for _ in 1..threads {
             let _ = std::thread::Builder::new()
-                .name("tokend-config".to_string())
-                .spawn_scoped(s, work);
+                .name("tokend-cores".to_string())
+                .spawn_scoped(s, || {
+                    let _in_runtime = runtime.as_ref().map(|r| r.enter());
+                    work();
+                });
         }
         work();
     });
