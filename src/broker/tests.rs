@@ -919,3 +919,22 @@ fn the_state_metric_knows_every_state_by_its_api_name() {
         assert_eq!(serde_json::to_value(s).unwrap(), s.name());
     }
 }
+
+/// `tokend_credential_expiry_timestamp_seconds` follows the config: set
+/// with `credential_expires`, gone when a reload drops the key or the source.
+#[tokio::test(start_paused = true)]
+async fn the_credential_expiry_gauge_follows_reloads() {
+    let series = "tokend_credential_expiry_timestamp_seconds{source=\"s\"}";
+    let script = Script::new(vec![], ok(3600));
+    let (broker, _) = start(&script, "eager = false\ncredential_expires = 2030-01-01").await;
+    assert!(broker.metrics().encode().contains(series));
+    broker.apply(&config("eager = false"), &BTreeMap::new());
+    assert!(!broker.metrics().encode().contains(series));
+    broker.apply(
+        &config("eager = false\ncredential_expires = 2030-01-01"),
+        &BTreeMap::new(),
+    );
+    assert!(broker.metrics().encode().contains(series));
+    broker.apply(&config("").clone_without_sources(), &BTreeMap::new());
+    assert!(!broker.metrics().encode().contains(series));
+}
