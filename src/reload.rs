@@ -104,17 +104,17 @@ impl Starting {
         &self.running
     }
 
-    /// Applies the config to `broker`. With the reloader, whether the files
-    /// or secrets changed since the config was read (an edit made during
-    /// start-up, to apply first thing): `seen` starts from the bytes the
-    /// config was parsed from, and the look was taken after the watch.
+    /// Applies the config to `broker`. With the reloader, whether the config
+    /// files changed since they were read, before the watch (an edit made
+    /// during start-up, to apply first thing). The secrets need no second
+    /// look: their fingerprints were taken after the watch.
     pub async fn finish(self, broker: Arc<Broker>) -> (Reloader, bool) {
         let (fps, mi) = self.read.await.unwrap_or_default();
         broker.apply(&self.running, &fps);
         broker.set_managed_identity(mi);
         let seen = state_of(self.running.digest, &fps);
         let changed = match self.look {
-            Some(look) => look.await.map_or(true, |now| now != seen),
+            Some(look) => look.await.map_or(true, |now| now != self.running.digest),
             None => false,
         };
         let reloader = Reloader {
@@ -139,9 +139,9 @@ impl Reloader {
         let running = Arc::new(running);
         let look = match &from {
             ConfigSource::File(path) => {
-                let (path, running, env) = (path.clone(), running.clone(), env.clone());
+                let (path, dir) = (path.clone(), include_dir(path, &running));
                 Some(tokio::task::spawn_blocking(move || {
-                    disk_state(&path, &running, &env)
+                    config::disk_digest(&path, &dir)
                 }))
             }
             ConfigSource::Fixed(_) => None,
