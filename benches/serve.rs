@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench serve            # the full run (about 3 minutes)
 //!     cargo bench --bench serve -- --smoke # seconds: CI runs this
-//!     cargo bench --bench serve -- --startup # only the many-sources start-up, 3 times
+//!     cargo bench --bench serve -- --startup # only the many-sources start-up, 3 times and the best
 //!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
 //!                                          # load only, to profile a server
 //!
@@ -28,6 +28,9 @@ struct Plan {
     rounds: usize,
     million: u64,
     many_sources: usize,
+    /// Start-ups with `many_sources`, the best reported as well: like the
+    /// rounds of load, one start can land on a busy moment of the machine.
+    startups: usize,
     cold: usize,
 }
 
@@ -36,6 +39,7 @@ const FULL: Plan = Plan {
     rounds: 2,
     million: 1_000_000,
     many_sources: 10_000,
+    startups: 3,
     cold: 10_000,
 };
 
@@ -44,6 +48,7 @@ const SMOKE: Plan = Plan {
     rounds: 1,
     million: 20_000,
     many_sources: 500,
+    startups: 1,
     cold: 300,
 };
 
@@ -98,10 +103,7 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
         )
     };
     if only_startup {
-        for _ in 0..3 {
-            startup(plan, dir.path(), &source).await?;
-        }
-        return Ok(());
+        return startups(plan, dir.path(), &source).await;
     }
     let mut daemon = Daemon::start(dir.path(), "one", &source("bench", ""), "")?;
     wait_listening(&daemon.socket).await;
@@ -191,7 +193,7 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
     );
     daemon.stop();
 
-    startup(plan, dir.path(), &source).await?;
+    startups(plan, dir.path(), &source).await?;
 
     // Many concurrent cold requests to one lazy source: one upstream fetch.
     idp.set_delay(Duration::from_secs(2));
@@ -227,12 +229,32 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
-/// Many lazy sources: time to listening and to the first answer, and RSS.
-async fn startup(
+/// [`startup`] `plan.startups` times, then the best.
+async fn startups(
     plan: &Plan,
     dir: &Path,
     source: &dyn Fn(&str, &str) -> String,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let mut best = f64::INFINITY;
+    for _ in 0..plan.startups {
+        best = best.min(startup(plan, dir, source).await?);
+    }
+    if plan.startups > 1 {
+        println!(
+            "{} sources: first answer at {best:.1} ms at best of {}",
+            plan.many_sources, plan.startups
+        );
+    }
+    Ok(())
+}
+
+/// Many lazy sources: time to listening and to the first answer (returned,
+/// in ms), and RSS.
+async fn startup(
+    plan: &Plan,
+    dir: &Path,
+    source: &dyn Fn(&str, &str) -> String,
+) -> Result<f64, Box<dyn std::error::Error>> {
     let many: String = (0..plan.many_sources)
         .map(|i| source(&format!("s{i}"), "eager = false"))
         .collect();
@@ -255,7 +277,7 @@ async fn startup(
         rss_kib(daemon.pid())
     );
     daemon.stop();
-    Ok(())
+    Ok(answering.as_secs_f64() * 1000.0)
 }
 
 /// tokend as its own process, on a socket in `dir`.
