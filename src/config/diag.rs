@@ -215,6 +215,12 @@ impl Diagnostics {
         }
     }
 
+    /// `FILE:LINE:COL` of `at`, for a message that points at a second place.
+    pub fn place(&self, at: &At) -> String {
+        let d = self.diagnostic(at, String::new(), None);
+        format!("{}:{}:{}", crate::text::path(&d.file), d.line, d.col)
+    }
+
     pub fn error(&mut self, at: &At, message: impl Into<String>, hint: impl Into<Option<String>>) {
         let d = self.diagnostic(at, message.into(), hint.into());
         self.errors.push(d);

@@ -116,15 +116,10 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             continue;
         }
         if let Some(first) = defined.get(&name) {
-            let first = d.diagnostic(first, String::new(), None);
+            let first = d.place(first);
             d.error(
                 &header,
-                format!(
-                    "source `{name}` is defined twice: here and at {}:{}:{}",
-                    crate::text::path(&first.file),
-                    first.line,
-                    first.col
-                ),
+                format!("source `{name}` is defined twice: here and at {first}"),
                 Some("rename or remove one of them".to_string()),
             );
             continue;

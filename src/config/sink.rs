@@ -73,15 +73,12 @@ pub(super) fn one_writer(
     let mut ok = true;
     for (path, at) in claims {
         if let Some(first) = seen.get(&path) {
-            let first = d.diagnostic(first, String::new(), None);
+            let first = d.place(first);
             d.error(
                 &at,
                 format!(
-                    "sink {} is also written by the sink at {}:{}:{}",
-                    crate::text::path(&path),
-                    crate::text::path(&first.file),
-                    first.line,
-                    first.col
+                    "sink {} is also written by the sink at {first}",
+                    crate::text::path(&path)
                 ),
                 Some("give each sink its own file".to_string()),
             );
