@@ -175,7 +175,9 @@ where
                     routes::handle(req, broker, peer.as_deref(), settings, now, deadline).await
                 }
                 Handler::ManagedIdentity(denials) => {
-                    mi::handle(req, broker, settings, denials, deadline).await
+                    // Boxed, like the API's waits: the future every request
+                    // builds and hyper moves stays small (1.4 KiB to 0.8).
+                    Box::pin(mi::handle(req, broker, settings, denials, deadline)).await
                 }
                 Handler::Metrics(denials) => {
                     routes::handle_metrics_door(&req, broker, settings, denials)

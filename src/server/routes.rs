@@ -173,7 +173,18 @@ pub async fn handle(
             Err(f) => f.render(),
         },
         Route::Refresh(name) => match readable(broker, name, peer, settings) {
-            Ok(h) => refresh(&parts.headers, body, h, broker, peer, settings, deadline).await,
+            Ok(h) => {
+                Box::pin(refresh(
+                    &parts.headers,
+                    body,
+                    h,
+                    broker,
+                    peer,
+                    settings,
+                    deadline,
+                ))
+                .await
+            }
             Err(f) => f.render(),
         },
         Route::Token(name) => {
@@ -560,7 +571,9 @@ async fn token(
         handle.clone()
     };
     let next = |name: &str| readable(broker, name, peer, settings);
-    match wait_for_token(handle, q.min_ttl, deadline, settings, next).await {
+    // Boxed: only a request that waits pays for the waiting's state, not
+    // every request's future (see server::connection).
+    match Box::pin(wait_for_token(handle, q.min_ttl, deadline, settings, next)).await {
         Ok((handle, tok)) => {
             handle.count_served();
             token_answer(&handle, &tok, q.raw, Instant::now())
