@@ -254,7 +254,7 @@ impl Broker {
                     }
                 }
                 None => {
-                    let was_running = !restarted.is_empty() && restarted.contains(name);
+                    let was_running = restarted.contains(name);
                     if !was_running {
                         summary.added.push(name.clone());
                     }
