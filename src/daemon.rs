@@ -78,8 +78,10 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         },
         ConfigSource::Fixed(_) => None,
     };
-    let server_config = config.server.clone();
     let starting = Reloader::begin(from.clone(), env.clone(), config);
+    // Read from the config being started until it is handed to the broker.
+    let started = starting.config();
+    let server_config = &started.server;
 
     raise_fd_limit();
     let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
@@ -94,12 +96,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         )?,
     };
     // The managed-identity endpoint, if configured: loopback TCP.
-    let mi_listener = match starting
-        .config()
-        .managed_identity
-        .as_ref()
-        .map(|mi| mi.listen)
-    {
+    let mi_listener = match started.managed_identity.as_ref().map(|mi| mi.listen) {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -128,12 +125,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         metrics,
         tokio::task::block_in_place(|| sink_record(&from, &env)),
     );
-    for w in &starting.config().warnings {
+    for w in &started.warnings {
         tracing::warn!("{w}");
     }
     tracing::info!(
         socket = %crate::text::path(&server_config.socket),
-        sources = starting.config().sources.len(),
+        sources = started.sources.len(),
         "tokend listening"
     );
     let settings = ServerSettings {
