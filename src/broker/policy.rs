@@ -12,8 +12,10 @@ pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 /// Shortest pause between two attempts, so full jitter never spins.
 pub const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
-/// Longest `Retry-After` honoured; a larger one is treated as this.
-pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
+/// Longest `Retry-After` honoured; a larger one is treated as this: the
+/// backoff ceiling, so one IdP's `Retry-After: 999999` cannot turn a bad
+/// minute into an hour without tokens (docs/behaviour.md, "Recovery").
+pub const RETRY_AFTER_CAP: Duration = BACKOFF_CAP;
 /// A refresh starts this long (at most a tenth of the token's lifetime)
 /// before its token stops being served, so the fetch has time to land.
 pub const REFRESH_HEADROOM: Duration = Duration::from_secs(5);
@@ -205,10 +207,9 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor() {
         assert_eq!(backoff_delay(1, false, Some(S(30)), 0.5), S(30));
-        assert_eq!(
-            backoff_delay(1, false, Some(S(999_999)), 0.5),
-            RETRY_AFTER_CAP
-        );
+        // A huge Retry-After counts as the backoff ceiling, 5 min, not an hour.
+        assert_eq!(backoff_delay(1, false, Some(S(999_999)), 0.5), S(300));
+        assert_eq!(backoff_delay(9, false, Some(S(301)), 0.99), S(300));
     }
 
     #[test]

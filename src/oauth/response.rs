@@ -42,15 +42,17 @@ struct RawToken {
 }
 
 /// Seconds as a JSON number or a numeric string (Entra v1 sends strings).
+/// Any finite, non-negative number is taken: a huge one is clamped here
+/// (to ten times the 366-day cap the lifetime rules apply), never refused.
 fn seconds(v: &Value) -> Option<Duration> {
+    /// Far beyond any lifetime tokend believes, and well inside `Duration`.
+    const CLAMP: f64 = 366.0 * 86_400.0 * 10.0;
     let secs = match v {
         Value::Number(n) => n.as_f64()?,
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (0.0..1e10)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs.floor()))
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(CLAMP).floor()))
 }
 
 /// A `Retry-After` header (RFC 9110 §10.2.3): delay-seconds, or an HTTP
