@@ -176,6 +176,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     ));
     systemd::ready(&broker.summary());
     systemd::spawn_watchdog(shutdown.clone());
+    // A resume from suspend moves the wall clock, not tokio's: the sources
+    // and sinks hear of it within seconds, with no request needed.
+    tokio::spawn({
+        let broker = broker.clone();
+        crate::clock::watch_jumps(shutdown.clone(), move |by| broker.clock_jumped(by))
+    });
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut last_status = String::new();
     let mut expiry = ExpiryWarner::default();

@@ -19,6 +19,7 @@ pub mod cert;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod cores;
 pub mod credential;

@@ -7,14 +7,16 @@
 //! it ([`json`]).
 //!
 //! Invariants: a token is served only while more than [`SERVE_MARGIN`] of
-//! it is left; no type here has a `Debug` that shows the token.
+//! it is left on both clocks, the monotonic one and the wall clock (see
+//! [`crate::clock`]: after a suspend only the wall clock knows it died); no
+//! type here has a `Debug` that shows the token.
 
+use crate::clock::Moment;
 use crate::secret::ExposeSecret;
-use crate::timefmt::rfc3339_at;
+use crate::timefmt::rfc3339;
 use serde_json::{json, Value};
 use std::fmt;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// The bytes of an access token. Held once per token: a slice of one
 /// allocation that is zeroed when its last holder drops it. `Debug` hides
@@ -78,9 +80,12 @@ pub struct Token {
     pub token_type: String,
     /// What the IdP said it granted, if it said.
     pub scope: Option<String>,
-    /// When the request that produced it was sent (a safe lower bound on issue time).
-    pub issued_at: Instant,
-    pub expires_at: Instant,
+    /// When the request that produced it was sent (a safe lower bound on
+    /// issue time), on both clocks.
+    pub issued: Moment,
+    /// When it dies, on both clocks: the wall-clock deadline is what
+    /// `expires_at` shows, and what decides after a suspend.
+    pub expires: Moment,
     /// The IdP's `refresh_in` hint.
     pub refresh_in: Option<Duration>,
     /// What the API answers with, rendered once for this token (empty until
@@ -111,24 +116,27 @@ pub const SERVE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Token {
     pub fn lifetime(&self) -> Duration {
-        self.expires_at.saturating_duration_since(self.issued_at)
+        self.issued.until(self.expires)
     }
 
-    /// A token is servable while `now < expires_at − 5 s`.
-    pub fn servable_at(&self, now: Instant) -> bool {
-        now.checked_add(SERVE_MARGIN)
-            .is_some_and(|t| t < self.expires_at)
+    /// A token is servable while more than 5 s of it is left on both clocks.
+    pub fn servable_at(&self, now: Moment) -> bool {
+        now.until(self.expires) > SERVE_MARGIN
     }
 
-    pub fn remaining_at(&self, now: Instant) -> Duration {
-        self.expires_at.saturating_duration_since(now)
+    /// What is left of it by whichever clock says less.
+    pub fn remaining_at(&self, now: Moment) -> Duration {
+        now.until(self.expires)
     }
 
-    /// The first instant at which it is no longer served.
-    pub fn servable_until(&self) -> Instant {
-        self.expires_at
-            .checked_sub(SERVE_MARGIN)
-            .unwrap_or(self.issued_at)
+    /// How long from `now` it stays servable (zero once it is not).
+    pub fn servable_for(&self, now: Moment) -> Duration {
+        self.remaining_at(now).saturating_sub(SERVE_MARGIN)
+    }
+
+    /// The wall-clock time it expires at, as `expires_at` shows it.
+    pub fn expires_at_text(&self) -> String {
+        rfc3339(self.expires.wall)
     }
 }
 
@@ -136,14 +144,14 @@ impl Token {
 /// sinks of format "json" hold it. Zeroed when dropped.
 pub fn json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
     use std::io::Write;
-    let expires_in = tok.remaining_at(Instant::now()).as_secs();
+    let expires_in = tok.remaining_at(Moment::now()).as_secs();
     let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.json_head.len() + 24));
     if tok.json_head.is_empty() {
         let mut body = json!({
             "access_token": tok.access_token.expose_secret(),
             "token_type": tok.token_type,
             "expires_in": expires_in,
-            "expires_at": rfc3339_at(tok.expires_at),
+            "expires_at": tok.expires_at_text(),
             "source": source,
         });
         if let Some(s) = &tok.scope {
@@ -173,7 +181,7 @@ pub fn file_json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
     let mut body = json!({
         "access_token": tok.access_token.expose_secret(),
         "token_type": tok.token_type,
-        "expires_at": rfc3339_at(tok.expires_at),
+        "expires_at": tok.expires_at_text(),
         "source": source,
     });
     if let Some(s) = &tok.scope {
@@ -205,7 +213,7 @@ pub fn prepare(source: &str, token: Token) -> Token {
     head.extend_from_slice(b",\"token_type\":");
     let _ = serde_json::to_writer(&mut head, &token.token_type);
     head.extend_from_slice(b",\"expires_at\":");
-    let _ = serde_json::to_writer(&mut head, &rfc3339_at(token.expires_at));
+    let _ = serde_json::to_writer(&mut head, &token.expires_at_text());
     if let Some(scope) = &token.scope {
         head.extend_from_slice(b",\"scope\":");
         let _ = serde_json::to_writer(&mut head, scope);
@@ -236,14 +244,14 @@ mod tests {
     /// A `json` sink holds the API's body less `expires_in`, prepared or not.
     #[test]
     fn the_file_json_is_the_answer_without_expires_in() {
-        let now = Instant::now();
+        let now = Moment::now();
         let tok = Token {
             access_token: AccessToken::new("t.o.k".into()),
             json_head: bytes::Bytes::new(),
             token_type: "Bearer".into(),
             scope: Some("read".into()),
-            issued_at: now,
-            expires_at: now + Duration::from_secs(600),
+            issued: now,
+            expires: now.later(Duration::from_secs(600)),
             refresh_in: None,
         };
         let plain: Value = serde_json::from_slice(&file_json("s", &tok)).unwrap();
@@ -262,10 +270,42 @@ mod tests {
             json_head: bytes::Bytes::new(),
             token_type: "Bearer".into(),
             scope: None,
-            issued_at: Instant::now(),
-            expires_at: Instant::now() + Duration::from_secs(60),
+            issued: Moment::now(),
+            expires: Moment::now().later(Duration::from_secs(60)),
             refresh_in: None,
         };
         assert!(!format!("{t:?}").contains("eyJsecret"));
+    }
+
+    /// After a suspend (the wall clock moved, the monotonic one did not), a
+    /// token the wall clock says is dead is not served, and what is left
+    /// of a live one is counted on the clock that says less.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_dead_by_the_wall_clock_is_not_servable() {
+        let now = Moment::now();
+        let t = Token {
+            access_token: AccessToken::new("t".into()),
+            json_head: bytes::Bytes::new(),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued: now,
+            expires: now.later(Duration::from_secs(120)),
+            refresh_in: None,
+        };
+        assert!(t.servable_at(now));
+        let wall = |secs| Moment {
+            mono: now.mono,
+            wall: now.wall + Duration::from_secs(secs),
+        };
+        assert!(!t.servable_at(wall(300)), "dead 180 s by the wall clock");
+        assert!(!t.servable_at(wall(115)), "within the 5 s margin");
+        assert_eq!(t.remaining_at(wall(100)), Duration::from_secs(20));
+        assert_eq!(t.servable_for(wall(100)), Duration::from_secs(15));
+        // Stepped back: the monotonic deadline still holds.
+        let back = Moment {
+            mono: now.mono + Duration::from_secs(116),
+            wall: now.wall - Duration::from_secs(3600),
+        };
+        assert!(!t.servable_at(back));
     }
 }

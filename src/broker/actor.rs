@@ -4,12 +4,20 @@
 //! restarts it should it ever panic. The handle side (what the server reads
 //! and asks for) is in [`super::source`].
 //!
+//! Its schedule is kept on both clocks ([`Moment`]): a timer runs on tokio's
+//! clock, and when the wall clock jumps ahead of it (a resume from suspend)
+//! the broker says so and a fetch whose time has come by the wall clock
+//! starts at once. Its endpoint's other sources tell it when the endpoint
+//! answers again, so a backoff does not outlast an outage by minutes.
+//!
 //! Invariant: at most one upstream request per source is in flight (only
 //! the actor starts one, and only when none is running).
 
+use super::endpoint::{self, Endpoints};
 use super::policy;
 use super::source::{Desired, LastError, Shared, WANT_FORCE, WANT_NONE};
 use super::Fetcher;
+use crate::clock::Moment;
 use crate::config::SourceConfig;
 use crate::metrics::{epoch_seconds, Metrics, SourceLabel, SourceOutcome};
 use crate::oauth::FetchError;
@@ -20,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
@@ -30,9 +38,16 @@ pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchErr
 pub(crate) struct Deps {
     pub metrics: Arc<Metrics>,
     pub client: Arc<dyn Fetcher>,
-    pub limit: Arc<Semaphore>,
+    /// Each token endpoint's budget of fetches in flight.
+    pub endpoints: Arc<Endpoints>,
     pub sinks: crate::sink::Sinks,
+    /// Bumped when the wall clock jumps ahead of the monotonic one.
+    pub clock_jumps: watch::Receiver<u64>,
 }
+
+/// When an endpoint answers again, its backing-off sources retry within
+/// this much (each at a random point in it, so they do not arrive at once).
+pub const RECOVERY_SPREAD: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Deps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,10 +60,12 @@ impl std::fmt::Debug for Deps {
 /// the backoff and cannot spin), is logged at ERROR and counted in
 /// `tokend_source_restarts_total`. Defence in depth: no source may turn
 /// into a zombie that is listed but never serves again.
-pub(super) async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option<Instant>) {
+pub(super) async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option<Moment>) {
     let label = SourceLabel {
         source: shared.name.clone(),
     };
+    // The identity (and so the endpoint) is fixed for the life of a source task.
+    let endpoint = deps.endpoints.of(&shared.desired.borrow().config);
     loop {
         let actor = Actor {
             config: shared.desired.borrow().config.clone(),
@@ -56,19 +73,21 @@ pub(super) async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option
             desired: shared.desired.subscribe(),
             shared: shared.clone(),
             deps: deps.clone(),
+            endpoint: endpoint.clone(),
             warned_consent: false,
+            last_permanent: false,
         };
         match tokio::spawn(actor.run(first)).await {
             Err(e) if e.is_panic() && !shared.cancel.is_cancelled() => {
                 deps.metrics.source_restarts.get_or_create(&label).inc();
-                let now = Instant::now();
+                let now = Moment::now();
                 let failures = shared
                     .snapshot
                     .borrow()
                     .consecutive_failures
                     .saturating_add(1);
                 let delay = policy::backoff_delay(failures, false, None, rand::random::<f64>());
-                let retry_at = crate::timefmt::later(now, delay);
+                let retry_at = now.later(delay);
                 tracing::error!(
                     source = %shared.name,
                     retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
@@ -76,7 +95,7 @@ pub(super) async fn supervise(shared: Arc<Shared>, deps: Deps, mut first: Option
                 );
                 shared.snapshot.send_modify(|s| {
                     s.fetching = false;
-                    s.retry_at = Some(retry_at);
+                    s.retry_at = Some(retry_at.mono);
                     s.next_refresh_at = Some(retry_at);
                     s.consecutive_failures = failures;
                     s.last_error = Some(LastError {
@@ -106,7 +125,11 @@ struct Actor {
     desired: watch::Receiver<Desired>,
     shared: Arc<Shared>,
     deps: Deps,
+    endpoint: Arc<endpoint::Shared>,
     warned_consent: bool,
+    /// The last fetch failed in a way only the source's own settings can
+    /// fix (`invalid_client`, say): another source's success says nothing.
+    last_permanent: bool,
 }
 
 async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
@@ -117,15 +140,18 @@ async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
 }
 
 impl Actor {
-    async fn run(mut self, first: Option<Instant>) {
-        let mut next: Option<Instant> = first;
+    async fn run(mut self, first: Option<Moment>) {
+        let mut next: Option<Moment> = first;
         let mut fetch: Option<FetchFuture> = None;
         // The credential changed while a fetch with the old one was in flight.
         let mut refetch_pending = false;
         let cancel = self.shared.cancel.clone();
         let shared = self.shared.clone();
+        let mut clock_jumps = self.deps.clock_jumps.clone();
+        clock_jumps.mark_unchanged();
+        let mut recovered = self.endpoint.recovered.subscribe();
         loop {
-            let wake = next;
+            let wake = next.map(|m| m.mono);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
@@ -174,6 +200,46 @@ impl Actor {
                     fetch = Some(self.start());
                     next = None;
                 }
+                changed = clock_jumps.changed() => {
+                    if changed.is_err() {
+                        // The broker is gone; its sources follow.
+                        break;
+                    }
+                    // The wall clock jumped (a resume): what is due by it
+                    // starts now, the rest is timed on both clocks again.
+                    let now = Moment::now();
+                    match next {
+                        Some(at) if fetch.is_none() && now.reached(at) => {
+                            fetch = Some(self.start());
+                            next = None;
+                        }
+                        Some(at) => next = Some(Moment { mono: now.timer_for(at), wall: at.wall }),
+                        None => {}
+                    }
+                }
+                changed = recovered.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    // The endpoint answers again: a source backing off for a
+                    // passing fault retries soon, not at its backoff's end.
+                    let now = Moment::now();
+                    let waiting = fetch.is_none() && !self.last_permanent && {
+                        let s = self.shared.snapshot.borrow();
+                        s.backing_off(now.mono).is_some()
+                            && s.not_before.is_none_or(|t| t <= now.mono)
+                    };
+                    if waiting && self.shared.claim_early_attempt(now.mono) {
+                        let at = now.later(RECOVERY_SPREAD.mul_f64(rand::random::<f64>()));
+                        if next.is_none_or(|n| at.mono < n.mono) {
+                            next = Some(at);
+                            self.shared.snapshot.send_modify(|s| {
+                                s.retry_at = Some(at.mono);
+                                s.next_refresh_at = Some(at);
+                            });
+                        }
+                    }
+                }
             }
         }
         tracing::debug!(source = %self.config.name, "source stopped");
@@ -184,18 +250,21 @@ impl Actor {
             s.fetching = true;
             s.requested = true;
             s.retry_at = None;
+            s.not_before = None;
             s.next_refresh_at = None;
         });
         tracing::debug!(source = %self.config.name, "fetching token");
         let fetch = self.deps.client.fetch(self.config.clone());
-        let limit = self.deps.limit.clone();
+        let endpoint = self.endpoint.clone();
         let metrics = self.deps.metrics.clone();
         let label = SourceLabel {
             source: self.config.name.clone(),
         };
         Box::pin(async move {
-            // The semaphore is never closed; if it were, fetching anyway is the safe fallback.
-            let _permit = limit.acquire_owned().await.ok();
+            // This endpoint's budget only: an IdP that never answers holds
+            // its own permits, never another's. The semaphore is never
+            // closed; if it were, fetching anyway is the safe fallback.
+            let _permit = endpoint.permits.acquire().await.ok();
             let started = Instant::now();
             let result = fetch.await;
             metrics
@@ -207,8 +276,8 @@ impl Actor {
     }
 
     /// Publishes a fetch's outcome and returns when to fetch next.
-    fn finish(&mut self, result: Result<Token, FetchError>) -> Instant {
-        let now = Instant::now();
+    fn finish(&mut self, result: Result<Token, FetchError>) -> Moment {
+        let now = Moment::now();
         let name = &self.config.name;
         let outcome = if result.is_ok() { "success" } else { "error" };
         self.deps
@@ -226,7 +295,7 @@ impl Actor {
                 .get_or_create(&SourceLabel {
                     source: name.clone(),
                 })
-                .set(epoch_seconds(crate::timefmt::wall(t.expires_at)));
+                .set(epoch_seconds(t.expires.wall));
         }
         match result {
             Ok(token) => {
@@ -237,7 +306,7 @@ impl Actor {
                     self.config.min_ttl,
                     rand::random_range(-policy::REFRESH_JITTER..=policy::REFRESH_JITTER),
                 );
-                let at = crate::timefmt::later(token.issued_at, delay);
+                let at = token.issued.later(delay);
                 let warnings: Vec<String> = crate::jwt::claims(token.access_token.expose_secret())
                     .and_then(|c| crate::jwt::consent_warning(&c))
                     .into_iter()
@@ -251,9 +320,15 @@ impl Actor {
                 tracing::info!(
                     source = %name,
                     lifetime = %humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
-                    next_refresh_in = %humantime::format_duration(Duration::from_secs(at.saturating_duration_since(now).as_secs())),
+                    next_refresh_in = %humantime::format_duration(Duration::from_secs(now.until(at).as_secs())),
                     "token fetched"
                 );
+                self.last_permanent = false;
+                if self.shared.snapshot.borrow().consecutive_failures > 0 {
+                    // It failed before and answers now: its other sources
+                    // need not wait out their backoff.
+                    self.endpoint.announce_recovery();
+                }
                 // What every answer needs is rendered once, now.
                 let token = Arc::new(crate::token::prepare(&self.config.name, token));
                 self.shared.current.store(Some(token.clone()));
@@ -264,6 +339,7 @@ impl Actor {
                     s.token = Some(token);
                     s.fetching = false;
                     s.retry_at = None;
+                    s.not_before = None;
                     s.next_refresh_at = Some(at);
                     s.refreshed_at = Some(SystemTime::now());
                     s.consecutive_failures = 0;
@@ -287,7 +363,8 @@ impl Actor {
                     e.retry_after(),
                     rand::random::<f64>(),
                 );
-                let at = crate::timefmt::later(now, delay);
+                let at = now.later(delay);
+                self.last_permanent = e.is_permanent();
                 let serving = self.shared.snapshot.borrow().is_servable(now);
                 tracing::warn!(
                     source = %name,
@@ -299,9 +376,13 @@ impl Actor {
                     "token fetch failed"
                 );
                 let last = LastError::from(&e);
+                let not_before = e
+                    .retry_after()
+                    .map(|r| crate::timefmt::later(now.mono, r.min(policy::RETRY_AFTER_CAP)));
                 self.shared.snapshot.send_modify(|s| {
                     s.fetching = false;
-                    s.retry_at = Some(at);
+                    s.retry_at = Some(at.mono);
+                    s.not_before = not_before;
                     s.next_refresh_at = Some(at);
                     s.consecutive_failures = failures;
                     s.last_error = Some(last);

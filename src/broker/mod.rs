@@ -5,18 +5,20 @@
 //! are equal; a failed reload never reaches this module.
 
 mod actor;
+mod endpoint;
 pub mod mi;
 pub mod policy;
 pub mod source;
 #[cfg(test)]
 mod tests;
 
+use crate::clock::Moment;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, TokenClient};
 use crate::sink::record::Record;
 use crate::sink::{SinkSet, Sinks};
-use crate::timefmt::{rfc3339, rfc3339_at};
+use crate::timefmt::rfc3339;
 use crate::token::Token;
 use arc_swap::ArcSwap;
 use mi::MiState;
@@ -26,9 +28,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use source::{LastError, RefreshError, ServeError, Snapshot};
@@ -99,7 +100,10 @@ pub struct Broker {
     sources: ArcSwap<BTreeMap<String, Arc<SourceHandle>>>,
     applying: Mutex<()>,
     client: Arc<dyn Fetcher>,
-    fetch_limit: Arc<Semaphore>,
+    /// Each token endpoint's fetch budget (`max_concurrent_fetches` each).
+    endpoints: Arc<endpoint::Endpoints>,
+    /// Bumped when the wall clock jumps ahead (see [`Broker::clock_jumped`]).
+    clock_jumps: watch::Sender<u64>,
     shutdown: CancellationToken,
     reload: Mutex<ReloadStatus>,
     metrics: Arc<Metrics>,
@@ -119,7 +123,7 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker with no sources; `max_concurrent_fetches` bounds token
-    /// requests in flight across all sources. Sink files are not recorded
+    /// requests in flight to each token endpoint. Sink files are not recorded
     /// (see [`Broker::with_sink_record`]).
     pub fn new(
         client: Arc<dyn Fetcher>,
@@ -139,12 +143,19 @@ impl Broker {
     ) -> Arc<Self> {
         let now = SystemTime::now();
         let shutdown = CancellationToken::new();
-        let sinks = Sinks::start(metrics.clone(), record, shutdown.clone());
+        let (clock_jumps, _) = watch::channel(0);
+        let sinks = Sinks::start(
+            metrics.clone(),
+            record,
+            clock_jumps.subscribe(),
+            shutdown.clone(),
+        );
         Arc::new(Broker {
             sources: ArcSwap::default(),
             applying: Mutex::new(()),
             client,
-            fetch_limit: Arc::new(Semaphore::new(max_concurrent_fetches)),
+            endpoints: Arc::new(endpoint::Endpoints::new(max_concurrent_fetches)),
+            clock_jumps,
             shutdown,
             reload: Mutex::new(ReloadStatus {
                 loaded_at: now,
@@ -357,7 +368,7 @@ impl Broker {
     /// The metrics exposition as of now (each source's state is taken at
     /// the scrape), with only the series of the sources `readable` admits.
     pub fn scrape(&self, readable: Option<&dyn Fn(&str) -> bool>) -> String {
-        let now = Instant::now();
+        let now = Moment::now();
         for handle in self.registry().values() {
             let state = handle.state(now);
             self.metrics.set_state(handle.name(), state.name());
@@ -381,8 +392,9 @@ impl Broker {
             source::Deps {
                 metrics: self.metrics.clone(),
                 client: self.client.clone(),
-                limit: self.fetch_limit.clone(),
+                endpoints: self.endpoints.clone(),
                 sinks: self.sinks.clone(),
+                clock_jumps: self.clock_jumps.subscribe(),
             },
             self.shutdown.child_token(),
         )
@@ -395,7 +407,7 @@ impl Broker {
     /// A one-line summary for systemd's STATUS=: "3 sources: 2 ready, 1
     /// failing: graph", or "0 sources configured" on a fresh install.
     pub fn summary(&self) -> String {
-        let now = Instant::now();
+        let now = Moment::now();
         let list = self.list();
         if list.is_empty() {
             return "0 sources configured".to_string();
@@ -437,6 +449,28 @@ impl Broker {
         self.sources.load().values().cloned().collect()
     }
 
+    /// The wall clock jumped `by` ahead of the monotonic clock (a resume
+    /// from suspend, a paused VM let go, a clock stepped forward): every
+    /// source whose next fetch is due by the wall clock starts it now, and
+    /// the sinks drop what the wall clock says is dead.
+    pub fn clock_jumped(&self, by: Duration) {
+        let now = Moment::now();
+        let due = self
+            .registry()
+            .values()
+            .filter(|h| {
+                let s = h.snapshot();
+                !s.fetching && s.next_refresh_at.is_some_and(|at| now.reached(at))
+            })
+            .count();
+        tracing::warn!(
+            by = %humantime::format_duration(crate::timefmt::whole_secs(by)),
+            sources_due = due,
+            "the wall clock jumped ahead of the monotonic clock (a suspend or a paused VM?): sources whose refresh is due by the wall clock fetch now, and no token the wall clock says is dead is served"
+        );
+        self.clock_jumps.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Stops every source actor.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -444,7 +478,7 @@ impl Broker {
 
     /// Eager sources without a servable token.
     pub fn not_ready(&self) -> Vec<String> {
-        let now = Instant::now();
+        let now = Moment::now();
         self.list()
             .iter()
             .filter(|h| h.config().eager && !h.snapshot().is_servable(now))
@@ -485,7 +519,7 @@ pub const RELOAD_ERROR_REDACTED: &str = "the last reload failed; details in the 
 impl Broker {
     /// One element of `/v1/sources`: never a token or a secret.
     pub fn status_json(&self, handle: &SourceHandle) -> Value {
-        let now = Instant::now();
+        let now = Moment::now();
         let mut s = handle.snapshot();
         s.warnings.extend(self.sinks.warnings(handle.name()));
         // From 30 days before the credential expires, status says so too.
@@ -497,9 +531,9 @@ impl Broker {
         json!({
             "name": handle.name(),
             "state": state,
-            "expires_at": s.token.as_ref().map(|t| rfc3339_at(t.expires_at)),
+            "expires_at": s.token.as_ref().map(|t| t.expires_at_text()),
             "refreshed_at": s.refreshed_at.map(rfc3339),
-            "next_refresh_at": s.next_refresh_at.map(rfc3339_at),
+            "next_refresh_at": s.next_refresh_at.map(|at| rfc3339(at.wall)),
             "consecutive_failures": s.consecutive_failures,
             "last_error": s.last_error.as_ref().map(last_error_json),
             "credential_expires_at": handle.config().credential_expires.map(rfc3339),

@@ -13,6 +13,7 @@
 
 use super::actor::supervise;
 pub(crate) use super::actor::Deps;
+use crate::clock::Moment;
 use crate::config::SourceConfig;
 use crate::metrics::SourceOutcome;
 use crate::oauth::FetchError;
@@ -31,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 pub const MIN_TTL_FETCH_AGE: Duration = Duration::from_secs(10);
 /// Forced refreshes are allowed once per this interval per source.
 pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// A source backing off without a servable token makes at most one early
+/// attempt per this interval: asked for by a request, or because another
+/// source of its endpoint got a token (docs/behaviour.md, "Recovery").
+pub const EARLY_ATTEMPT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The last fetch failure, as shown in status.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +106,10 @@ pub struct Snapshot {
     pub fetching: bool,
     /// Backing off until then (no fetch in flight).
     pub retry_at: Option<Instant>,
-    pub next_refresh_at: Option<Instant>,
+    /// The IdP's `Retry-After` ends then: no early attempt before it.
+    pub not_before: Option<Instant>,
+    /// The next fetch the schedule makes, on both clocks.
+    pub next_refresh_at: Option<Moment>,
     pub refreshed_at: Option<SystemTime>,
     pub consecutive_failures: u32,
     pub last_error: Option<LastError>,
@@ -112,11 +120,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn servable(&self, now: Instant) -> Option<&Arc<Token>> {
+    fn servable(&self, now: Moment) -> Option<&Arc<Token>> {
         self.token.as_ref().filter(|t| t.servable_at(now))
     }
 
-    pub fn state(&self, now: Instant) -> State {
+    pub fn state(&self, now: Moment) -> State {
         match (
             self.servable(now).is_some(),
             self.consecutive_failures > 0,
@@ -133,7 +141,7 @@ impl Snapshot {
         }
     }
 
-    pub fn is_servable(&self, now: Instant) -> bool {
+    pub fn is_servable(&self, now: Moment) -> bool {
         self.servable(now).is_some()
     }
 
@@ -209,6 +217,8 @@ pub(super) struct Shared {
     /// Unique to this source task: sink events name it, so those of a
     /// replaced task are told apart from its successor's.
     pub(super) generation: u64,
+    /// The last early attempt during a backoff (see [`EARLY_ATTEMPT_INTERVAL`]).
+    last_early: Mutex<Option<Instant>>,
 }
 
 /// The next [`Shared::generation`].
@@ -221,10 +231,21 @@ pub(crate) fn new_generation() -> u64 {
 }
 
 impl Shared {
+    /// Claims the source's early attempt during a backoff: true at most
+    /// once per [`EARLY_ATTEMPT_INTERVAL`].
+    pub(super) fn claim_early_attempt(&self, now: Instant) -> bool {
+        let mut last = self.last_early.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|at| now.saturating_duration_since(at) < EARLY_ATTEMPT_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Starts the source's task (under its supervisor) if not yet running.
     /// `first`: when to fetch without being asked (an eager start). True
     /// if this call started it.
-    fn ensure_started(self: &Arc<Self>, first: Option<Instant>) -> bool {
+    fn ensure_started(self: &Arc<Self>, first: Option<Moment>) -> bool {
         let deps = self
             .unstarted
             .lock()
@@ -248,8 +269,12 @@ pub struct SourceHandle {
 enum Next {
     Serve(Arc<Token>),
     Fail(ServeError),
+    /// Backing off, with no servable token, for this long yet.
+    BackingOff(Duration),
     Wait,
-    Ask { force: bool },
+    Ask {
+        force: bool,
+    },
 }
 
 impl SourceHandle {
@@ -279,7 +304,7 @@ impl SourceHandle {
     pub fn with_token<R>(
         &self,
         min_ttl: Option<Duration>,
-        now: Instant,
+        now: Moment,
         f: impl FnOnce(&Token) -> R,
     ) -> Option<R> {
         let current = self.shared.current.load();
@@ -318,7 +343,7 @@ impl SourceHandle {
         });
         // A lazy source not yet asked for has no task to hear this: made
         // eager (`eager = true`, or sinks added), it starts fetching now.
-        if eager && self.shared.ensure_started(Some(Instant::now())) {
+        if eager && self.shared.ensure_started(Some(Moment::now())) {
             self.shared.snapshot.send_modify(|s| s.requested = true);
         }
     }
@@ -329,7 +354,7 @@ impl SourceHandle {
     }
 
     /// The state at `now`, read in place (no clone of the snapshot).
-    pub fn state(&self, now: Instant) -> State {
+    pub fn state(&self, now: Moment) -> State {
         self.shared.snapshot.borrow().state(now)
     }
 
@@ -346,7 +371,10 @@ impl SourceHandle {
     }
 
     /// A token valid for at least `min_ttl` (and always more than 5 s),
-    /// fetching one if needed. Concurrent callers share one fetch.
+    /// fetching one if needed. Concurrent callers share one fetch. While
+    /// the source backs off with no servable token, a request makes one
+    /// early attempt if the source has made none for 10 s and the IdP's
+    /// `Retry-After` has passed, and is answered at once otherwise.
     pub async fn token(&self, min_ttl: Option<Duration>) -> Result<Arc<Token>, ServeError> {
         let mut rx = self.shared.snapshot.subscribe();
         let mut asked = false;
@@ -356,10 +384,23 @@ impl SourceHandle {
             if self.shared.cancel.is_cancelled() {
                 return Err(ServeError::Gone);
             }
-            let next = decide(&rx.borrow_and_update(), Instant::now(), min_ttl, asked);
+            let next = decide(&rx.borrow_and_update(), Moment::now(), min_ttl, asked);
             match next {
                 Next::Serve(t) => return Ok(t),
                 Next::Fail(e) => return Err(e),
+                Next::BackingOff(wait) => {
+                    let now = Instant::now();
+                    let told_to_wait = rx.borrow().not_before.is_some_and(|t| t > now);
+                    if asked || told_to_wait || !self.shared.claim_early_attempt(now) {
+                        return Err(ServeError::Unavailable {
+                            retry_after: Some(wait),
+                            last_error: rx.borrow().last_error.clone(),
+                        });
+                    }
+                    asked = true;
+                    tracing::debug!(source = %self.shared.name, "a request during the backoff makes an early attempt");
+                    self.request_fetch(true);
+                }
                 Next::Wait => {}
                 Next::Ask { force } => {
                     asked = true;
@@ -410,7 +451,7 @@ impl SourceHandle {
     }
 }
 
-fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) -> Next {
+fn decide(s: &Snapshot, now: Moment, min_ttl: Option<Duration>, asked: bool) -> Next {
     let unavailable = |retry_after| {
         Next::Fail(ServeError::Unavailable {
             retry_after,
@@ -422,7 +463,7 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
         if !too_short {
             return Next::Serve(t.clone());
         }
-        if now.saturating_duration_since(t.issued_at) < MIN_TTL_FETCH_AGE {
+        if now.mono.saturating_duration_since(t.issued.mono) < MIN_TTL_FETCH_AGE {
             return Next::Fail(ServeError::MinTtlUnsatisfiable {
                 lifetime: t.lifetime(),
             });
@@ -431,8 +472,8 @@ fn decide(s: &Snapshot, now: Instant, min_ttl: Option<Duration>, asked: bool) ->
     if s.fetching {
         return Next::Wait;
     }
-    if let Some(wait) = s.backing_off(now) {
-        return unavailable(Some(wait));
+    if let Some(wait) = s.backing_off(now.mono) {
+        return Next::BackingOff(wait);
     }
     if asked {
         // We asked and nothing is in flight or pending: do not loop.
@@ -481,9 +522,10 @@ pub(crate) fn spawn(
         fingerprint: AtomicU64::new(fingerprint),
         unstarted: Mutex::new((!eager).then(|| deps.clone())),
         generation,
+        last_early: Mutex::new(None),
     });
     if eager {
-        tokio::spawn(supervise(shared.clone(), deps, Some(Instant::now())));
+        tokio::spawn(supervise(shared.clone(), deps, Some(Moment::now())));
     }
     Arc::new(SourceHandle {
         shared,

@@ -3,10 +3,12 @@
 
 use super::*;
 use crate::oauth::response::EndpointError;
+use crate::secret::ExposeSecret;
 use secrecy::SecretString;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::Duration;
+use tokio::time::Instant;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -24,6 +26,12 @@ enum Answer {
     Token {
         lifetime: Duration,
         refresh_in: Option<Duration>,
+    },
+    /// A token fetched `wall_behind` ago by the wall clock, now by tokio's:
+    /// what a source holds after a suspend the wall clock counted.
+    Skewed {
+        lifetime: Duration,
+        wall_behind: Duration,
     },
     Fail {
         status: u16,
@@ -57,14 +65,21 @@ struct Script {
     /// The settings each fetch was given.
     seen: Mutex<Vec<Arc<SourceConfig>>>,
     serial: std::sync::atomic::AtomicU64,
-    /// When the first fetch started: time zero of [`sim_wall`].
-    epoch: std::sync::OnceLock<Instant>,
+    /// When the first fetch started, on both clocks: time zero of [`sim_wall`].
+    epoch: std::sync::OnceLock<Moment>,
+    /// Hosts that accept a request and never answer (a black hole).
+    stalled: Mutex<Vec<String>>,
+    /// The host of each fetch, when it started running (held a permit).
+    running: Arc<Mutex<Vec<String>>>,
 }
 
-/// The wall clock the scripted IdP and the lifetime rules see: it starts at
-/// 2026-11-29T00:00:00Z and follows tokio's (paused) clock.
-fn sim_wall(epoch: Instant) -> SystemTime {
-    SystemTime::UNIX_EPOCH + S(1_796_083_200) + (Instant::now() - epoch)
+/// The wall clock the scripted IdP and the lifetime rules see: the real
+/// one at the first fetch, moving on with tokio's (paused) clock. (The
+/// broker reads the real wall clock, which stands still meanwhile: a token's
+/// wall-clock deadline is then never the earlier one, unless a test makes
+/// it so.)
+fn sim_wall(epoch: Moment) -> SystemTime {
+    epoch.wall + (Instant::now() - epoch.mono)
 }
 
 impl Script {
@@ -91,7 +106,7 @@ impl Fetcher for Script {
         let start = Instant::now();
         self.calls.lock().unwrap().push(start);
         self.seen.lock().unwrap().push(source);
-        let epoch = *self.epoch.get_or_init(Instant::now);
+        let epoch = *self.epoch.get_or_init(Moment::now);
         let answer = self
             .answers
             .lock()
@@ -103,8 +118,19 @@ impl Fetcher for Script {
         let n = self
             .serial
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let host = match &self.seen.lock().unwrap().last().unwrap().endpoint {
+            crate::config::Endpoint::Url(u) | crate::config::Endpoint::Issuer(u) => {
+                u.host_str().unwrap_or_default().to_string()
+            }
+        };
+        let stalled = self.stalled.lock().unwrap().contains(&host);
+        let running = self.running.clone();
         Box::pin(async move {
             // Polled only once the fetch holds a max_concurrent_fetches permit.
+            running.lock().unwrap().push(host);
+            if stalled {
+                std::future::pending::<()>().await;
+            }
             let start = Instant::now();
             tokio::time::sleep(delay).await;
             match answer {
@@ -120,9 +146,14 @@ impl Fetcher for Script {
                     crate::oauth::token_from_response(
                         parsed,
                         None,
-                        start,
-                        Instant::now(),
-                        sim_wall(epoch),
+                        Moment {
+                            mono: start,
+                            wall: epoch.wall + (start - epoch.mono),
+                        },
+                        Moment {
+                            mono: Instant::now(),
+                            wall: sim_wall(epoch),
+                        },
                     )
                     .map_err(|detail| FetchError::Expired {
                         url: "scripted".into(),
@@ -138,10 +169,34 @@ impl Fetcher for Script {
                     json_head: bytes::Bytes::new(),
                     token_type: "Bearer".into(),
                     scope: None,
-                    issued_at: start,
-                    expires_at: start + lifetime,
+                    issued: Moment {
+                        mono: start,
+                        wall: SystemTime::now(),
+                    },
+                    expires: Moment {
+                        mono: start + lifetime,
+                        wall: SystemTime::now() + lifetime,
+                    },
                     refresh_in,
                 }),
+                Answer::Skewed {
+                    lifetime,
+                    wall_behind,
+                } => {
+                    let issued = Moment {
+                        mono: start,
+                        wall: SystemTime::now() - wall_behind,
+                    };
+                    Ok(Token {
+                        access_token: crate::token::AccessToken::new(format!("token-{n}")),
+                        json_head: bytes::Bytes::new(),
+                        token_type: "Bearer".into(),
+                        scope: None,
+                        issued,
+                        expires: issued.later(lifetime),
+                        refresh_in: None,
+                    })
+                }
                 Answer::Fail {
                     status,
                     error,
@@ -277,21 +332,20 @@ async fn cached_token_served_through_an_outage_until_five_seconds_before_expiry(
     let (_b, h) = start(&script, "min_ttl = \"0s\"").await;
     settle().await;
     let first = h.token(None).await.unwrap();
-    let t0 = first.issued_at;
+    let t0 = first.issued.mono;
     tokio::time::sleep_until(t0 + S(90)).await;
-    let now = Instant::now();
-    assert_eq!(h.snapshot().state(now), source::State::Degraded);
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Degraded);
     assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
     tokio::time::sleep_until(t0 + Duration::from_millis(94_900)).await;
     assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
     tokio::time::sleep_until(t0 + Duration::from_millis(95_001)).await;
     let e = h.token(None).await.unwrap_err();
     assert!(matches!(e, ServeError::Unavailable { .. }), "{e:?}");
-    assert_eq!(h.snapshot().state(Instant::now()), source::State::Failed);
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Failed);
     // Retries go on after expiry, and the source heals once the IdP does.
     script.set_then(ok(100));
     tokio::time::sleep(S(400)).await;
-    assert_eq!(h.snapshot().state(Instant::now()), source::State::Ready);
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Ready);
     assert!(!Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
 }
 
@@ -301,7 +355,7 @@ async fn concurrent_requests_for_a_lazy_source_share_one_fetch() {
     *script.delay.lock().unwrap() = S(1);
     let (_b, h) = start(&script, "eager = false").await;
     settle().await;
-    assert_eq!(h.snapshot().state(Instant::now()), source::State::Idle);
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Idle);
     assert!(
         script.calls().is_empty(),
         "a lazy source fetches on first request"
@@ -333,11 +387,11 @@ async fn min_ttl_forces_a_fetch_unless_the_token_is_fresh() {
     }
     assert_eq!(script.calls().len(), 1);
     // At t=60 s, 40 s remain; asking for 50 s forces a new token.
-    tokio::time::sleep_until(first.issued_at + S(60)).await;
+    tokio::time::sleep_until(first.issued.mono + S(60)).await;
     let second = h.token(Some(S(50))).await.unwrap();
     assert_eq!(script.calls().len(), 2);
     assert!(!Arc::ptr_eq(&first, &second));
-    assert!(second.remaining_at(Instant::now()) >= S(50));
+    assert!(second.remaining_at(Moment::now()) >= S(50));
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,11 +401,8 @@ async fn reading_a_cached_token_does_not_wait_on_a_refresh() {
     settle().await;
     let first = h.token(None).await.unwrap();
     *script.delay.lock().unwrap() = S(20);
-    tokio::time::sleep_until(first.issued_at + S(80)).await;
-    assert_eq!(
-        h.snapshot().state(Instant::now()),
-        source::State::Refreshing
-    );
+    tokio::time::sleep_until(first.issued.mono + S(80)).await;
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Refreshing);
     let t = tokio::time::timeout(Duration::from_millis(1), h.token(None))
         .await
         .unwrap()
@@ -410,7 +461,7 @@ async fn max_concurrent_fetches_bounds_the_burst() {
     let mut issued: Vec<Instant> = broker
         .list()
         .iter()
-        .map(|h| h.snapshot().token.unwrap().expires_at)
+        .map(|h| h.snapshot().token.unwrap().expires.mono)
         .collect();
     issued.sort();
     let per_second = issued.windows(3).all(|w| w[2] - w[0] >= S(1));
@@ -469,10 +520,7 @@ async fn reload_diff_keeps_refetches_or_restarts() {
     assert_eq!(s.credential_changed, vec!["s".to_string()]);
     settle().await;
     assert_eq!(script.calls().len(), 2);
-    assert_eq!(
-        h.snapshot().state(Instant::now()),
-        source::State::Refreshing
-    );
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Refreshing);
     assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
     tokio::time::sleep(S(3)).await;
     let second = h.token(None).await.unwrap();
@@ -527,7 +575,7 @@ async fn a_panicking_source_task_is_restarted_with_its_cached_token() {
     settle().await;
     let first = h.token(None).await.unwrap();
     // The refresh at ~75 s panics inside the fetch, and so do the retries.
-    tokio::time::sleep_until(first.issued_at + S(85)).await;
+    tokio::time::sleep_until(first.issued.mono + S(85)).await;
     let calls = script.calls().len();
     assert!(calls >= 2, "{calls}");
     let restarts = broker
@@ -540,12 +588,12 @@ async fn a_panicking_source_task_is_restarted_with_its_cached_token() {
     assert!(Arc::ptr_eq(&broker.get("s").unwrap(), &h));
     assert!(Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
     let snap = h.snapshot();
-    assert_eq!(snap.state(Instant::now()), source::State::Degraded);
+    assert_eq!(snap.state(Moment::now()), source::State::Degraded);
     assert_eq!(snap.last_error.unwrap().error, "internal_error");
     // The restarted actor keeps retrying at the backoff's pace and heals.
     script.set_then(ok(100));
     tokio::time::sleep(S(120)).await;
-    assert_eq!(h.snapshot().state(Instant::now()), source::State::Ready);
+    assert_eq!(h.snapshot().state(Moment::now()), source::State::Ready);
     assert!(!Arc::ptr_eq(&h.token(None).await.unwrap(), &first));
     assert!(broker.metrics().encode().contains(&format!(
         "tokend_source_restarts_total{{source=\"s\"}} {restarts}"
@@ -619,7 +667,7 @@ async fn refreshes_land_before_the_token_stops_being_served() {
     settle().await;
     for _ in 0..6000 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = Instant::now();
+        let now = Moment::now();
         assert!(h.snapshot().is_servable(now), "not servable at {now:?}");
         assert!(broker.not_ready().is_empty());
     }
@@ -671,7 +719,7 @@ async fn far_future_expiry_is_capped_and_status_still_renders() {
         );
         // The refresh comes at 75 % of the capped lifetime, not never.
         let next = h.snapshot().next_refresh_at.unwrap();
-        assert!(next - t.issued_at <= crate::oauth::MAX_LIFETIME.mul_f64(0.79));
+        assert!(next.mono - t.issued.mono <= crate::oauth::MAX_LIFETIME.mul_f64(0.79));
     }
 }
 
@@ -937,4 +985,172 @@ async fn the_credential_expiry_gauge_follows_reloads() {
     assert!(broker.metrics().encode().contains(series));
     broker.apply(&config("").clone_without_sources(), &BTreeMap::new());
     assert!(!broker.metrics().encode().contains(series));
+}
+
+fn skewed(lifetime: u64, wall_behind: u64) -> Answer {
+    Answer::Skewed {
+        lifetime: S(lifetime),
+        wall_behind: S(wall_behind),
+    }
+}
+
+/// After a suspend the wall clock counted, a token it says is dead is not
+/// served, whatever tokio's clock says: a request fetches a new one.
+#[tokio::test(start_paused = true)]
+async fn a_token_dead_by_the_wall_clock_is_never_served() {
+    let script = Script::new(vec![skewed(120, 180)], ok(3600));
+    let (broker, h) = start(&script, "").await;
+    settle().await;
+    assert_eq!(script.calls().len(), 1);
+    assert_ne!(h.snapshot().state(Moment::now()), source::State::Ready);
+    assert!(
+        h.with_token(None, Moment::now(), |_| ()).is_none(),
+        "not on the hot path either"
+    );
+    let t = h.token(None).await.unwrap();
+    assert_eq!(t.access_token.expose_secret(), "token-1");
+    assert_eq!(script.calls().len(), 2);
+    let status = broker.status_json(&h);
+    assert_eq!(status["state"], "ready");
+    let expires = crate::timefmt::parse_rfc3339(status["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires > SystemTime::now() + S(3000), "{status}");
+}
+
+/// A wall-clock jump starts at once every refresh it made due, with no
+/// request; `expires_in` meanwhile counts on the clock that says less.
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_jump_starts_the_refreshes_it_made_due() {
+    // A 600 s token from 500 s ago by the wall clock: 100 s left, and its
+    // refresh (at 75 %) due 50 s ago; tokio's timer says 450 s from now.
+    let script = Script::new(vec![skewed(600, 500)], ok(3600));
+    let (broker, h) = start(&script, "min_ttl = \"0s\"").await;
+    settle().await;
+    let t = h.token(None).await.unwrap();
+    let left = t.remaining_at(Moment::now());
+    assert!(left <= S(100) && left > S(99), "{left:?}");
+    tokio::time::sleep(S(10)).await;
+    assert_eq!(script.calls().len(), 1, "tokio's timer alone waits");
+    broker.clock_jumped(S(500));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(script.calls().len(), 2, "the jump started the refresh");
+    assert_eq!(
+        h.token(None).await.unwrap().access_token.expose_secret(),
+        "token-1"
+    );
+}
+
+/// A jump that leaves the refresh in the future moves its timer to where
+/// the wall clock puts it.
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_jump_moves_a_refresh_to_its_wall_clock_time() {
+    // Refresh at 427.5–472.5 s after issue; issued 300 s ago by the wall
+    // clock: due in 127.5–172.5 s, not 427.5–472.5.
+    let script = Script::new(vec![skewed(600, 300)], ok(3600));
+    let (broker, _h) = start(&script, "min_ttl = \"0s\"").await;
+    settle().await;
+    broker.clock_jumped(S(300));
+    tokio::time::sleep(S(120)).await;
+    assert_eq!(script.calls().len(), 1, "not due yet");
+    tokio::time::sleep(S(60)).await;
+    assert_eq!(script.calls().len(), 2, "due by the wall clock");
+}
+
+/// An IdP that accepts requests and never answers holds its own
+/// `max_concurrent_fetches` permits, never another endpoint's.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_endpoint_does_not_starve_another() {
+    let script = Script::new(vec![], ok(3600));
+    script.stalled.lock().unwrap().push("127.0.0.2".into());
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&format!("[sources.hole{i}]\ntoken_url = \"http://127.0.0.2:9/t\"\nclient_id = \"c\"\nclient_secret = \"x\"\n"));
+    }
+    text.push_str("[sources.good]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = \"x\"\n");
+    let broker = Broker::new(script.clone(), 2, Arc::new(crate::metrics::Metrics::new()));
+    broker.apply(
+        &crate::config::load_str(&text, Path::new("t"), None).unwrap(),
+        &BTreeMap::new(),
+    );
+    tokio::time::sleep(S(1)).await;
+    let good = broker.get("good").unwrap();
+    assert!(
+        good.snapshot().is_servable(Moment::now()),
+        "the healthy IdP's source never waits"
+    );
+    let running = script.running.lock().unwrap().clone();
+    let holes = running.iter().filter(|h| *h == "127.0.0.2").count();
+    assert_eq!(
+        holes, 2,
+        "the black hole holds its own two permits: {running:?}"
+    );
+    assert_eq!(broker.endpoints.len(), 2);
+}
+
+/// A request during a long backoff makes one early attempt, at most one
+/// per 10 s per source; the rest are answered at once.
+#[tokio::test(start_paused = true)]
+async fn a_request_during_backoff_makes_one_early_attempt_per_ten_seconds() {
+    let script = Script::new(vec![], fail(503));
+    let (_b, h) = start(&script, "").await;
+    // Two minutes of failures: the backoff ceiling is over a minute now.
+    tokio::time::sleep(S(120)).await;
+    let before = script.calls().len();
+    assert!(matches!(
+        h.token(None).await,
+        Err(ServeError::Unavailable { .. })
+    ));
+    assert_eq!(script.calls().len(), before + 1, "one early attempt");
+    for _ in 0..20 {
+        assert!(matches!(
+            h.token(None).await,
+            Err(ServeError::Unavailable { .. })
+        ));
+    }
+    assert_eq!(
+        script.calls().len(),
+        before + 1,
+        "no second one within 10 s"
+    );
+    // The IdP is back: the next request after 10 s gets a token at once.
+    script.set_then(ok(3600));
+    tokio::time::sleep(S(10)).await;
+    let t = h.token(None).await;
+    assert!(t.is_ok(), "{t:?}");
+}
+
+/// One success on an endpoint ends the backoff of its other sources: 50
+/// sources three minutes into an outage all hold a token within seconds
+/// of the IdP's return, once any one of them gets through.
+#[tokio::test(start_paused = true)]
+async fn one_success_ends_the_backoff_of_the_endpoints_other_sources() {
+    let script = Script::new(vec![], fail(503));
+    let mut text = String::new();
+    for i in 0..50 {
+        text.push_str(&format!("[sources.s{i}]\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"c\"\nclient_secret = \"x\"\n"));
+    }
+    let broker = Broker::new(script.clone(), 8, Arc::new(crate::metrics::Metrics::new()));
+    broker.apply(
+        &crate::config::load_str(&text, Path::new("t"), None).unwrap(),
+        &BTreeMap::new(),
+    );
+    tokio::time::sleep(S(180)).await;
+    script.set_then(ok(3600));
+    // One request gets through (its early attempt) ...
+    let first = broker.get("s0").unwrap();
+    assert!(first.token(None).await.is_ok());
+    let back = Instant::now();
+    // ... and every other source follows within the spread.
+    tokio::time::sleep(actor::RECOVERY_SPREAD + Duration::from_millis(10)).await;
+    let now = Moment::now();
+    let waiting: Vec<String> = broker
+        .list()
+        .iter()
+        .filter(|h| !h.snapshot().is_servable(now))
+        .map(|h| h.name().to_string())
+        .collect();
+    assert!(
+        waiting.is_empty(),
+        "still backing off {:?} after the IdP's return: {waiting:?}",
+        back.elapsed()
+    );
 }

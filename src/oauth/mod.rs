@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod response;
 pub mod tls;
 
+use crate::clock::Moment;
 use crate::config::{AuthMethod, Credential, Endpoint, Provider, SourceConfig};
 use crate::secret::{ExposeSecret, SecretEnv, SecretError};
 use crate::token::{AccessToken, Token, SERVE_MARGIN};
@@ -24,7 +25,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use url::Url;
 
 /// Lifetime assumed when the IdP sends no `expires_in` and the token is not a JWT.
@@ -392,7 +392,7 @@ impl TokenClient {
                 "application/x-www-form-urlencoded",
             )
             .body(reqwest::Body::from(form_body(&form)));
-        let issued_at = Instant::now();
+        let issued = Moment::now();
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -427,16 +427,11 @@ impl TokenClient {
             url: url.clone(),
             detail: format!("HTTP {status}: {detail}"),
         })?;
-        token_from_response(
-            parsed,
-            scope,
-            issued_at,
-            Instant::now(),
-            std::time::SystemTime::now(),
-        )
-        .map_err(|detail| FetchError::Expired {
-            url: url.clone(),
-            detail,
+        token_from_response(parsed, scope, issued, Moment::now()).map_err(|detail| {
+            FetchError::Expired {
+                url: url.clone(),
+                detail,
+            }
         })
     }
 }
@@ -450,18 +445,18 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(366 * 86_400);
 /// already past, or less than [`SERVE_MARGIN`] left when it arrives) is an
 /// error whose text gives the numbers.
 ///
-/// `issued_at` is when the request was sent (the lifetime counts from
-/// there, a safe lower bound), `received_at` when the answer arrived, and
-/// `wall_now` the wall clock then, for the JWT's `exp`. No input can make
-/// this panic: every time is checked or clamped.
+/// `issued` is when the request was sent (the lifetime counts from there,
+/// on both clocks: a safe lower bound), `received` when the answer arrived
+/// (its wall clock is what the JWT's `exp` is compared with). No input can
+/// make this panic: every time is checked or clamped.
 pub fn token_from_response(
     parsed: response::TokenResponse,
     requested_scope: Option<String>,
-    issued_at: Instant,
-    received_at: Instant,
-    wall_now: std::time::SystemTime,
+    issued: Moment,
+    received: Moment,
 ) -> Result<Token, String> {
-    let now_secs = wall_now
+    let now_secs = received
+        .wall
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let exp = jwt_exp(&parsed.access_token);
@@ -480,8 +475,8 @@ pub fn token_from_response(
         (a, b) => a.or(b).unwrap_or(DEFAULT_LIFETIME),
     }
     .min(MAX_LIFETIME);
-    let expires_at = crate::timefmt::later(issued_at, lifetime);
-    let left = expires_at.saturating_duration_since(received_at);
+    let expires = issued.later(lifetime);
+    let left = received.until(expires);
     if left <= SERVE_MARGIN {
         return Err(format!(
             "the token lives {}s, {}s of it left on arrival: too short to serve (tokend serves a token until {}s before it expires)",
@@ -493,8 +488,8 @@ pub fn token_from_response(
     Ok(Token {
         scope: parsed.scope.or(requested_scope),
         token_type: parsed.token_type,
-        issued_at,
-        expires_at,
+        issued,
+        expires,
         refresh_in: parsed.refresh_in,
         access_token: AccessToken::new(parsed.access_token),
         json_head: bytes::Bytes::new(),
@@ -608,6 +603,7 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, ReadError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     #[test]
     fn basic_auth_form_encodes_before_base64() {
@@ -637,10 +633,12 @@ mod tests {
     /// The token's lifetime as [`token_from_response`] computes it for
     /// `body`, received at once, at wall time 2026-11-29T00:00:00Z.
     fn lifetime_of(body: &str) -> Result<Duration, String> {
-        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_796_083_200);
+        let t = Moment {
+            mono: Instant::now(),
+            wall: std::time::UNIX_EPOCH + Duration::from_secs(1_796_083_200),
+        };
         let parsed = response::parse_token(body.as_bytes())?;
-        let t = Instant::now();
-        token_from_response(parsed, None, t, t, now).map(|tok| tok.lifetime())
+        token_from_response(parsed, None, t, t).map(|tok| tok.lifetime())
     }
 
     #[test]
@@ -683,10 +681,16 @@ mod tests {
             let body = format!(r#"{{"access_token":"{}"}}"#, jwt_with_exp(exp));
             assert_eq!(lifetime_of(&body), Ok(MAX_LIFETIME), "exp {exp}");
         }
-        assert_eq!(
-            lifetime_of(r#"{"access_token":"t","expires_in":9999999999}"#),
-            Ok(MAX_LIFETIME)
-        );
+        // A huge expires_in is capped as the docs say, never refused.
+        for expires_in in ["9999999999", "1e12", "\"1e12\"", "1e300"] {
+            assert_eq!(
+                lifetime_of(&format!(
+                    r#"{{"access_token":"t","expires_in":{expires_in}}}"#
+                )),
+                Ok(MAX_LIFETIME),
+                "expires_in {expires_in}"
+            );
+        }
     }
 
     #[test]
@@ -717,15 +721,9 @@ mod tests {
     #[test]
     fn a_token_that_arrives_too_late_is_an_error() {
         let parsed = response::parse_token(br#"{"access_token":"t","expires_in":30}"#).unwrap();
-        let sent = Instant::now();
-        let e = token_from_response(
-            parsed,
-            None,
-            sent,
-            sent + Duration::from_secs(26),
-            std::time::SystemTime::now(),
-        )
-        .unwrap_err();
+        let sent = Moment::now();
+        let e = token_from_response(parsed, None, sent, sent.later(Duration::from_secs(26)))
+            .unwrap_err();
         assert!(e.contains("4s of it left"), "{e}");
     }
 }

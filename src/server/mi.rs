@@ -281,8 +281,10 @@ pub async fn handle(
         Ok(t) => t,
         Err(f) => return failure(f),
     };
-    let now = Instant::now();
-    let expires_on = crate::timefmt::wall(tok.expires_at)
+    let now = crate::clock::Moment::now();
+    let expires_on = tok
+        .expires
+        .wall
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let body = json!({

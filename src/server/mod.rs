@@ -24,7 +24,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use listener::{bind, ListenError, Listener};
@@ -168,8 +167,8 @@ where
             // handlers ends at this deadline (504 for a fetch, else 408 and
             // the connection closed), and the stall guard bounds writing the
             // answer. A request that waits for nothing sets no timer.
-            let now = Instant::now();
-            let deadline = crate::timefmt::later(now, settings.request_timeout);
+            let now = crate::clock::Moment::now();
+            let deadline = crate::timefmt::later(now.mono, settings.request_timeout);
             Ok::<_, std::convert::Infallible>(match handler {
                 Handler::Api(peer) => {
                     routes::handle(req, broker, peer.as_deref(), settings, now, deadline).await

@@ -7,6 +7,7 @@ use super::ServerSettings;
 use crate::acl::{self, Peer};
 use crate::broker::source::SourceHandle;
 use crate::broker::{self, Broker, RefreshError, Registry, ServeError};
+use crate::clock::Moment;
 use crate::config::valid_source_name;
 use crate::timefmt::ceil_secs;
 use crate::token::Token;
@@ -134,7 +135,7 @@ pub async fn handle(
     broker: &Broker,
     peer: Option<&Peer>,
     settings: &ServerSettings,
-    now: Instant,
+    now: Moment,
     deadline: Instant,
 ) -> Resp {
     let (parts, body) = req.into_parts();
@@ -546,7 +547,7 @@ async fn token(
     broker: &Broker,
     peer: Option<&Peer>,
     settings: &ServerSettings,
-    now: Instant,
+    now: Moment,
     deadline: Instant,
 ) -> Resp {
     let q = match parse_token_query(query) {
@@ -576,7 +577,7 @@ async fn token(
     match Box::pin(wait_for_token(handle, q.min_ttl, deadline, settings, next)).await {
         Ok((handle, tok)) => {
             handle.count_served();
-            token_answer(&handle, &tok, q.raw, Instant::now())
+            token_answer(&handle, &tok, q.raw, Moment::now())
         }
         Err(f) => f.render(),
     }
@@ -584,7 +585,7 @@ async fn token(
 
 /// The answer with `tok`: the bare token, or its JSON rendered once (see
 /// [`prepare`]) and the live `expires_in`.
-fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool, now: Instant) -> Resp {
+fn token_answer(handle: &SourceHandle, tok: &Token, raw: bool, now: Moment) -> Resp {
     let mut r = if raw {
         let mut r = Response::new(Body::from(tok.access_token.bytes().clone()));
         r.headers_mut()

@@ -12,9 +12,12 @@
 //! Invariants:
 //! - a reader sees a whole file with the configured mode, owner and group,
 //!   or the previous one ([`file`]);
-//! - no file holds a token that is no longer served: it is deleted when
-//!   the token stops being servable with no new one, when its sink or its
-//!   source is removed, or when its source's identity changes;
+//! - no file holds a token that is no longer served: what decides a file's
+//!   removal is the token *in the file* (a failed write leaves the previous
+//!   one there, and its death removes the file), on both clocks (a resume
+//!   from suspend removes at once what the wall clock says is dead); a file
+//!   also goes when its sink or its source is removed, or when its source's
+//!   identity changes; a removal that fails is an ERROR, tried again;
 //! - on shutdown files stay (a restart writes them again); what was written
 //!   is recorded ([`record`]), so the next start removes what went stale,
 //!   whatever ended the last run.
@@ -22,6 +25,7 @@
 pub mod file;
 pub mod record;
 
+use crate::clock::Moment;
 use crate::config::{SinkConfig, SinkFormat};
 use crate::metrics::{Metrics, SourceOutcome};
 use crate::secret::ExposeSecret;
@@ -31,8 +35,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-use tokio::sync::mpsc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -78,8 +82,15 @@ type Warnings = Mutex<HashMap<String, BTreeMap<PathBuf, String>>>;
 impl Sinks {
     /// Starts the task that writes sink files, with `record` of what was
     /// written (its stale files are removed at the first [`Sinks::apply`]).
-    /// It stops, leaving every file in place, when `shutdown` is cancelled.
-    pub fn start(metrics: Arc<Metrics>, record: Record, shutdown: CancellationToken) -> Sinks {
+    /// `clock_jumps` changes when the wall clock jumps ahead: files whose
+    /// token it says is dead go at once. It stops, leaving every file in
+    /// place, when `shutdown` is cancelled.
+    pub fn start(
+        metrics: Arc<Metrics>,
+        record: Record,
+        clock_jumps: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) -> Sinks {
         let (tx, rx) = mpsc::unbounded_channel();
         let warnings = Arc::new(Warnings::default());
         let worker = Worker {
@@ -89,7 +100,7 @@ impl Sinks {
             record,
             started: false,
         };
-        tokio::spawn(worker.run(rx, shutdown));
+        tokio::spawn(worker.run(rx, clock_jumps, shutdown));
         Sinks { tx, warnings }
     }
 
@@ -121,10 +132,54 @@ struct Entry {
     generation: u64,
     identity: String,
     sinks: Vec<SinkConfig>,
-    /// The token the files hold (or should): `None` once it stopped being
-    /// servable and its files were deleted.
+    /// The source's latest servable token, for a sink added later: `None`
+    /// once it stopped being servable.
     token: Option<Arc<Token>>,
+    /// What each of its files holds now, by path: when that token expires.
+    held: HashMap<PathBuf, Held>,
 }
+
+/// A file that holds a token, and when it must go.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// When the token in the file expires, on both clocks.
+    expires: Moment,
+    /// A removal failed: the next try is then.
+    retry_at: Option<Instant>,
+}
+
+impl Held {
+    fn of(token: &Token) -> Held {
+        Held {
+            expires: token.expires,
+            retry_at: None,
+        }
+    }
+
+    /// Whether the token in the file is no longer served at `now` (or
+    /// will not be within [`TIMER_SLACK`]: a timer may wake a little early).
+    fn dead_at(&self, now: Moment) -> bool {
+        now.until(self.expires) <= crate::token::SERVE_MARGIN + TIMER_SLACK
+    }
+
+    /// When to look at the file next, as the clocks read at `now`.
+    fn due(&self, now: Moment) -> Instant {
+        self.retry_at.unwrap_or_else(|| {
+            crate::timefmt::later(
+                now.mono,
+                now.until(self.expires)
+                    .saturating_sub(crate::token::SERVE_MARGIN),
+            )
+        })
+    }
+}
+
+/// A file whose token has at most this much servable time left when the
+/// timer wakes is removed then rather than at a second wake-up.
+const TIMER_SLACK: Duration = Duration::from_millis(20);
+
+/// How long after a failed removal the next is tried.
+const REMOVAL_RETRY: Duration = Duration::from_secs(5);
 
 struct Worker {
     entries: HashMap<String, Entry>,
@@ -136,7 +191,12 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        mut clock_jumps: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let deadline = self.next_expiry();
             tokio::select! {
@@ -150,17 +210,27 @@ impl Worker {
                     self.expire().await;
                     self.save_record().await;
                 }
+                Ok(()) = clock_jumps.changed() => {
+                    // The wall clock jumped: some tokens in files may be
+                    // dead by it already.
+                    self.expire().await;
+                    self.save_record().await;
+                }
             }
         }
     }
 
-    /// When the earliest token a file holds stops being servable.
+    /// When the earliest token a file holds stops being servable (or a
+    /// failed removal is due again), as the clocks read now.
     fn next_expiry(&self) -> Option<Instant> {
-        self.entries
+        let now = Moment::now();
+        let files = self.entries.values().flat_map(|e| e.held.values());
+        let tokens = self
+            .entries
             .values()
             .filter_map(|e| e.token.as_ref())
-            .map(|t| t.servable_until())
-            .min()
+            .map(|t| Held::of(t));
+        files.copied().chain(tokens).map(|h| h.due(now)).min()
     }
 
     async fn handle(&mut self, event: Event) {
@@ -197,7 +267,7 @@ impl Worker {
     }
 
     async fn apply(&mut self, changed: Vec<SinkSet>, removed: Vec<(String, u64)>) {
-        let now = Instant::now();
+        let now = Moment::now();
         // What each changed source writes now, and which files it keeps.
         let mut writes: Vec<(String, Vec<SinkConfig>, Arc<Token>)> = Vec::new();
         let mut stale: Vec<(String, SinkConfig)> = Vec::new();
@@ -217,11 +287,14 @@ impl Worker {
             let old = self.entries.remove(&set.source);
             let mut token = set.token.filter(|t| t.servable_at(now));
             let mut to_write = set.sinks.clone();
+            let mut held = HashMap::new();
             match old {
                 // The same source task: keep the newer token; the sinks
                 // that went are stale, the new or changed ones written.
                 Some(old) if old.generation == set.generation => {
                     token = newer(token, old.token);
+                    held = old.held;
+                    held.retain(|path, _| set.sinks.iter().any(|n| n.path == *path));
                     stale.extend(
                         old.sinks
                             .iter()
@@ -249,6 +322,7 @@ impl Worker {
                         identity: set.identity,
                         sinks: set.sinks,
                         token,
+                        held,
                     },
                 );
             }
@@ -301,7 +375,23 @@ impl Worker {
                 _ if w.expires <= now.saturating_add(crate::token::SERVE_MARGIN.as_secs()) => {
                     Some("its token has expired")
                 }
-                _ => None,
+                Some((source, _)) => {
+                    // It stays, holding the last run's token, until that
+                    // token dies or the source writes a new one.
+                    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(w.expires);
+                    let at = Moment::now();
+                    let left = expires.duration_since(at.wall).unwrap_or_default();
+                    if let Some(e) = self.entries.get_mut(source) {
+                        e.held.entry(path.clone()).or_insert(Held {
+                            expires: Moment {
+                                mono: crate::timefmt::later(at.mono, left),
+                                wall: expires,
+                            },
+                            retry_at: None,
+                        });
+                    }
+                    None
+                }
             };
             if let Some(why) = why {
                 tracing::info!(path = %crate::text::path(&path), source = %w.source, "removing a sink file the last run left: {why}");
@@ -329,32 +419,49 @@ impl Worker {
         }
     }
 
-    /// Deletes the files of every token that is no longer servable.
+    /// Deletes every file whose token is no longer servable (and tries
+    /// again the removals that failed and are due).
     async fn expire(&mut self) {
-        let now = Instant::now();
-        let mut gone = Vec::new();
+        let now = Moment::now();
+        let mut gone: Vec<(String, SinkConfig)> = Vec::new();
         for (source, entry) in &mut self.entries {
-            if entry.token.as_ref().is_some_and(|t| !t.servable_at(now)) {
+            if entry
+                .token
+                .as_ref()
+                .is_some_and(|t| Held::of(t).dead_at(now))
+            {
                 entry.token = None;
-                gone.push((source.clone(), entry.sinks.clone()));
+            }
+            let due = |h: &Held| h.dead_at(now) && h.retry_at.is_none_or(|r| r <= now.mono);
+            for sink in &entry.sinks {
+                if entry.held.get(&sink.path).is_some_and(due) {
+                    gone.push((source.clone(), sink.clone()));
+                }
             }
         }
-        for (source, sinks) in gone {
+        for (source, sink) in gone {
             tracing::warn!(
                 source = %source,
-                "the token expired with no new one: its sink files are removed so no reader picks up a dead token"
+                path = %crate::text::path(&sink.path),
+                "the token in the sink file is no longer served and no new one was written: the file is removed so no reader picks up a dead token"
             );
-            self.delete(&source, &sinks).await;
+            self.delete(&source, std::slice::from_ref(&sink)).await;
         }
     }
 
     async fn write(&mut self, source: &str, sinks: &[SinkConfig], token: &Arc<Token>) {
+        if !token.servable_at(Moment::now()) {
+            // Dead by one of the clocks already: never written.
+            return;
+        }
         let identity = self
             .entries
             .get(source)
             .map(|e| e.identity.clone())
             .unwrap_or_default();
-        let expires = crate::timefmt::wall(token.expires_at)
+        let expires = token
+            .expires
+            .wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         for sink in sinks {
@@ -381,14 +488,19 @@ impl Worker {
                             identity: identity.clone(),
                         },
                     );
+                    if let Some(e) = self.entries.get_mut(source) {
+                        e.held.insert(sink.path.clone(), Held::of(token));
+                    }
                     self.set_warning(source, sink, None);
                 }
                 Err(e) => {
+                    // The file keeps what it held (if anything): that
+                    // token's death, not this one's, removes it.
                     tracing::warn!(
                         source = %source,
                         path = %crate::text::path(&sink.path),
                         error = %e,
-                        "cannot write the sink file; the socket still serves the token, and the next fetch tries again"
+                        "cannot write the sink file; it keeps the token it held until that one expires, the socket still serves the new one, and the next fetch tries again"
                     );
                     self.set_warning(
                         source,
@@ -403,21 +515,48 @@ impl Worker {
         }
     }
 
+    /// Removes `sinks`' files. One that cannot be removed stays known
+    /// (with the deadline of the token it holds), is an ERROR and a source
+    /// warning, and is tried again in [`REMOVAL_RETRY`] while its source
+    /// still names it.
     async fn delete(&mut self, source: &str, sinks: &[SinkConfig]) {
         for sink in sinks {
             let path = sink.path.clone();
-            let result = tokio::task::spawn_blocking(move || file::remove(&path)).await;
+            let result = tokio::task::spawn_blocking(move || file::remove(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             match result {
-                Ok(Ok(())) => self.record.removed(&sink.path),
-                Ok(Err(e)) => tracing::warn!(
-                    source = %source,
-                    path = %crate::text::path(&sink.path),
-                    error = %e,
-                    "cannot remove the sink file"
-                ),
-                Err(e) => tracing::warn!(source = %source, error = %e, "sink removal failed"),
+                Ok(()) => {
+                    self.record.removed(&sink.path);
+                    if let Some(e) = self.entries.get_mut(source) {
+                        e.held.remove(&sink.path);
+                    }
+                    self.set_warning(source, sink, None);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        source = %source,
+                        path = %crate::text::path(&sink.path),
+                        error = %e,
+                        "cannot remove the sink file: it may hold a token that is no longer served; tried again in 5 s"
+                    );
+                    if let Some(h) = self
+                        .entries
+                        .get_mut(source)
+                        .and_then(|e| e.held.get_mut(&sink.path))
+                    {
+                        h.retry_at = Some(crate::timefmt::later(Instant::now(), REMOVAL_RETRY));
+                    }
+                    self.set_warning(
+                        source,
+                        sink,
+                        Some(format!(
+                            "sink {} could not be removed: {e}; it may hold a token that is no longer served",
+                            crate::text::path(&sink.path)
+                        )),
+                    );
+                }
             }
-            self.set_warning(source, sink, None);
         }
     }
 
@@ -451,7 +590,11 @@ impl Worker {
 /// The later-expiring of two tokens.
 fn newer(a: Option<Arc<Token>>, b: Option<Arc<Token>>) -> Option<Arc<Token>> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if b.expires_at > a.expires_at { b } else { a }),
+        (Some(a), Some(b)) => Some(if b.expires.mono > a.expires.mono {
+            b
+        } else {
+            a
+        }),
         (a, b) => a.or(b),
     }
 }
@@ -489,13 +632,13 @@ mod tests {
     use std::time::Duration;
 
     fn token(value: &str, lifetime: Duration) -> Arc<Token> {
-        let now = Instant::now();
+        let now = Moment::now();
         Arc::new(Token {
             access_token: AccessToken::new(value.to_string()),
             token_type: "Bearer".into(),
             scope: None,
-            issued_at: now,
-            expires_at: now + lifetime,
+            issued: now,
+            expires: now.later(lifetime),
             refresh_in: None,
             json_head: bytes::Bytes::new(),
         })
@@ -709,5 +852,150 @@ mod tests {
         assert!(!short.exists(), "the dead token's file is removed");
         assert!(long.exists());
         assert!(w.next_expiry().unwrap() > Instant::now() + Duration::from_secs(3000));
+    }
+
+    fn token_event(source: &str, generation: u64, value: &str, life: u64) -> Event {
+        Event::Token {
+            source: source.into(),
+            generation,
+            token: token(value, Duration::from_secs(life)),
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A write that fails (here: the directory became writable by others,
+    /// as good as a full disk for this purpose) leaves the previous token
+    /// in the file, and that token's death, not the new one's, removes it.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_leaves_the_old_token_whose_death_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = dir.path().join("sinks");
+        std::fs::create_dir(&sinks).unwrap();
+        chmod(&sinks, 0o755);
+        let path = sinks.join("a.token");
+        let mut w = worker();
+        w.handle(apply(vec![set("a", 1, &[&path], None)], vec![]))
+            .await;
+        w.handle(token_event("a", 1, "first", 20)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+
+        chmod(&sinks, 0o777);
+        w.handle(token_event("a", 1, "second", 3600)).await;
+        chmod(&sinks, 0o755);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "first",
+            "the write failed"
+        );
+        assert!(!w.warnings.lock().unwrap().is_empty(), "a sink warning");
+
+        // The first token stops being served 5 s before its expiry.
+        let due = w.next_expiry().unwrap();
+        let left = due.saturating_duration_since(Instant::now());
+        assert!(
+            left <= Duration::from_secs(15),
+            "due in {left:?}: the file's token decides"
+        );
+        tokio::time::sleep_until(due).await;
+        w.expire().await;
+        assert!(
+            !path.exists(),
+            "the dead first token is not left in the file"
+        );
+        // The next token that can be written is.
+        w.handle(token_event("a", 1, "third", 3600)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "third");
+    }
+
+    /// A file that cannot be removed when its token dies is an ERROR and a
+    /// warning, tried again (and not in a loop) until it goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_that_fails_is_a_warning_and_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.token");
+        let mut w = worker();
+        w.handle(apply(vec![set("a", 1, &[&path], None)], vec![]))
+            .await;
+        w.handle(token_event("a", 1, "first", 10)).await;
+        // Something put a directory with a file in it where the file was.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "").unwrap();
+        tokio::time::sleep_until(w.next_expiry().unwrap()).await;
+        w.expire().await;
+        let warned = w
+            .warnings
+            .lock()
+            .unwrap()
+            .get("a")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            warned.values().any(|m| m.contains("could not be removed")),
+            "{warned:?}"
+        );
+        let again = w.next_expiry().unwrap();
+        assert!(again >= Instant::now() + REMOVAL_RETRY - Duration::from_millis(1));
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, "first").unwrap();
+        tokio::time::sleep_until(again).await;
+        w.expire().await;
+        assert!(!path.exists(), "removed on the next try");
+        assert!(w.warnings.lock().unwrap().is_empty());
+        assert!(w.next_expiry().is_none());
+    }
+
+    /// A token whose deadlines are `mono` from now on the monotonic clock
+    /// and `wall` (negative: already past) on the wall clock.
+    fn token_on_clocks(value: &str, mono: u64, wall: i64) -> Arc<Token> {
+        let now = Moment::now();
+        let w = Duration::from_secs(wall.unsigned_abs());
+        Arc::new(Token {
+            expires: Moment {
+                mono: now.mono + Duration::from_secs(mono),
+                wall: if wall >= 0 {
+                    now.wall + w
+                } else {
+                    now.wall - w
+                },
+            },
+            ..Arc::into_inner(token(value, Duration::ZERO)).unwrap()
+        })
+    }
+
+    /// After a wall-clock jump, a file whose token is dead by the wall
+    /// clock goes, however long the monotonic clock says it has left; and
+    /// a token dead by the wall clock is never written.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_dead_by_the_wall_clock_leaves_its_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.token");
+        let mut w = worker();
+        w.handle(apply(vec![set("a", 1, &[&path], None)], vec![]))
+            .await;
+        w.handle(Event::Token {
+            source: "a".into(),
+            generation: 1,
+            token: token_on_clocks("before-suspend", 120, 120),
+        })
+        .await;
+        assert!(path.exists());
+        // The suspend: the wall clock moved 180 s, the monotonic one did not.
+        for h in w.entries.get_mut("a").unwrap().held.values_mut() {
+            h.expires.wall -= Duration::from_secs(180);
+        }
+        w.expire().await;
+        assert!(!path.exists(), "removed at once, no timer needed");
+        w.handle(Event::Token {
+            source: "a".into(),
+            generation: 1,
+            token: token_on_clocks("dead", 120, -1),
+        })
+        .await;
+        assert!(!path.exists(), "a dead token is never written");
     }
 }
