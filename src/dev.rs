@@ -37,6 +37,8 @@ struct Knobs {
     refresh_in: Option<Duration>,
     failure: Option<Failure>,
     delay: Duration,
+    /// Seconds added to this IdP's clock (a test's host that resumed).
+    clock_offset: i64,
     secrets_seen: VecDeque<String>,
     scopes_seen: VecDeque<String>,
 }
@@ -149,6 +151,13 @@ impl DevIdp {
         self.state.lock().delay = d;
     }
 
+    /// Moves this IdP's clock `secs` away from the host's (for tests that
+    /// move a daemon's wall clock with libfaketime: the IdP's world moves
+    /// with it, as after a suspend).
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.state.lock().clock_offset = secs;
+    }
+
     /// Token requests received.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -244,13 +253,19 @@ async fn answer(
     });
     let scope = form.get("scope").cloned().unwrap_or_default();
     // Recorded on arrival, so a test can see a request while it is delayed.
-    let (delay, failure, lifetime, refresh_in) = {
+    let (delay, failure, lifetime, refresh_in, offset) = {
         let mut k = state.lock();
         if let Some((_, secret)) = &creds {
             remember(&mut k.secrets_seen, secret.clone());
         }
         remember(&mut k.scopes_seen, scope.clone());
-        (k.delay, k.failure.clone(), k.lifetime, k.refresh_in)
+        (
+            k.delay,
+            k.failure.clone(),
+            k.lifetime,
+            k.refresh_in,
+            k.clock_offset,
+        )
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -283,7 +298,8 @@ async fn answer(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
+        .as_secs()
+        .saturating_add_signed(offset);
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let claims = json!({
         "iss": format!("http://{addr}"),

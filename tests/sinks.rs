@@ -335,7 +335,8 @@ async fn the_file_disappears_when_the_token_stops_being_served() {
     );
     assert_eq!(d.get("/v1/tokens/a").await.status(), 503);
     assert!(
-        d.log().contains("the file is removed so no reader picks up a dead token"),
+        d.log()
+            .contains("the file is removed so no reader picks up a dead token"),
         "{}",
         d.log()
     );
