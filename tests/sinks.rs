@@ -632,3 +632,104 @@ async fn the_next_start_removes_what_a_killed_run_left_stale() {
         d.log()
     );
 }
+
+/// A tmpfs of `size` mounted at a fresh directory, unmounted on drop; or
+/// why not (mounting needs root and a mount namespace that allows it).
+struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = sink_dir();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The disk fills: refreshes succeed but the sink cannot be written. The
+/// file keeps the token it held, and goes when that token stops being
+/// served; the socket serves the new token all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_the_old_token_whose_death_removes_the_file() {
+    let fs = match Tmpfs::mount("64k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    // Refreshed after 5.8 s, served until 7 s.
+    let idp = idp(S(12), &["a"]).await;
+    let path = fs.path().join("a.token");
+    let d = daemon(&source(
+        "a",
+        &idp,
+        &format!("sinks = [{}]", sink(&path, "")),
+    ))
+    .start()
+    .await;
+    let first = file_text(&path).await;
+    let written = std::time::Instant::now();
+    fs.fill();
+    eventually_within(S(8), "a refresh that cannot be written", async || {
+        (idp.issued() >= 2).then_some(())
+    })
+    .await;
+    let served = d.get("/v1/tokens/a?format=raw").await.text();
+    assert_ne!(served, first, "the socket serves the new token");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        first,
+        "the failed write left the old token"
+    );
+    let status = d.get("/v1/sources/a").await.json();
+    assert!(
+        status["warnings"]
+            .to_string()
+            .contains("could not be written"),
+        "{status}"
+    );
+    eventually_within(S(8), "the file of the dead first token to go", async || {
+        (!exists(&path)).then_some(())
+    })
+    .await;
+    assert!(
+        written.elapsed() <= S(9),
+        "removed {:?} after the write, long after its token stopped being served",
+        written.elapsed()
+    );
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+}
