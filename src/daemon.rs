@@ -230,7 +230,15 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         // (sources.d, say) is watched before its files are read, so no
         // write into it can fall between the two.
         if let Some(w) = watcher.as_mut() {
-            w.follow(reloader.relevant().await);
+            let grew = w.follow(reloader.relevant().await);
+            if grew && trigger == Trigger::Files {
+                // A directory that just appeared (a `sources.d` being
+                // copied into place) may still be filling: its writes are
+                // events from now on, so wait for them to be quiet too.
+                settled = true;
+                quiet_at = Some(Instant::now() + crate::reload::QUIET);
+                continue;
+            }
         }
         let Some(reading) = reloader.read(trigger).await else {
             continue;
@@ -244,6 +252,10 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
             if let Some(w) = watcher.as_mut() {
                 catch_up = w.follow(reloader.relevant().await);
             }
+        } else if let Some(w) = watcher.as_mut() {
+            // Refused: watch the files it named too (a `ca_file` not there
+            // yet), so the fix is an event.
+            w.follow(reloader.relevant().await);
         }
         systemd::ready(&broker.summary());
     }

@@ -62,6 +62,11 @@ pub struct Reloader {
     /// The on-disk state (files and secrets) last acted on: file events that
     /// find it unchanged are free.
     seen: u64,
+    /// The last reload was refused: the files its config named (watched
+    /// too, so creating a missing `ca_file` is an event), and any relevant
+    /// event reads again whatever the state (a fix may lie in a file the
+    /// running config does not read).
+    refused: Option<Vec<PathBuf>>,
 }
 
 /// Each source's credential fingerprint (see [`crate::config::Credential::fingerprint`]).
@@ -123,6 +128,7 @@ impl Starting {
             env: self.env,
             running: self.running,
             seen,
+            refused: None,
         };
         (reloader, changed)
     }
@@ -185,16 +191,19 @@ impl Reloader {
             }
         };
         let (running, env, seen) = (self.running.clone(), self.env.clone(), self.seen);
+        let retry = self.refused.is_some();
         let reading = tokio::task::spawn_blocking(move || {
             let state = disk_state(&path, &running, &env);
-            if trigger == Trigger::Files && state == seen {
+            if trigger == Trigger::Files && state == seen && !retry {
                 return (state, None);
             }
-            let loaded = config::load_nonempty(&path).map(|new| {
-                let fps = fingerprints(&new, &env);
-                let mi = MiState::load(&new, &env);
-                (new, fps, mi)
-            });
+            let loaded = config::load_nonempty(&path)
+                .and_then(|new| keeps_include_dir(&path, &running, new))
+                .map(|new| {
+                    let fps = fingerprints(&new, &env);
+                    let mi = MiState::load(&new, &env);
+                    (new, fps, mi)
+                });
             (state, Some(loaded))
         })
         .await;
@@ -215,11 +224,15 @@ impl Reloader {
     /// true if a new config was applied.
     pub fn finish(&mut self, reading: Reading) -> bool {
         match reading.loaded {
-            Ok((new, fps, mi)) => self.apply(new.rehome(), fps, mi),
+            Ok((new, fps, mi)) => {
+                self.refused = None;
+                self.apply(new.rehome(), fps, mi)
+            }
             Err(e) => {
                 for p in e.problems() {
                     tracing::error!("reload failed, keeping the running configuration: {p}");
                 }
+                self.refused = Some(e.named_files().to_vec());
                 self.broker.record_reload_error(e.to_string());
                 self.broker.count_reload(false);
                 false
@@ -266,9 +279,29 @@ impl Reloader {
             return Relevant::default();
         };
         let (main, running, env) = (main.clone(), self.running.clone(), self.env.clone());
-        tokio::task::spawn_blocking(move || relevant(&main, &running, &env))
-            .await
-            .unwrap_or_default()
+        let refused = self.refused.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            let mut r = relevant(&main, &running, &env);
+            for p in &refused {
+                r.add_file(p);
+            }
+            r
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// `new`, unless the include directory the running config reads is gone
+/// and `new` would read it: a deploy that replaces `sources.d`
+/// non-atomically (`rm -rf`, then a copy) never drops its sources for the
+/// moment between. Reads the file system: off the async runtime.
+fn keeps_include_dir(main: &Path, running: &Config, new: Config) -> Result<Config, ConfigError> {
+    match &running.include_dir {
+        Some(dir) if !dir.is_dir() && include_dir(main, &new) == *dir => {
+            Err(ConfigError::IncludeDirGone { path: dir.clone() })
+        }
+        _ => Ok(new),
     }
 }
 
@@ -425,17 +458,21 @@ impl Relevant {
     }
 }
 
-/// True for events after which a file holds what its writer meant: a close
-/// after writing, a rename, a creation, a deletion, a change of attributes.
-/// A bare write is not one: a writer that truncates a file, pauses, then
-/// writes the rest must not have the truncated (empty, valid) content
-/// applied; its close comes after the last write.
-fn settled(kind: &EventKind) -> bool {
+/// What an event on a relevant path means. Settled: a file holds what its
+/// writer meant (a close after writing, a rename, a creation, a deletion,
+/// a change of mode or owner). Activity: a bare write, which a close will
+/// follow (a writer that truncates a file, pauses, then writes the rest
+/// must not have the truncated, empty, valid content applied). Nothing: a
+/// reader opening, reading or closing the file (inotify reports those too,
+/// and a reader polling every 50 ms must not hold a reload back, nor 2,000
+/// sources reading one secret file at each fetch).
+fn classify(kind: &EventKind) -> Option<Change> {
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
-        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Any | EventKind::Other => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Settled),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Data(_)) => Some(Change::Activity),
+        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => Some(Change::Settled),
+        EventKind::Any | EventKind::Other => Some(Change::Settled),
     }
 }
 
@@ -459,8 +496,9 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching; each event on a relevant path sends a [`Change`].
-    /// Events on other paths are dropped here, unlogged.
+    /// Starts watching; each event on a relevant path that changes
+    /// something sends a [`Change`]. Events on other paths, and reads, are
+    /// dropped here, unlogged.
     pub fn new(tx: mpsc::UnboundedSender<Change>) -> Result<Watcher, notify::Error> {
         let relevant = Arc::new(RwLock::new(Relevant::default()));
         let filter = relevant.clone();
@@ -470,12 +508,9 @@ impl Watcher {
             if !event.paths.iter().any(|p| r.matches(p)) {
                 return;
             }
-            let change = if settled(&event.kind) {
-                Change::Settled
-            } else {
-                Change::Activity
-            };
-            let _ = tx.send(change);
+            if let Some(change) = classify(&event.kind) {
+                let _ = tx.send(change);
+            }
         })?;
         Ok(Watcher {
             inner,
@@ -546,6 +581,31 @@ mod tests {
         // A loop ends.
         symlink("loop", root.join("loop")).unwrap();
         assert!(links(&root.join("loop")).len() <= MAX_LINKS + 1);
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, MetadataKind};
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert_eq!(classify(&read), None, "{read:?}");
+        }
+        assert_eq!(
+            classify(&EventKind::Modify(ModifyKind::Data(DataChange::Any))),
+            Some(Change::Activity)
+        );
+        for settled in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Permissions)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Ownership)),
+        ] {
+            assert_eq!(classify(&settled), Some(Change::Settled), "{settled:?}");
+        }
     }
 
     #[test]

@@ -365,3 +365,145 @@ async fn deleted_main_file_keeps_the_running_config() {
     wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == true).await;
     assert_eq!(d.get("/v1/tokens/a?format=raw").await.text(), token);
 }
+
+/// A reader that only opens and reads the config and a secret file, every
+/// 20 ms, never holds an edit back: reads are not changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_polling_the_files_never_holds_a_reload_back() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_private(&secret, SECRET);
+    let d = daemon(&source_with_file_secret("a", &idp, &secret, ""))
+        .start()
+        .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, files) = (stop.clone(), [d.config.clone(), secret.clone()]);
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for f in &files {
+                    let _ = std::fs::read(f);
+                    reads += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            reads
+        })
+    };
+    let base = d.config_text();
+    write_private(&d.config, &format!("{base}{}", source("b", &idp, "")));
+    let applied = wait_sources(&d, &["a", "b"]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 10, "the reader was reading");
+    assert_eq!(applied["config"]["last_reload"]["ok"], true);
+}
+
+/// An include refused for its mode is applied once the mode is fixed as
+/// the message says: the chmod is the event, and the digest sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_include_is_applied_once_its_mode_is_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let inc = d.dir.path().join("sources.d");
+    std::fs::create_dir(&inc).unwrap();
+    let file = inc.join("b.toml");
+    std::fs::write(&file, source("b", &idp, "")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    let err = doc["config"]["last_reload"]["error"].as_str().unwrap();
+    assert!(err.contains("chmod"), "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let doc = wait_sources(&d, &["a", "b"]).await;
+    assert_eq!(doc["config"]["last_reload"]["ok"], true);
+
+    // And the other way: an accepted include made writable by others is
+    // noticed without an edit, and refused.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+}
+
+/// A reload refused for a `ca_file` that does not exist yet is applied
+/// when the file appears (Kubernetes updates a ConfigMap and the Secret
+/// holding the CA independently, in either order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refused_for_a_missing_file_is_applied_when_it_appears() {
+    let idp = idp(S(3600), &["a", "b"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    let base = d.config_text();
+    write_private(
+        &d.config,
+        &format!(
+            "{base}{}",
+            source("b", &idp, &format!("ca_file = \"{}\"", ca.display()))
+        ),
+    );
+    let doc = wait_until(&d, |doc| doc["config"]["last_reload"]["ok"] == false).await;
+    assert!(
+        doc["config"]["last_reload"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ca_file"),
+        "{doc}"
+    );
+    let made = tempfile::tempdir().unwrap();
+    let (pem, _) = make_cert(made.path(), "ca", "ec");
+    std::fs::rename(pem, &ca).unwrap();
+    let doc = wait_sources(&d, &["a", "b"]).await;
+    assert_eq!(doc["config"]["last_reload"]["ok"], true);
+}
+
+/// A deploy that replaces `sources.d` non-atomically (remove, pause, copy)
+/// never drops the included sources for the moment between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_d_replaced_non_atomically_keeps_its_sources() {
+    let idp = idp(S(3600), &["a", "b", "c"]).await;
+    let d = daemon(&source("a", &idp, ""))
+        .layout(|dir, text| {
+            let inc = dir.join("sources.d");
+            std::fs::create_dir(&inc).unwrap();
+            write_private(&inc.join("b.toml"), "");
+            let main = dir.join("tokend.toml");
+            write_private(&main, text);
+            main
+        })
+        .start()
+        .await;
+    let inc = d.dir.path().join("sources.d");
+    write_private(&inc.join("b.toml"), &source("b", &idp, ""));
+    wait_sources(&d, &["a", "b"]).await;
+    let token = wait_for_status(&d, "/v1/tokens/b?format=raw", 200)
+        .await
+        .text();
+    let issued = idp.issued();
+
+    std::fs::remove_dir_all(&inc).unwrap();
+    let ready = eventually("the gap to be noticed", async || {
+        let r = d.get("/readyz").await.json();
+        r["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is gone"))
+            .then_some(r)
+    })
+    .await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(d.get("/v1/tokens/b?format=raw").await.text(), token);
+
+    let new = d.dir.path().join("new");
+    std::fs::create_dir(&new).unwrap();
+    write_private(&new.join("b.toml"), &source("b", &idp, ""));
+    write_private(&new.join("c.toml"), &source("c", &idp, ""));
+    std::fs::rename(&new, &inc).unwrap();
+    wait_sources(&d, &["a", "b", "c"]).await;
+    assert_eq!(
+        d.get("/v1/tokens/b?format=raw").await.text(),
+        token,
+        "b kept its token through the gap"
+    );
+    wait_for_status(&d, "/v1/tokens/c", 200).await;
+    assert_eq!(idp.issued(), issued + 1, "only c was fetched");
+}

@@ -26,6 +26,9 @@ pub(super) struct File {
     pub shared: Option<bool>,
     /// Who else could change it, if anyone (see [`untrusted`]).
     pub untrusted: Option<Problem>,
+    /// Its mode, owner and group as read (`None` when not read from disk):
+    /// part of the config's digest, so a `chmod` or `chown` is a change.
+    pub attrs: Option<(u32, u32, u32)>,
     /// Where each line starts, made at the first diagnostic: placing a
     /// problem is a binary search, not a scan from the top (40,000 sources
     /// with one warning each would otherwise take minutes).
@@ -43,12 +46,15 @@ impl File {
         let text = String::from_utf8(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
         })?;
-        Ok(File::new(
+        use std::os::unix::fs::MetadataExt;
+        let mut file = File::new(
             path.to_path_buf(),
             text,
             Some(shared(&meta)),
             untrusted(path, &meta, "file"),
-        ))
+        );
+        file.attrs = Some((meta.mode(), meta.uid(), meta.gid()));
+        Ok(file)
     }
 
     pub fn new(
@@ -62,6 +68,7 @@ impl File {
             text,
             shared,
             untrusted,
+            attrs: None,
             line_starts: std::sync::OnceLock::new(),
         }
     }
@@ -161,6 +168,8 @@ pub(super) struct Diagnostics {
     pub warnings: Vec<Diagnostic>,
     /// The warnings so far, to keep each once in constant time.
     warned: std::collections::HashSet<Diagnostic>,
+    /// Files the config names that validation read (see [`super::ConfigError::Invalid`]).
+    pub named: Vec<std::path::PathBuf>,
 }
 
 impl Diagnostics {
@@ -170,6 +179,7 @@ impl Diagnostics {
             errors: Vec::new(),
             warnings: Vec::new(),
             warned: std::collections::HashSet::new(),
+            named: Vec::new(),
         }
     }
 
@@ -188,6 +198,7 @@ impl Diagnostics {
             errors: Vec::new(),
             warnings: Vec::new(),
             warned: std::collections::HashSet::new(),
+            named: Vec::new(),
         }
     }
 
@@ -195,6 +206,7 @@ impl Diagnostics {
     /// a warning already given is kept once.
     pub fn join(&mut self, fork: Diagnostics) {
         self.errors.extend(fork.errors);
+        self.named.extend(fork.named);
         for w in fork.warnings {
             if self.warned.insert(w.clone()) {
                 self.warnings.push(w);

@@ -71,7 +71,10 @@ struct Found {
 pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     if let Some(p) = &main.untrusted {
         // Nothing in a file someone else could have written is looked at.
-        return Err(ConfigError::Invalid(vec![refused(&main.path, p)]));
+        return Err(ConfigError::Invalid(
+            vec![refused(&main.path, p)],
+            Vec::new(),
+        ));
     }
     let mut d = Diagnostics::new(main);
     let mut found = Vec::new();
@@ -79,7 +82,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     if !d.errors.is_empty() && main.server.is_none() && main.defaults.is_none() && found.is_empty()
     {
         // A syntax error in the main file: nothing else is worth checking.
-        return Err(ConfigError::Invalid(d.errors));
+        return Err(ConfigError::Invalid(d.errors, d.named));
     }
     let defaults = main.defaults.unwrap_or_default();
     if let Some(s) = &defaults.sinks {
@@ -150,12 +153,12 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     if !d.errors.is_empty() {
         d.errors
             .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-        return Err(ConfigError::Invalid(d.errors));
+        return Err(ConfigError::Invalid(d.errors, d.named));
     }
     let digest = super::digest(
         d.files
             .iter()
-            .map(|f| (f.path.as_path(), Some(f.text.as_bytes()))),
+            .map(|f| (f.path.as_path(), Some((f.text.as_bytes(), f.attrs)))),
     );
     Ok(Config {
         digest,

@@ -417,8 +417,13 @@ pub enum ConfigError {
     },
     #[error("config file {} is empty: the running configuration stays in force until it has content (a writer that truncates and writes again leaves it empty for a moment; an empty file is never read as \"no sources\")", crate::text::path(.path))]
     Empty { path: PathBuf },
+    #[error("include directory {} is gone: the running configuration, its sources included, stays in force until it is back (to drop those sources, empty the directory or remove include_dir)", crate::text::path(.path))]
+    IncludeDirGone { path: PathBuf },
+    /// Every problem, and the files the config named that were read to
+    /// judge it (a `ca_file`, a certificate): a reload that was refused is
+    /// tried again when one of them changes or appears.
     #[error("{}", join_lines(.0))]
-    Invalid(Vec<Diagnostic>),
+    Invalid(Vec<Diagnostic>, Vec<PathBuf>),
 }
 
 fn join_lines(d: &[Diagnostic]) -> String {
@@ -429,11 +434,23 @@ fn join_lines(d: &[Diagnostic]) -> String {
 }
 
 impl ConfigError {
+    /// The files the refused config named and read (see [`ConfigError::Invalid`]).
+    pub fn named_files(&self) -> &[PathBuf] {
+        match self {
+            ConfigError::Invalid(_, named) => named,
+            _ => &[],
+        }
+    }
+
     /// The individual problems (one for a read error).
     pub fn problems(&self) -> Vec<String> {
         match self {
-            ConfigError::Read { .. } | ConfigError::Empty { .. } => vec![self.to_string()],
-            ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+            ConfigError::Read { .. }
+            | ConfigError::Empty { .. }
+            | ConfigError::IncludeDirGone { .. } => {
+                vec![self.to_string()]
+            }
+            ConfigError::Invalid(d, _) => d.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -463,14 +480,20 @@ pub fn load_nonempty(path: &Path) -> Result<Config, ConfigError> {
     load::run(main)
 }
 
-/// A hash of config files' paths and contents, in load order (`None` for a
-/// file that could not be read).
-fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>) -> u64 {
+/// What a file read for the digest holds: its bytes, and its mode, owner
+/// and group when read from disk.
+type Read<'a> = (&'a [u8], Option<(u32, u32, u32)>);
+
+/// A hash of config files' paths, contents, modes and owners, in load
+/// order (`None` for a file that could not be read): a `chmod` that makes
+/// a refused include acceptable, or one that makes an accepted one
+/// unsafe, is a change.
+fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<Read<'a>>)>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (path, bytes) in files {
+    for (path, read) in files {
         path.hash(&mut h);
-        bytes.hash(&mut h);
+        read.hash(&mut h);
     }
     h.finish()
 }
@@ -479,17 +502,18 @@ fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>) -> 
 /// include directory `include_dir` (read as the loader reads it). Equal to
 /// the running config's digest exactly when the files hold what was parsed.
 pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
-    let read = |p: &Path| diag::File::read(p).ok().map(|f| f.text);
+    let read = |p: &Path| diag::File::read(p).ok();
     let mut files = vec![(main.to_path_buf(), read(main))];
     for p in load::include_files(include_dir).unwrap_or_default() {
-        let text = read(&p);
-        files.push((p, text));
+        let file = read(&p);
+        files.push((p, file));
     }
-    digest(
-        files
-            .iter()
-            .map(|(p, t)| (p.as_path(), t.as_deref().map(str::as_bytes))),
-    )
+    digest(files.iter().map(|(p, f)| {
+        (
+            p.as_path(),
+            f.as_ref().map(|f| (f.text.as_bytes(), f.attrs)),
+        )
+    }))
 }
 
 /// Validates config text as if read from `path` (whose permission bits, if

@@ -406,6 +406,10 @@ fn certificate(
         }
     };
     let cert_path = PathBuf::from(&raw.cert);
+    d.named.push(cert_path.clone());
+    if let SecretRef::File(k) = &key {
+        d.named.push(k.clone());
+    }
     let cert = match crate::cert::Certificate::load(&cert_path) {
         Ok(c) => c,
         Err(p) => {
@@ -528,6 +532,7 @@ fn auth_method(
 fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFile> {
     let at = At::of(file, v);
     let path = PathBuf::from(v.get_ref());
+    d.named.push(path.clone());
     let hint = "give a PEM file of CA certificates (-----BEGIN CERTIFICATE-----)".to_string();
     let pem = match crate::files::read_regular(&path, crate::cert::MAX_CERT_FILE) {
         Ok(p) => p,

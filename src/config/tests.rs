@@ -13,7 +13,7 @@ client_secret = { file = "/run/secret" }
 
 fn problems(text: &str) -> Vec<Diagnostic> {
     match load_str(text, Path::new("t.toml"), Some(0o600)) {
-        Err(ConfigError::Invalid(d)) => d,
+        Err(ConfigError::Invalid(d, _)) => d,
         other => panic!("expected errors, got {other:?}"),
     }
 }
@@ -290,7 +290,7 @@ fn include_dir_adds_sources_and_duplicates_name_both_files() {
     assert_eq!(names, vec!["a.toml", "b.toml"], "name order");
 
     std::fs::write(dir.path().join("sources.d/c.toml"), inc("api")).unwrap();
-    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+    let Err(ConfigError::Invalid(p, _)) = super::load(&main) else {
         panic!()
     };
     assert_eq!(p.len(), 1, "{p:#?}");
@@ -317,7 +317,7 @@ fn include_files_hold_only_sources_and_report_their_own_positions() {
     std::fs::create_dir(dir.path().join("more")).unwrap();
     let inc = dir.path().join("more/x.toml");
     std::fs::write(&inc, "[server]\nsocket = \"/x\"\n[sources.x]\ntoken_url = \"https://x/t\"\nclient_id = \"c\"\nclient_secret = { env = \"E\" }\n").unwrap();
-    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+    let Err(ConfigError::Invalid(p, _)) = super::load(&main) else {
         panic!()
     };
     let text: Vec<String> = p.iter().map(ToString::to_string).collect();
@@ -341,7 +341,7 @@ fn include_files_hold_only_sources_and_report_their_own_positions() {
     );
 
     std::fs::write(&main, format!("include_dir = \"missing\"\n{GOOD}")).unwrap();
-    let Err(ConfigError::Invalid(p)) = super::load(&main) else {
+    let Err(ConfigError::Invalid(p, _)) = super::load(&main) else {
         panic!()
     };
     assert!(p[0].message.contains("is not a directory"), "{p:#?}");
