@@ -135,6 +135,8 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     );
     let settings = ServerSettings {
         max_connections: server_config.max_connections,
+        max_connections_per_uid: server_config.max_connections_per_uid,
+        denials: Arc::default(),
         request_timeout: server_config.request_timeout,
         own_uid: crate::acl::own_uid(),
     };

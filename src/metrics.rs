@@ -60,6 +60,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A connection a door closed at once, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub door: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
@@ -83,6 +90,8 @@ pub struct Metrics {
     pub last_reload_ok: Gauge,
     pub last_reload_success: FloatGauge,
     pub sources: Gauge,
+    pub connections_refused: Family<RefusedLabel, Counter>,
+    pub log_lines_dropped: Counter,
 }
 
 fn fetch_buckets() -> Histogram {
@@ -117,6 +126,8 @@ impl Metrics {
             last_reload_ok: Gauge::default(),
             last_reload_success: FloatGauge::default(),
             sources: Gauge::default(),
+            connections_refused: Family::default(),
+            log_lines_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -180,6 +191,16 @@ impl Metrics {
             m.last_reload_ok.clone(),
         );
         registry.register("tokend_sources", "Configured sources", m.sources.clone());
+        registry.register(
+            "tokend_connections_refused",
+            "Connections a door closed at once, by door and reason (per_uid: the caller's uid already held max_connections_per_uid)",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "tokend_log_lines_dropped",
+            "Log lines dropped because stderr or the journal could not take them (logging never blocks serving)",
+            m.log_lines_dropped.clone(),
+        );
         let build: Family<VersionLabel, Gauge> = Family::default();
         build
             .get_or_create(&VersionLabel {

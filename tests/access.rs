@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::others::*;
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -15,20 +15,6 @@ const NOBODY: u32 = 65534;
 const OTHER: u32 = 4242;
 /// Debian's `users` group.
 const USERS_GID: u32 = 100;
-
-/// These tests switch to other users, which needs root (CI runs as root).
-/// Elsewhere each says it is skipped and passes without running.
-#[must_use]
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!(
-        "skipping {test}: it runs clients as other users, which needs root (CI runs as root)"
-    );
-    false
-}
 
 /// `curl` over the socket as `uid`/`gid` with supplementary `groups`:
 /// returns the HTTP status and body.
@@ -40,52 +26,23 @@ fn curl_blocking(
     method: &str,
     path: &str,
 ) -> (u16, String) {
-    let groups: Vec<libc::gid_t> = groups.to_vec();
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-X", method, "-w", "\n%{http_code}", "--unix-socket"])
         .arg(socket)
         .arg(format!("http://localhost{path}"));
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().expect("run curl (apt-get install curl)");
+    let out = run_as(&mut cmd, uid, gid, groups)
+        .output()
+        .expect("run curl (apt-get install curl)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// `binary` (copied where `uid` can run it: the checkout may be private, as
-/// a clone made with mktemp -d is) as a command that runs as `uid`:`gid`
-/// with no supplementary groups.
+/// The tokend binary as a command that runs as `uid`:`gid` with no
+/// supplementary groups.
 fn command_as(dir: &Path, uid: u32, gid: u32) -> Command {
-    let binary = dir.join("tokend-as-other");
-    if !binary.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
-        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let mut cmd = Command::new(&binary);
-    // SAFETY: async-signal-safe calls only, in the child before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = tokend_for_others(dir);
+    run_as(&mut cmd, uid, gid, &[]);
     cmd
 }
 
@@ -102,19 +59,6 @@ async fn curl_as(
     tokio::task::spawn_blocking(move || curl_blocking(uid, gid, groups, &socket, method, &path))
         .await
         .unwrap()
-}
-
-/// A daemon whose socket other users can reach (0666 in a 0711 directory).
-async fn open_daemon(body: &str, server: &str) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let socket = dir.path().join("tokend.sock");
-    daemon(body)
-        .server(server)
-        .rust_log("trace")
-        .at(dir, socket)
-        .start()
-        .await
 }
 
 #[tokio::test]

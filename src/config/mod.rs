@@ -91,10 +91,13 @@ pub struct ServerConfig {
     /// Group the socket file is given to.
     pub socket_group: Option<u32>,
     pub max_connections: usize,
+    /// Connections one uid (other than root and the daemon's) may hold on
+    /// the socket at once.
+    pub max_connections_per_uid: usize,
     /// Bound on a whole request, including waiting for a fetch.
     pub request_timeout: Duration,
     pub log_format: LogFormat,
-    /// Token requests in flight at once across all sources.
+    /// Token requests in flight at once to each token endpoint.
     pub max_concurrent_fetches: usize,
     /// A TCP listener for Prometheus: `/metrics`, `/healthz` and `/readyz`
     /// only, no tokens.
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             socket_mode: 0o660,
             socket_group: None,
             max_connections: 1024,
+            max_connections_per_uid: 64,
             request_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             max_concurrent_fetches: 8,

@@ -12,6 +12,7 @@ pub(super) struct RawServer {
     pub socket_mode: Option<Spanned<String>>,
     pub socket_group: Option<Spanned<toml::Value>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_uid: Option<Spanned<i64>>,
     pub request_timeout: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub max_concurrent_fetches: Option<Spanned<i64>>,

@@ -47,6 +47,11 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         },
     };
     let max_connections = count(raw.max_connections, "max_connections", def.max_connections);
+    let max_connections_per_uid = count(
+        raw.max_connections_per_uid,
+        "max_connections_per_uid",
+        def.max_connections_per_uid,
+    );
     let max_concurrent_fetches = count(
         raw.max_concurrent_fetches,
         "max_concurrent_fetches",
@@ -93,6 +98,7 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         socket_mode,
         socket_group,
         max_connections,
+        max_connections_per_uid,
         request_timeout,
         log_format,
         max_concurrent_fetches,

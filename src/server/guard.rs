@@ -9,7 +9,10 @@
 //! Anyone on the host can knock on these doors, and journald drops lines
 //! past its rate limit: denials are logged at WARN at once for the first,
 //! then at most once a minute per door, with the count of those not logged.
+//! The socket's denials ([`CallerDenials`]) are kept the same way per
+//! caller uid and source, so one uid's flood costs a line a minute.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -89,6 +92,27 @@ struct DenialState {
     unlogged: u64,
 }
 
+impl DenialState {
+    /// See [`Denials::log_now`].
+    fn log_now(&mut self, now: Instant) -> Option<u64> {
+        match self.last_logged {
+            Some(at) if now.saturating_duration_since(at) < DENIAL_LOG_INTERVAL => {
+                self.unlogged = self.unlogged.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+
+    fn quiet_since(&self, now: Instant) -> bool {
+        self.last_logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= DENIAL_LOG_INTERVAL)
+    }
+}
+
 impl Denials {
     pub fn new() -> Denials {
         Denials {
@@ -99,17 +123,32 @@ impl Denials {
     /// Counts a denial at `now`. `Some(n)`: log this one, saying that `n`
     /// more were refused since the last line; `None`: count it silently.
     pub fn log_now(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match s.last_logged {
-            Some(at) if now.saturating_duration_since(at) < DENIAL_LOG_INTERVAL => {
-                s.unlogged = s.unlogged.saturating_add(1);
-                None
-            }
-            _ => {
-                s.last_logged = Some(now);
-                Some(std::mem::take(&mut s.unlogged))
-            }
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .log_now(now)
+    }
+}
+
+/// The socket's denials (and refused connections), logged at most once a
+/// minute per (uid, what was refused).
+#[derive(Debug, Default)]
+pub struct CallerDenials {
+    map: Mutex<HashMap<(u32, String), DenialState>>,
+}
+
+/// Callers and sources kept at most; past it, those quiet for a minute go.
+const CALLER_DENIALS_KEPT: usize = 4096;
+
+impl CallerDenials {
+    /// [`Denials::log_now`] for `uid` refused `what` (a source name, say).
+    pub fn log_now(&self, uid: u32, what: &str, now: Instant) -> Option<u64> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (uid, what.to_string());
+        if !map.contains_key(&key) && map.len() >= CALLER_DENIALS_KEPT {
+            map.retain(|_, s| !s.quiet_since(now));
         }
+        map.entry(key).or_default().log_now(now)
     }
 }
 
@@ -170,5 +209,20 @@ mod tests {
             "a minute on: logged, with those not logged"
         );
         assert_eq!(d.log_now(Instant::now()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn socket_denials_are_logged_once_a_minute_per_uid_and_source() {
+        let d = CallerDenials::default();
+        let now = Instant::now();
+        assert_eq!(d.log_now(65534, "graph", now), Some(0));
+        for _ in 0..10_000 {
+            assert_eq!(d.log_now(65534, "graph", now), None);
+        }
+        // Another source, another uid: each has its own first line.
+        assert_eq!(d.log_now(65534, "billing", now), Some(0));
+        assert_eq!(d.log_now(1000, "graph", now), Some(0));
+        tokio::time::advance(DENIAL_LOG_INTERVAL).await;
+        assert_eq!(d.log_now(65534, "graph", Instant::now()), Some(10_000));
     }
 }

@@ -21,6 +21,10 @@ pub enum ListenError {
     },
 }
 
+/// The socket's listen backlog (the kernel caps it at `net.core.somaxconn`,
+/// 4096 by default).
+pub const BACKLOG: i32 = 1024;
+
 /// A bound socket whose file is removed when this is dropped.
 #[derive(Debug)]
 pub struct Listener {
@@ -87,6 +91,10 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, List
     let result = (|| {
         let tmp = staging.join("s");
         let std_listener = std::os::unix::net::UnixListener::bind(&tmp)?;
+        // std listens with a backlog of 128: a burst of clients (or one
+        // uid's flood, closed at once) would fill it. Listening again on
+        // a listening socket only sets the queue's length.
+        nix::sys::socket::listen(&std_listener, nix::sys::socket::Backlog::new(BACKLOG)?)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = group {
             std::os::unix::fs::chown(&tmp, None, Some(gid))?;

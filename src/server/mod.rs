@@ -7,9 +7,13 @@
 //! keep-alive); `request_timeout` bounds the rest of a request, its body and
 //! its answer included (a deadline on the service, and [`stall`]'s guard on
 //! writes); at `max_connections` the loop stops accepting, so new clients
-//! wait in the kernel backlog while existing ones are served.
+//! wait in the kernel backlog while existing ones are served; a uid other
+//! than root and the daemon's holds at most `max_connections_per_uid` of
+//! the socket's connections ([`budget`]), past which its new ones are
+//! closed at once.
 
 mod body;
+pub mod budget;
 mod drain;
 pub mod guard;
 pub mod listener;
@@ -39,9 +43,12 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub max_connections: usize,
+    pub max_connections_per_uid: usize,
     pub request_timeout: Duration,
     /// The daemon's own uid, which may read every source.
     pub own_uid: u32,
+    /// The socket's denials, logged at most once a minute per uid and source.
+    pub denials: Arc<guard::CallerDenials>,
 }
 
 /// Where requests come in: the Unix socket (the whole API, callers known by
@@ -77,6 +84,7 @@ pub async fn serve(
     let drain = Arc::new(drain::Drain::default());
     let settings = Arc::new(settings);
     let denials = Arc::new(guard::Denials::new());
+    let per_uid = budget::UidBudget::new(settings.max_connections_per_uid, settings.own_uid);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -90,8 +98,20 @@ pub async fn serve(
             Ok(Accepted::Unix(stream)) => {
                 // Taken once per connection, at accept.
                 let peer = Peer::of(&stream).map(Arc::new);
+                // A caller whose credentials cannot be read is counted by
+                // the global limit only.
+                let slot = match peer.as_deref() {
+                    Some(p) => match per_uid.claim(p.uid) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            refuse_over_budget(stream, p.uid, &broker, &settings);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let conn = connection(stream, Handler::Api(peer), &broker, &settings, &drain);
-                tokio::spawn(drive(conn, permit));
+                tokio::spawn(drive(conn, (permit, slot)));
             }
             Ok(Accepted::Tcp(stream)) => {
                 let handler = match &door {
@@ -118,15 +138,47 @@ pub async fn serve(
     }
 }
 
-/// Runs one connection to its end, holding its `max_connections` slot.
-async fn drive(
+/// Runs one connection to its end, holding its slots (`max_connections`,
+/// and its uid's) until then.
+async fn drive<Slots>(
     conn: impl std::future::Future<Output = Result<(), hyper::Error>>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Slots,
 ) {
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
-    drop(permit);
+    drop(slots);
+}
+
+/// Closes a connection of a uid that holds `max_connections_per_uid`
+/// already: at once, counted, logged at most once a minute per uid.
+fn refuse_over_budget(
+    stream: tokio::net::UnixStream,
+    uid: u32,
+    broker: &Broker,
+    settings: &ServerSettings,
+) {
+    drop(stream);
+    broker
+        .metrics()
+        .connections_refused
+        .get_or_create(&crate::metrics::RefusedLabel {
+            door: "socket",
+            reason: "per_uid",
+        })
+        .inc();
+    if let Some(unlogged) =
+        settings
+            .denials
+            .log_now(uid, "(connections)", tokio::time::Instant::now())
+    {
+        tracing::warn!(
+            uid,
+            limit = settings.max_connections_per_uid,
+            refused_since_last_line = unlogged,
+            "connection closed: this uid already holds max_connections_per_uid connections to the socket"
+        );
+    }
 }
 
 enum Accepted {

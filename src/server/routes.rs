@@ -338,13 +338,19 @@ fn readable_in<'r>(
     if acl::permits(h.config_ref().allow.as_ref(), peer, settings.own_uid) {
         return Ok(h);
     }
-    tracing::warn!(
-        source = %name,
-        uid = peer.map(|p| p.uid),
-        gid = peer.map(|p| p.gid),
-        pid = peer.and_then(|p| p.pid),
-        "access denied"
-    );
+    // At most a line a minute per uid and source, with the count since:
+    // a caller's flood of denials cannot flood the log.
+    let uid = peer.map_or(u32::MAX, |p| p.uid);
+    if let Some(unlogged) = settings.denials.log_now(uid, name, Instant::now()) {
+        tracing::warn!(
+            source = %name,
+            uid = peer.map(|p| p.uid),
+            gid = peer.map(|p| p.gid),
+            pid = peer.and_then(|p| p.pid),
+            denied_since_last_line = unlogged,
+            "access denied"
+        );
+    }
     Err(Failure::new(
         StatusCode::FORBIDDEN,
         "forbidden",

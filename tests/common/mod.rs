@@ -13,6 +13,7 @@ use bytes::Bytes;
 pub mod entra;
 pub mod mi;
 pub mod oidc;
+pub mod others;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,176 @@
+//! Bulkheads (docs/behaviour.md, "Bulkheads"): nothing one caller does,
+//! and nothing the log pipe does, stops the others being served. The
+//! daemon runs for real; hostile callers are other uids (which needs root,
+//! as CI runs) or this process holding a pipe.
+
+mod common;
+
+use common::others::*;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+const NOBODY: u32 = 65534;
+
+/// Opens `n` connections to `socket` as `uid` and holds them; reports how
+/// many the daemon left open and how many it closed at once, then holds
+/// what is open until its stdin closes.
+const HOLDER: &str = r#"
+import select, socket, sys, time
+path, n, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socks.append(s)
+closed = set()
+deadline = time.monotonic() + 10
+while len(closed) < n - keep and time.monotonic() < deadline:
+    ready, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.2)
+    for s in ready:
+        if s.recv(1) == b"":
+            closed.add(s)
+print(n - len(closed), len(closed), flush=True)
+sys.stdin.read()
+"#;
+
+/// One uid that holds every connection it can get locks no one else out:
+/// past `max_connections_per_uid` its connections are closed at once (and
+/// counted), while root and other uids are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_holding_connections_cannot_lock_the_others_out() {
+    if !root_or_skip("one_uid_holding_connections_cannot_lock_the_others_out") {
+        return;
+    }
+    let idp = idp(S(3600), &["a"]).await;
+    let d = open_daemon(
+        &source("a", &idp, ""),
+        "socket_mode = \"0666\"\nmax_connections = 100\nmax_connections_per_uid = 16",
+    )
+    .await;
+    let mut holder = Command::new("python3");
+    holder
+        .args(["-c", HOLDER])
+        .arg(&d.socket)
+        .args(["150", "16"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut holder = run_as(&mut holder, NOBODY, NOBODY, &[]).spawn().unwrap();
+    let mut line = String::new();
+    let stdout = holder.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(line.trim(), "16 134", "open and closed at once");
+
+    // Root, and another uid, are served while nobody holds its 16.
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut other = tokend_for_others(dir.path());
+    other.args(["token", "a", "--socket"]).arg(&d.socket);
+    let out = run_as(&mut other, 4242, 4242, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let metrics = d.get("/metrics").await.text();
+    assert!(
+        metrics
+            .contains("tokend_connections_refused_total{door=\"socket\",reason=\"per_uid\"} 134\n"),
+        "{metrics}"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("already holds max_connections_per_uid").count(),
+        1,
+        "logged once a minute, not per connection:\n{log}"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+}
+
+/// The socket's listen backlog is at least 1024 (std's default is 128).
+#[tokio::test]
+async fn the_socket_listens_with_a_backlog_of_1024() {
+    let idp = idp(S(3600), &["a"]).await;
+    let d = daemon(&source("a", &idp, "")).start().await;
+    // The socket is bound under a staging name and renamed into place, so
+    // ss knows it by the daemon's pid, not by its path.
+    let out = Command::new("ss")
+        .args(["-xlnpH"])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mine = format!("pid={},", d.pid());
+    let line = text
+        .lines()
+        .find(|l| l.contains(&mine))
+        .unwrap_or_else(|| panic!("no listening socket of pid {}: {text}", d.pid()));
+    // Netid State Recv-Q Send-Q Local ...: Send-Q is the backlog.
+    let backlog: u32 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no backlog in: {line}"));
+    assert!(backlog >= 1024, "backlog {backlog}: {line}");
+}
+
+/// A uid flooding denied requests costs one log line a minute (with the
+/// count), not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denials_is_one_line_a_minute() {
+    if !root_or_skip("a_flood_of_denials_is_one_line_a_minute") {
+        return;
+    }
+    let idp = idp(S(3600), &["a"]).await;
+    let d = open_daemon(
+        &source("a", &idp, "allow = { uids = [4242] }"),
+        "socket_mode = \"0666\"",
+    )
+    .await;
+    let script = r#"
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+f = s.makefile("rb")
+denied = 0
+for _ in range(n):
+    s.sendall(b"GET /v1/tokens/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    status = f.readline()
+    length = 0
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b""):
+            break
+        if h.lower().startswith(b"content-length:"):
+            length = int(h.split(b":")[1])
+    f.read(length)
+    denied += b" 403 " in status
+print(denied)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]).arg(&d.socket).arg("2000");
+    let out = run_as(&mut cmd, NOBODY, NOBODY, &[]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2000",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = d.log();
+    assert_eq!(log.matches("access denied").count(), 1, "{log}");
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200, "root is served");
+}

@@ -1,0 +1,64 @@
+//! Clients as other users: the access-control and bulkhead tests run them
+//! with another uid, gid and groups (which needs root; CI runs as root).
+
+use super::{daemon, Daemon};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+/// True when running as root; else says `test` is skipped (it switches to
+/// other users) and the caller returns without running it.
+#[must_use]
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!(
+        "skipping {test}: it runs clients as other users, which needs root (CI runs as root)"
+    );
+    false
+}
+
+/// Makes `cmd` run as `uid`:`gid` with exactly the supplementary `groups`.
+pub fn run_as<'c>(cmd: &'c mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'c mut Command {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The tokend binary, copied where any user can run it (the checkout may
+/// be private, as a clone made with mktemp -d is), as a command.
+pub fn tokend_for_others(dir: &Path) -> Command {
+    let binary = dir.join("tokend-as-other");
+    if !binary.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new(binary)
+}
+
+/// A daemon whose socket other users can reach (0666 in a 0711 directory).
+pub async fn open_daemon(body: &str, server: &str) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let socket = dir.path().join("tokend.sock");
+    daemon(body)
+        .server(server)
+        .rust_log("trace")
+        .at(dir, socket)
+        .start()
+        .await
+}
