@@ -187,6 +187,7 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let mut housekeeping = tokio::time::interval(Duration::from_secs(5));
     let mut last_status = String::new();
     let mut expiry = ExpiryWarner::default();
+    let mut log_drops = crate::logging::DropReport::default();
     // A settled file change is pending, to be read at `quiet_at`.
     let mut settled = false;
     let mut quiet_at: Option<Instant> = None;
@@ -214,6 +215,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
                     Trigger::Files
                 }
                 _ = housekeeping.tick() => {
+                    if let Some(n) = log_drops.since_last(crate::logging::dropped_lines()) {
+                        broker.metrics().log_lines_dropped.inc_by(n);
+                        // If stderr still cannot take it, this line is
+                        // dropped too, and counted in the next report.
+                        tracing::warn!(dropped = n, "log lines were dropped because stderr (the journal) could not take them; serving was not held up");
+                    }
                     let status = broker.summary();
                     if status != last_status {
                         systemd::status(&status);

@@ -30,6 +30,7 @@ pub mod expiry;
 pub mod files;
 pub mod heap;
 pub mod jwt;
+pub mod logging;
 pub mod metrics;
 pub mod oauth;
 pub mod problem;

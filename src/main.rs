@@ -1,7 +1,6 @@
 //! The `tokend` binary: CLI parsing, logging setup, dispatch and exit codes.
 
 use clap::Parser;
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,31 +9,10 @@ use tokend::config::LogFormat;
 use tokend::daemon::{self, ConfigSource};
 use tokend::secret::SecretEnv;
 
-/// Crates that log every file-system event they see. The config's
-/// directory is watched, so with their lines on and the log written into
-/// that directory, every line would be an event that logs another line.
-/// They stay at `warn` unless `RUST_LOG` names them itself.
-const WATCHER_CRATES: &[&str] = &["notify", "inotify"];
-
-fn init_logging(format: LogFormat) {
-    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for krate in WATCHER_CRATES {
-        if !spec.contains(krate) {
-            if let Ok(d) = format!("{krate}=warn").parse() {
-                filter = filter.add_directive(d);
-            }
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+/// Logging to stderr that never blocks the daemon (see [`tokend::logging`]);
+/// the guard flushes it at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    tokend::logging::init(format == LogFormat::Json)
 }
 
 /// Release builds of the daemon are not dumpable: no core dumps, and no
@@ -131,7 +109,7 @@ async fn run(path: &Path) -> u8 {
     // Not rehomed (see Config::rehome): at start-up the copy would delay
     // the first answer by 15 ms for 10,000 sources. The daemon trims the
     // heap once the sources are registered.
-    init_logging(cfg.server.log_format);
+    let _flushed_at_exit = init_logging(cfg.server.log_format);
     match daemon::run(
         cfg,
         ConfigSource::File(path.to_path_buf()),
@@ -148,7 +126,7 @@ async fn run(path: &Path) -> u8 {
 }
 
 async fn dev() -> u8 {
-    init_logging(LogFormat::Text);
+    let _flushed_at_exit = init_logging(LogFormat::Text);
     let setup = match tokend::dev::DevSetup::start().await {
         Ok(s) => s,
         Err(e) => {

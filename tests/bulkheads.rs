@@ -174,3 +174,92 @@ print(denied)
     assert_eq!(log.matches("access denied").count(), 1, "{log}");
     assert_eq!(d.get("/v1/tokens/a").await.status(), 200, "root is served");
 }
+
+/// Opens `n` connections to `socket` one after another, each sending a
+/// request hyper cannot parse (a debug line each in the daemon's log).
+fn garbage_connections(socket: &std::path::Path, n: usize) {
+    use std::io::{Read, Write};
+    for _ in 0..n {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+            return;
+        };
+        // A wedged daemon must fail the test, not hang it.
+        let _ = s.set_read_timeout(Some(S(5)));
+        let _ = s.write_all(b"\x01garbage\r\n\r\n");
+        let _ = s.read_to_end(&mut Vec::new());
+    }
+}
+
+/// With stderr a pipe whose reader has stopped, logging never blocks the
+/// daemon: requests and /healthz are answered; lines that cannot be
+/// written are dropped and counted, and a WARN says how many once the
+/// output flows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_log_reader_never_wedges_the_daemon() {
+    let idp = idp(S(3600), &["a"]).await;
+    let mut d = daemon(&source("a", &idp, ""))
+        .rust_log("debug")
+        .piped_stderr()
+        .start()
+        .await;
+    // Nobody reads the pipe: it fills (64 KiB), then the daemon's queue.
+    let stderr = d.take_stderr();
+    let socket = d.socket.clone();
+    let flood = tokio::task::spawn_blocking(move || garbage_connections(&socket, 25_000));
+    for _ in 0..20 {
+        let answered = tokio::time::timeout(S(5), async {
+            (
+                d.get("/healthz").await.status(),
+                d.get("/v1/tokens/a").await.status(),
+            )
+        })
+        .await;
+        assert_eq!(
+            answered.ok(),
+            Some((200, 200)),
+            "the daemon stopped answering"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flood.await.unwrap();
+    let metrics_while_stalled = d.get("/metrics").await.text();
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+
+    // The reader comes back: the count is reported.
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let text = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut t = text.lock().unwrap();
+                t.push_str(&line);
+                t.push('\n');
+            }
+        })
+    };
+    let warn = eventually_within(S(15), "the dropped-lines WARN", async || {
+        let t = text.lock().unwrap();
+        t.lines()
+            .find(|l| l.contains("log lines were dropped"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(warn.contains("WARN"), "{warn}");
+    let dropped = eventually("the dropped-lines count", async || {
+        let m = d.get("/metrics").await.text();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("tokend_log_lines_dropped_total "))?
+            .to_string();
+        let n: u64 = line.rsplit(' ').next()?.parse().ok()?;
+        (n > 0).then_some(n)
+    })
+    .await;
+    assert!(
+        dropped > 1000,
+        "{dropped} dropped; while stalled: {metrics_while_stalled}"
+    );
+    drop(d);
+    reader.join().unwrap();
+}

@@ -24,7 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "leaves",
         &[
             "token", "problem", "text", "acl", "cert", "secret", "entra", "expiry", "files",
-            "heap", "timefmt", "clock", "jwt", "metrics", "systemd", "cores",
+            "heap", "timefmt", "clock", "jwt", "logging", "metrics", "systemd", "cores",
         ],
     ),
 ];

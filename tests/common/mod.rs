@@ -41,6 +41,7 @@ pub struct Builder {
     dir: Option<TempDir>,
     layout: Option<Layout>,
     relative: bool,
+    piped_stderr: bool,
 }
 
 /// Writes the config text into the temp dir and returns the path for `-c`.
@@ -57,6 +58,7 @@ pub fn daemon(body: &str) -> Builder {
         dir: None,
         layout: None,
         relative: false,
+        piped_stderr: false,
     }
 }
 
@@ -109,6 +111,13 @@ impl Builder {
         self
     }
 
+    /// Logs to a pipe the test holds (see [`Daemon::take_stderr`]), not to
+    /// the log file.
+    pub fn piped_stderr(mut self) -> Self {
+        self.piped_stderr = true;
+        self
+    }
+
     /// Runs in the temp dir with a relative `-c` (as `tokend run -c tokend.toml`).
     pub fn relative(mut self) -> Self {
         self.relative = true;
@@ -158,7 +167,11 @@ impl Builder {
             .env("STATE_DIRECTORY", dir.path().join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(if self.piped_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::from(log)
+            });
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -199,6 +212,11 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tokend.log")).unwrap_or_default()
+    }
+
+    /// The daemon's stderr, with [`Builder::piped_stderr`].
+    pub fn take_stderr(&mut self) -> std::process::ChildStderr {
+        self.child.stderr.take().unwrap()
     }
 
     pub fn pid(&self) -> i32 {
