@@ -137,6 +137,8 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         max_connections: server_config.max_connections,
         max_connections_per_uid: server_config.max_connections_per_uid,
         denials: Arc::default(),
+        socket_health: Arc::default(),
+        closing: shutdown.clone(),
         request_timeout: server_config.request_timeout,
         own_uid: crate::acl::own_uid(),
     };

@@ -459,3 +459,103 @@ async fn huge_and_non_json_token_responses_are_clear_fetch_errors() {
         "no panic, still serving"
     );
 }
+
+/// A clean-up that deletes the socket's directory is undone within
+/// seconds, said at ERROR; while the socket cannot be made again (a file
+/// in its place), `/readyz` on the metrics listener says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_socket_is_made_again_and_readyz_says_while_it_cannot_be() {
+    let idp = idp(S(3600), &["a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let socket = run.join("tokend.sock");
+    let port = common::mi::free_port();
+    let d = daemon(&source("a", &idp, ""))
+        .at(dir, socket.clone())
+        .server(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .start()
+        .await;
+    wait_for_status(&d, "/v1/tokens/a", 200).await;
+    let readyz = async || {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+
+    // systemd-tmpfiles, or an rm -rf: back within the 2 s look and a margin.
+    std::fs::remove_dir_all(&run).unwrap();
+    eventually("the socket made again", async || {
+        let r = tokend::client::call(&socket, hyper::Method::GET, "/v1/tokens/a").await;
+        r.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        d.log().contains("ERROR") && d.log().contains("re-created it"),
+        "{}",
+        d.log()
+    );
+
+    // A regular file in its place: it cannot be made again, and /readyz says so.
+    let blocker = d.dir.path().join("blocker");
+    std::fs::write(&blocker, "not a socket").unwrap();
+    std::fs::rename(&blocker, &socket).unwrap();
+    let doc = eventually("/readyz to say the socket is lost", async || {
+        let (status, doc) = readyz().await;
+        (status == 503).then_some(doc)
+    })
+    .await;
+    let why = doc["socket_error"].as_str().unwrap();
+    assert!(
+        why.contains(&socket.display().to_string()) && why.contains("not a socket"),
+        "{doc}"
+    );
+    assert_eq!(doc["not_ready"], serde_json::json!([]), "{doc}");
+
+    std::fs::remove_file(&socket).unwrap();
+    let doc = eventually("/readyz to be ready again", async || {
+        let (status, doc) = readyz().await;
+        (status == 200).then_some(doc)
+    })
+    .await;
+    assert_eq!(doc["socket_error"], serde_json::Value::Null);
+    assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
+}
+
+/// On SIGTERM a request waiting for a slow first fetch is answered 503
+/// `shutting_down` at once, not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_waiting_request_shutting_down() {
+    let idp = idp(S(3600), &["a"]).await;
+    idp.set_delay(S(60));
+    let mut d = daemon(&source("a", &idp, "eager = false"))
+        .server("request_timeout = \"60s\"")
+        .start()
+        .await;
+    let socket = d.socket.clone();
+    let waiting = tokio::spawn(async move {
+        tokend::client::call(&socket, hyper::Method::GET, "/v1/tokens/a").await
+    });
+    // The lazy source's fetch starts only for this request: once the IdP
+    // sees it, the request is waiting.
+    eventually("the request's fetch at the IdP", async || {
+        (idp.requests() == 1).then_some(())
+    })
+    .await;
+    d.signal(libc::SIGTERM);
+    let r = Resp(
+        waiting
+            .await
+            .unwrap()
+            .expect("an answer, not a closed connection"),
+    );
+    assert_eq!(r.status(), 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "shutting_down", "{}", r.text());
+    assert!(d.wait_exit().await.success());
+}

@@ -1,6 +1,9 @@
 //! The daemon's own Unix socket: created with its final mode and group before
 //! anyone can reach it, replacing a stale socket file but never a live socket
 //! or a file that is not a socket; unlinked on drop if it is still ours.
+//! [`Listener::check`] tells whether the file is still the one bound (a
+//! clean-up that deletes `/run/tokend` leaves a socket nobody can reach),
+//! and [`Listener::rebind`] makes it again.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -25,32 +28,123 @@ pub enum ListenError {
 /// 4096 by default).
 pub const BACKLOG: i32 = 1024;
 
+/// The file a socket was bound to, as it was then.
+#[derive(Debug, Clone)]
+struct Place {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Place {
+    fn of(path: &Path) -> Option<Place> {
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Place {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Whether `path` is still this file: `Some(false)` when it is gone or
+    /// another file, `None` when it cannot be told (a permission error).
+    fn holds(&self) -> Option<bool> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => Some(m.dev() == self.dev && m.ino() == self.ino),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
+    }
+}
+
+/// How a socket tokend made was made, to make it again.
+#[derive(Debug, Clone, Copy)]
+struct Made {
+    mode: u32,
+    group: Option<u32>,
+    /// The directory's mode when it was bound, for re-creating it.
+    dir_mode: u32,
+}
+
 /// A bound socket whose file is removed when this is dropped.
 #[derive(Debug)]
 pub struct Listener {
     pub listener: tokio::net::UnixListener,
-    owned: Option<(PathBuf, u64, u64)>,
+    place: Option<Place>,
+    /// `None` for a socket systemd made: never unlinked nor re-made here.
+    made: Option<Made>,
+}
+
+/// A socket file that is no longer the one listened on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub path: PathBuf,
+    /// Whether tokend made the socket (and so may make it again).
+    pub ours: bool,
 }
 
 impl Listener {
     /// Wraps a socket someone else created (systemd): never unlinked.
     pub fn borrowed(listener: tokio::net::UnixListener) -> Self {
+        let place = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().and_then(Place::of));
         Listener {
             listener,
-            owned: None,
+            place,
+            made: None,
         }
     }
+
+    /// The socket's file if it is gone or is another file now (deleted
+    /// with its directory, or replaced); `None` while it is in place, or
+    /// if that cannot be told.
+    pub fn check(&self) -> Option<Lost> {
+        let place = self.place.as_ref()?;
+        match place.holds() {
+            Some(false) => Some(Lost {
+                path: place.path.clone(),
+                ours: self.made.is_some(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// A new socket at this one's path, made as this one was, its
+    /// directory re-created if it is gone; `None` for systemd's socket.
+    pub fn rebind(&self) -> Option<Result<Listener, ListenError>> {
+        let (place, made) = (self.place.as_ref()?, self.made?);
+        Some(rebind(&place.path, made))
+    }
+}
+
+fn rebind(path: &Path, made: Made) -> Result<Listener, ListenError> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(made.dir_mode)
+                .create(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(made.dir_mode))
+                })
+                .map_err(|source| ListenError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    bind(path, made.mode, made.group)
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.owned {
+        if let (Some(place), Some(_)) = (&self.place, self.made) {
             // Only remove the file if it is still the socket we created: a
-            // newer daemon may have replaced it.
-            if let Ok(m) = std::fs::symlink_metadata(path) {
-                if m.dev() == *dev && m.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
-                }
+            // newer daemon (or this one, re-binding) may have replaced it.
+            if place.holds() == Some(true) {
+                let _ = std::fs::remove_file(&place.path);
             }
         }
     }
@@ -107,8 +201,18 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, List
     let _ = std::fs::remove_dir_all(&staging);
     let (std_listener, meta) = result.map_err(io_err)?;
     let listener = tokio::net::UnixListener::from_std(std_listener).map_err(io_err)?;
+    let dir_mode = std::fs::metadata(&parent).map_or(0o755, |m| m.mode() & 0o7777);
     Ok(Listener {
         listener,
-        owned: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+        place: Some(Place {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }),
+        made: Some(Made {
+            mode,
+            group,
+            dir_mode,
+        }),
     })
 }

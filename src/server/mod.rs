@@ -10,12 +10,13 @@
 //! wait in the kernel backlog while existing ones are served; a uid other
 //! than root and the daemon's holds at most `max_connections_per_uid` of
 //! the socket's connections ([`budget`]), past which its new ones are
-//! closed at once.
+//! closed at once. The socket door keeps its file in place ([`keeper`]).
 
 mod body;
 pub mod budget;
 mod drain;
 pub mod guard;
+pub mod keeper;
 pub mod listener;
 pub mod mi;
 pub mod routes;
@@ -49,6 +50,11 @@ pub struct ServerSettings {
     pub own_uid: u32,
     /// The socket's denials, logged at most once a minute per uid and source.
     pub denials: Arc<guard::CallerDenials>,
+    /// What is wrong with the socket's file, for every door's `/readyz`.
+    pub socket_health: Arc<keeper::SocketHealth>,
+    /// Fires when the daemon begins to shut down: a request still waiting
+    /// for a token answers `shutting_down` then, rather than be cut off.
+    pub closing: CancellationToken,
 }
 
 /// Where requests come in: the Unix socket (the whole API, callers known by
@@ -75,7 +81,7 @@ enum Handler {
 /// socket file it owns) is dropped before this returns. Both doors have the
 /// same limits.
 pub async fn serve(
-    door: Door,
+    mut door: Door,
     broker: Arc<Broker>,
     settings: ServerSettings,
     shutdown: CancellationToken,
@@ -85,14 +91,26 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let denials = Arc::new(guard::Denials::new());
     let per_uid = budget::UidBudget::new(settings.max_connections_per_uid, settings.own_uid);
+    let mut keep = tokio::time::interval(keeper::KEEP_INTERVAL);
+    keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let is_socket = matches!(door, Door::Socket(_));
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = keep.tick(), if is_socket => {
+                keep_socket(&mut door, &settings);
+                continue;
+            }
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            r = accept(&door) => r,
+            _ = keep.tick(), if is_socket => None,
+            r = accept(&door) => Some(r),
+        };
+        let Some(accepted) = accepted else {
+            keep_socket(&mut door, &settings);
+            continue;
         };
         match accepted {
             Ok(Accepted::Unix(stream)) => {
@@ -135,6 +153,16 @@ pub async fn serve(
     tokio::select! {
         _ = slots.acquire_many(all) => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("requests still in flight after the drain timeout; closing them"),
+    }
+}
+
+/// One look at the socket door's file; a socket made again replaces the
+/// listener (the old one's file is gone, so nobody could reach it).
+fn keep_socket(door: &mut Door, settings: &ServerSettings) {
+    if let Door::Socket(l) = door {
+        if let Some(fresh) = keeper::look(l, &settings.socket_health) {
+            *door = Door::Socket(fresh);
+        }
     }
 }
 

@@ -386,6 +386,9 @@ fn ready(broker: &Broker, peer: Option<&Peer>, settings: &ServerSettings) -> Res
                 .is_some_and(|h| acl::permits(h.config().allow.as_ref(), peer, settings.own_uid))
         })
         .collect();
+    // Sources ready but no client able to reach the socket is not ready.
+    let socket_error = settings.socket_health.problem();
+    let ok = ok && socket_error.is_none();
     let reload = broker.reload_status();
     let config_error = (!reload.ok).then(|| {
         if privileged(peer, settings) {
@@ -401,7 +404,7 @@ fn ready(broker: &Broker, peer: Option<&Peer>, settings: &ServerSettings) -> Res
     };
     json_response(
         status,
-        &json!({ "ready": ok, "not_ready": shown, "config_error": config_error }),
+        &json!({ "ready": ok, "not_ready": shown, "config_error": config_error, "socket_error": socket_error }),
     )
 }
 
@@ -482,6 +485,18 @@ impl Failure {
         )
     }
 
+    /// The daemon began to shut down while the request waited.
+    pub fn shutting_down() -> Failure {
+        let mut f = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "tokend is shutting down",
+            Some("retry in a moment: a restarted tokend serves again within seconds".into()),
+        );
+        f.retry_after = Some(Duration::from_secs(1));
+        f
+    }
+
     /// A source that is stopped but still listed: the daemon is shutting down.
     pub fn stopping(name: &str) -> Failure {
         Failure::new(
@@ -506,7 +521,11 @@ pub(super) async fn wait_for_token(
 ) -> Result<(Arc<SourceHandle>, Arc<Token>), Failure> {
     loop {
         let name = handle.name();
-        match tokio::time::timeout_at(deadline, handle.token(min_ttl)).await {
+        let waited = tokio::select! {
+            () = settings.closing.cancelled() => return Err(Failure::shutting_down()),
+            r = tokio::time::timeout_at(deadline, handle.token(min_ttl)) => r,
+        };
+        match waited {
             Err(_) => {
                 return Err(Failure::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -667,7 +686,11 @@ async fn refresh(
         );
     }
     loop {
-        match tokio::time::timeout_at(deadline, handle.force_refresh()).await {
+        let waited = tokio::select! {
+            () = settings.closing.cancelled() => return Failure::shutting_down().render(),
+            r = tokio::time::timeout_at(deadline, handle.force_refresh()) => r,
+        };
+        match waited {
             Err(_) => {
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
