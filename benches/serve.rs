@@ -6,6 +6,7 @@
 //!     cargo bench --bench serve -- --startup # only the many-sources start-up, 3 times and the best
 //!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
 //!                                          # load only, to profile a server
+//!     cargo bench --bench serve -- --outages # only the outage figures (about 4 minutes)
 //!
 //! Both servers run as their own processes on Unix sockets; one load
 //! generator (a hyper client with N keep-alive connections) drives them in
@@ -14,6 +15,9 @@
 //! `--load`), as a real consumer is. Then: tokend's RSS after a million requests; with 10,000
 //! sources, the time to listening and to the first answer, and RSS; and 10,000 concurrent cold
 //! requests to one lazy source, which must cause one upstream fetch.
+//! Last, the outage figures (docs/performance.md, "Outages"): how long 50
+//! sources take to be ready again after their IdP was down for 3 minutes,
+//! and the serving p99 while 2,000 sources refresh at once.
 //! Figures, not assertions: nothing here fails on a slow machine.
 
 use bytes::Bytes;
@@ -32,6 +36,12 @@ struct Plan {
     /// rounds of load, one start can land on a busy moment of the machine.
     startups: usize,
     cold: usize,
+    /// How long the IdP is down, and for how many sources.
+    outage: Duration,
+    outage_sources: usize,
+    /// Sources refreshing in one wave, and their tokens' lifetime.
+    wave_sources: usize,
+    wave_lifetime: Duration,
 }
 
 const FULL: Plan = Plan {
@@ -41,6 +51,10 @@ const FULL: Plan = Plan {
     many_sources: 10_000,
     startups: 3,
     cold: 10_000,
+    outage: Duration::from_secs(180),
+    outage_sources: 50,
+    wave_sources: 2_000,
+    wave_lifetime: Duration::from_secs(30),
 };
 
 const SMOKE: Plan = Plan {
@@ -50,6 +64,10 @@ const SMOKE: Plan = Plan {
     many_sources: 500,
     startups: 1,
     cold: 300,
+    outage: Duration::from_secs(3),
+    outage_sources: 10,
+    wave_sources: 100,
+    wave_lifetime: Duration::from_secs(10),
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -85,8 +103,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.iter().any(|a| a == "--outages") {
+        return rt.block_on(outages(plan));
+    }
     let only_startup = args.iter().any(|a| a == "--startup");
-    rt.block_on(run(plan, only_startup))
+    rt.block_on(run(plan, only_startup))?;
+    rt.block_on(outages(plan))
 }
 
 async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::Error>> {
@@ -226,6 +248,103 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
         idp.requests() - before
     );
     daemon.stop();
+    Ok(())
+}
+
+/// Recovery after an outage, and serving while many sources refresh.
+async fn outages(plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let idp = tokend::dev::DevIdp::start(Duration::from_secs(3600)).await?;
+    idp.add_client("bench", "bench-secret");
+    let source = |name: &str| {
+        format!(
+            "[sources.{name}]\ntoken_url = \"{}\"\nclient_id = \"bench\"\nclient_secret = {{ env = \"BENCH_SECRET\" }}\n",
+            idp.token_url()
+        )
+    };
+
+    // The IdP down from the start for `outage`, then back: each source's
+    // time from then to ready, no requests made (timers alone).
+    idp.fail_with(Some(tokend::dev::Failure {
+        status: 503,
+        body: r#"{"error":"temporarily_unavailable"}"#.into(),
+        retry_after: None,
+    }));
+    let names: Vec<String> = (0..plan.outage_sources).map(|i| format!("o{i}")).collect();
+    let config: String = names.iter().map(|n| source(n)).collect();
+    let daemon = Daemon::start(dir.path(), "outage", &config, "")?;
+    wait_listening(&daemon.socket).await;
+    tokio::time::sleep(plan.outage).await;
+    idp.fail_with(None);
+    let healed = Instant::now();
+    let mut ready: Vec<Option<Duration>> = vec![None; names.len()];
+    while ready.iter().any(Option::is_none) && healed.elapsed() < Duration::from_secs(600) {
+        let doc = get(&daemon.socket, "/v1/sources")
+            .await
+            .map_err(|e| e.to_string())?;
+        let doc: serde_json::Value = serde_json::from_slice(&doc)?;
+        for s in doc["sources"].as_array().into_iter().flatten() {
+            let i = names.iter().position(|n| s["name"] == n.as_str());
+            if let (Some(i), "ready") = (i, s["state"].as_str().unwrap_or_default()) {
+                ready[i].get_or_insert(healed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut took: Vec<Duration> = ready.into_iter().flatten().collect();
+    took.sort();
+    if let (Some(first), Some(last)) = (took.first(), took.last()) {
+        println!(
+            "\n{} sources after a {} s outage: ready again {:.1} s (first), {:.1} s (median), {:.1} s (max) after the IdP came back ({} of {} ready)",
+            names.len(),
+            plan.outage.as_secs(),
+            first.as_secs_f64(),
+            took[took.len() / 2].as_secs_f64(),
+            last.as_secs_f64(),
+            took.len(),
+            names.len()
+        );
+    }
+    drop(daemon);
+
+    // Many sources refreshing in one wave, one of them under load: the
+    // load's p99 in 1 s slices, those the wave falls in against the rest.
+    idp.set_lifetime(plan.wave_lifetime);
+    let config: String = (0..plan.wave_sources)
+        .map(|i| source(&format!("w{i}")))
+        .collect();
+    let daemon = Daemon::start(dir.path(), "wave", &config, "")?;
+    wait_listening(&daemon.socket).await;
+    let before = idp.issued();
+    while idp.issued() < before + plan.wave_sources as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let (mut wave, mut quiet) = (Vec::new(), Vec::new());
+    while started.elapsed() < plan.wave_lifetime {
+        let issued = idp.issued();
+        let r = load(&daemon.socket, "/v1/tokens/w0", 16, Duration::from_secs(1)).await;
+        let refreshed = idp.issued() - issued;
+        if refreshed > plan.wave_sources as u64 / 20 {
+            println!(
+                "  a slice with {refreshed} refreshes: {:.0} req/s, p99 {:.3} ms",
+                r.rate, r.p99
+            );
+            wave.push(r.p99);
+        } else {
+            quiet.push(r.p99);
+        }
+    }
+    let worst = |v: &[f64]| v.iter().copied().fold(0.0f64, f64::max);
+    println!(
+        "{} sources refreshing at once: serving p99 {:.3} ms at worst in the {} slice(s) of the wave, {:.3} ms at worst in {} quiet slice(s); {} refreshes",
+        plan.wave_sources,
+        worst(&wave),
+        wave.len(),
+        worst(&quiet),
+        quiet.len(),
+        idp.issued() - before - plan.wave_sources as u64
+    );
     Ok(())
 }
 

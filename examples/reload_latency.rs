@@ -3,8 +3,11 @@
 //!
 //! Runs the daemon in-process against the dev IdP, edits the config in place
 //! N times, and prints min / median / max. Not a test: figures, no asserts.
+//! With `--reader`, a thread opens and reads the config every 10 ms
+//! throughout (a monitoring agent, a config checker): a reader is no
+//! change, and must not hold a reload back.
 //!
-//!     cargo run --release --example reload_latency [ITERATIONS]
+//!     cargo run --release --example reload_latency [ITERATIONS] [--reader]
 
 use std::time::{Duration, Instant};
 use tokend::daemon::{self, ConfigSource};
@@ -14,9 +17,10 @@ use tokend::secret::SecretEnv;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
         .unwrap_or(20);
+    let reader = std::env::args().any(|a| a == "--reader");
     let idp = DevIdp::start(Duration::from_secs(3600)).await?;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("tokend.sock");
@@ -46,6 +50,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if reader {
+        let path = path.clone();
+        std::thread::spawn(move || loop {
+            let _ = std::fs::read(&path);
+            std::thread::sleep(Duration::from_millis(10));
+        });
+    }
     let mut samples = Vec::with_capacity(n);
     for i in 1..=n {
         let name = format!("s{i}");
@@ -67,8 +78,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "write → new source served, {n} reloads (quiet wait {} ms): min {:.1} ms, median {:.1} ms, max {:.1} ms",
+        "write → new source served, {n} reloads (quiet wait {} ms){}: min {:.1} ms, median {:.1} ms, max {:.1} ms",
         tokend::reload::QUIET.as_millis(),
+        if reader { ", the config read every 10 ms throughout" } else { "" },
         ms(samples[0]),
         ms(samples[n / 2]),
         ms(samples[n - 1])

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const NOBODY: u32 = 65534;
 const OTHER: u32 = 4242;
 /// Debian's `users` group.
 const USERS_GID: u32 = 100;

@@ -12,29 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const S: fn(u64) -> Duration = Duration::from_secs;
-const NOBODY: u32 = 65534;
-
-/// Opens `n` connections to `socket` as `uid` and holds them; reports how
-/// many the daemon left open and how many it closed at once, then holds
-/// what is open until its stdin closes.
-const HOLDER: &str = r#"
-import select, socket, sys, time
-path, n, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = []
-for _ in range(n):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    socks.append(s)
-closed = set()
-deadline = time.monotonic() + 10
-while len(closed) < n - keep and time.monotonic() < deadline:
-    ready, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.2)
-    for s in ready:
-        if s.recv(1) == b"":
-            closed.add(s)
-print(n - len(closed), len(closed), flush=True)
-sys.stdin.read()
-"#;
 
 /// One uid that holds every connection it can get locks no one else out:
 /// past `max_connections_per_uid` its connections are closed at once (and

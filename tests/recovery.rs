@@ -9,20 +9,6 @@ use std::time::{Duration, Instant};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
-/// A token endpoint that accepts connections and never answers; they are
-/// held until the test ends.
-fn black_hole() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/token", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    url
-}
-
 fn states(doc: &serde_json::Value) -> Vec<(String, String, u64)> {
     doc["sources"]
         .as_array()

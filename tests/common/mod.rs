@@ -528,3 +528,17 @@ pub fn anchors(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// A token endpoint that accepts connections and never answers; they are
+/// held until the test ends.
+pub fn black_hole() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}

@@ -7,6 +7,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
+/// The uid (and gid) `nobody`: a caller with no rights.
+pub const NOBODY: u32 = 65534;
+
 /// True when running as root; else says `test` is skipped (it switches to
 /// other users) and the caller returns without running it.
 #[must_use]
@@ -62,3 +65,25 @@ pub async fn open_daemon(body: &str, server: &str) -> Daemon {
         .start()
         .await
 }
+
+/// Opens `n` connections to `socket` as `uid` and holds them; reports how
+/// many the daemon left open and how many it closed at once, then holds
+/// what is open until its stdin closes.
+pub const HOLDER: &str = r#"
+import select, socket, sys, time
+path, n, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    socks.append(s)
+closed = set()
+deadline = time.monotonic() + 10
+while len(closed) < n - keep and time.monotonic() < deadline:
+    ready, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.2)
+    for s in ready:
+        if s.recv(1) == b"":
+            closed.add(s)
+print(n - len(closed), len(closed), flush=True)
+sys.stdin.read()
+"#;
