@@ -13,16 +13,21 @@ use std::time::{Duration, SystemTime};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
-/// Debian's libfaketime (`apt install faketime`), if installed.
-fn libfaketime() -> Option<PathBuf> {
-    [
+/// Debian's libfaketime (`apt install faketime`), if installed; else
+/// says `test` is skipped.
+fn libfaketime_or_skip(test: &str) -> Option<PathBuf> {
+    let found = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/faketime/libfaketime.so.1",
     ]
     .into_iter()
     .map(PathBuf::from)
-    .find(|p| p.exists())
+    .find(|p| p.exists());
+    if found.is_none() {
+        eprintln!("skipping {test}: libfaketime is not installed (apt install faketime)");
+    }
+    found
 }
 
 /// A daemon whose wall clock is `offset` seconds from the real one, as
@@ -63,8 +68,9 @@ fn epoch_secs(rfc3339: &str) -> i64 {
 /// nothing (no refetch, no early death).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspend_never_serves_a_dead_token_and_a_step_back_changes_nothing() {
-    let Some(lib) = libfaketime() else {
-        eprintln!("SKIPPED: libfaketime is not installed (apt install faketime)");
+    let Some(lib) =
+        libfaketime_or_skip("a_suspend_never_serves_a_dead_token_and_a_step_back_changes_nothing")
+    else {
         return;
     };
     let idp = idp(S(600), &["a"]).await;
@@ -141,8 +147,9 @@ async fn a_suspend_never_serves_a_dead_token_and_a_step_back_changes_nothing() {
 /// a resume, even while the IdP is down and no new token can be written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_removes_a_sink_file_whose_token_is_dead_by_the_wall_clock() {
-    let Some(lib) = libfaketime() else {
-        eprintln!("SKIPPED: libfaketime is not installed (apt install faketime)");
+    let Some(lib) =
+        libfaketime_or_skip("a_resume_removes_a_sink_file_whose_token_is_dead_by_the_wall_clock")
+    else {
         return;
     };
     let idp = idp(S(600), &["a"]).await;

@@ -25,32 +25,6 @@ const HEALTHY: usize = 20;
 const FLAKY: usize = 10;
 const STUCK: usize = 8;
 
-/// Sends denied requests as fast as the daemon answers, for `secs`.
-const FLOOD: &str = r#"
-import socket, sys, time
-path, secs = sys.argv[1], float(sys.argv[2])
-end = time.monotonic() + secs
-while time.monotonic() < end:
-    try:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
-        f = s.makefile("rb")
-        for _ in range(200):
-            s.sendall(b"GET /v1/tokens/guarded HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            length = 0
-            f.readline()
-            while True:
-                h = f.readline()
-                if h in (b"\r\n", b""):
-                    break
-                if h.lower().startswith(b"content-length:"):
-                    length = int(h.split(b":")[1])
-            f.read(length)
-        s.close()
-    except OSError:
-        time.sleep(0.01)
-"#;
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -227,10 +201,11 @@ async fn thirty_seconds_of_chaos_never_serve_a_dead_token_nor_stall_the_daemon()
             .stdout(Stdio::null());
         let holder = run_as(&mut holder, NOBODY, NOBODY, &[]).spawn().unwrap();
         let mut flood = Command::new("python3");
-        flood
-            .args(["-c", FLOOD])
-            .arg(&socket)
-            .arg(CHAOS.as_secs().to_string());
+        flood.args(["-c", FLOOD]).arg(&socket).args([
+            "guarded",
+            "1000000000",
+            &CHAOS.as_secs().to_string(),
+        ]);
         let flood = run_as(&mut flood, NOBODY, NOBODY, &[]).spawn().unwrap();
         Some((holder, flood))
     } else {

@@ -87,3 +87,36 @@ while len(closed) < n - keep and time.monotonic() < deadline:
 print(n - len(closed), len(closed), flush=True)
 sys.stdin.read()
 "#;
+
+/// Asks `socket` for source NAME's token as fast as it answers, 200 a
+/// connection, until COUNT requests are answered or SECONDS have passed;
+/// prints how many were denied (403). Arguments: SOCKET NAME COUNT SECONDS.
+pub const FLOOD: &str = r#"
+import socket, sys, time
+path, name, n, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+request = b"GET /v1/tokens/" + name.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n"
+end = time.monotonic() + secs
+sent = denied = 0
+while sent < n and time.monotonic() < end:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        f = s.makefile("rb")
+        for _ in range(min(200, n - sent)):
+            s.sendall(request)
+            status = f.readline()
+            length = 0
+            while True:
+                h = f.readline()
+                if h in (b"\r\n", b""):
+                    break
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            f.read(length)
+            sent += 1
+            denied += b" 403 " in status
+        s.close()
+    except OSError:
+        time.sleep(0.01)
+print(denied)
+"#;
