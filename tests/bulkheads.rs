@@ -68,7 +68,7 @@ async fn one_uid_holding_connections_cannot_lock_the_others_out() {
             .contains("tokend_connections_refused_total{door=\"socket\",reason=\"per_uid\"} 134\n"),
         "{metrics}"
     );
-    let log = d.log();
+    let log = d.log_with("already holds max_connections_per_uid").await;
     assert_eq!(
         log.matches("already holds max_connections_per_uid").count(),
         1,
@@ -128,7 +128,7 @@ async fn a_flood_of_denials_is_one_line_a_minute() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let log = d.log();
+    let log = d.log_with("access denied").await;
     assert_eq!(log.matches("access denied").count(), 1, "{log}");
     assert_eq!(d.get("/v1/tokens/a").await.status(), 200, "root is served");
 }

@@ -151,8 +151,10 @@ async fn every_refusal_says_what_to_configure() {
     .await;
     assert_eq!(status, 400);
     // Denials are logged with the app (or its absence).
-    assert!(d.log().contains("app=\"no app\""), "{}", d.log());
-    assert!(d.log().contains("app=billing"), "{}", d.log());
+    d.log_when("both denials", |log| {
+        log.contains("app=\"no app\"") && log.contains("app=billing")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -353,7 +355,7 @@ async fn wrong_headers_are_logged_once_a_minute_per_door_not_once_each() {
     for _ in 0..200 {
         assert_eq!(mi_get(port, Some("guess"), &q(GRAPH)).await.0, 401);
     }
-    let log = d.log();
+    let log = d.log_with("managed-identity request refused").await;
     let lines = log
         .lines()
         .filter(|l| l.contains("managed-identity request refused"))

@@ -210,8 +210,29 @@ impl Daemon {
         panic!("tokend did not start within 10 s:\n{}", self.log());
     }
 
+    /// The log as written so far. Lines reach it through the daemon's log
+    /// thread, a moment after what they report: to see a line the test
+    /// just caused, use [`Daemon::log_with`].
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tokend.log")).unwrap_or_default()
+    }
+
+    /// The log once it holds `needle` (up to 5 s); the panic shows it.
+    pub async fn log_with(&self, needle: &str) -> String {
+        self.log_when(needle, |log| log.contains(needle)).await
+    }
+
+    /// The log once `pred` holds for it (up to 5 s); the panic shows it.
+    pub async fn log_when(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        match poll_within(Duration::from_secs(5), async || {
+            let log = self.log();
+            pred(&log).then_some(log)
+        })
+        .await
+        {
+            Some(log) => log,
+            None => panic!("the log never showed {what}:\n{}", self.log()),
+        }
     }
 
     /// The daemon's stderr, with [`Builder::piped_stderr`].
