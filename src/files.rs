@@ -7,7 +7,9 @@
 //! and read cannot fool it) that it is a regular file of bounded size, and
 //! reads at most that much.
 
+use std::ffi::OsStr;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -34,42 +36,87 @@ impl ReadError {
 
 /// Reads `path` if it is a regular file of at most `limit` bytes.
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let mut file = std::fs::OpenOptions::new()
+    open_regular(path)?.read(limit)
+}
+
+/// A regular file, open for reading; what is judged about it is judged on
+/// this descriptor ([`crate::trust::Facts::of`]).
+pub struct Opened {
+    file: std::fs::File,
+    len: u64,
+}
+
+/// Opens `path` if it is a regular file (following links).
+pub fn open_regular(path: &Path) -> Result<Opened, ReadError> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         // A FIFO opens at once instead of waiting for a writer.
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    let meta = file.metadata()?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        return Err(ReadError::NotRegular(if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_char_device() || kind.is_block_device() {
-            "a device"
-        } else if kind.is_dir() {
-            "a directory"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a special file"
-        }));
+    Opened::new(file)
+}
+
+/// Opens `name` in the open directory `dir` if it is a regular file: the
+/// file is the one in that directory, whatever is renamed meanwhile.
+pub fn open_regular_at(dir: impl AsFd, name: &OsStr) -> Result<Opened, ReadError> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    Opened::new(std::fs::File::from(fd))
+}
+
+impl Opened {
+    fn new(file: std::fs::File) -> Result<Opened, ReadError> {
+        let meta = file.metadata()?;
+        let kind = meta.file_type();
+        if !kind.is_file() {
+            return Err(ReadError::NotRegular(if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else if kind.is_dir() {
+                "a directory"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a special file"
+            }));
+        }
+        Ok(Opened {
+            file,
+            len: meta.len(),
+        })
     }
-    if meta.len() > limit {
-        return Err(ReadError::TooLarge {
-            size: meta.len(),
-            limit,
-        });
+
+    /// The descriptor, for [`crate::trust::Facts::of`].
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
-    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    // The file may grow after the check: never read past the limit.
-    file.by_ref().take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(ReadError::TooLarge {
-            size: buf.len() as u64,
-            limit,
-        });
+
+    /// Reads the whole file, if it holds at most `limit` bytes.
+    pub fn read(mut self, limit: u64) -> Result<Vec<u8>, ReadError> {
+        if self.len > limit {
+            return Err(ReadError::TooLarge {
+                size: self.len,
+                limit,
+            });
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        // The file may grow after the check: never read past the limit.
+        self.file.by_ref().take(limit + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > limit {
+            return Err(ReadError::TooLarge {
+                size: buf.len() as u64,
+                limit,
+            });
+        }
+        Ok(buf)
     }
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -42,3 +42,4 @@ pub mod systemd;
 pub mod text;
 pub mod timefmt;
 pub mod token;
+pub mod trust;

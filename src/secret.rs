@@ -119,6 +119,10 @@ pub enum SecretError {
     },
     #[error("secret file {} is not UTF-8 text", crate::text::path(.0))]
     NotText(PathBuf),
+    /// Someone besides root and the daemon's user could change the file
+    /// (docs/security.md, "What tokend trusts"): it is not read.
+    #[error("{}", .0.message)]
+    Untrusted(crate::problem::Problem),
     #[error("environment variable {0} is not set")]
     Env(String),
     #[error("credential {0} requested but $CREDENTIALS_DIRECTORY is not set (is the daemon running under systemd with LoadCredential=?)")]
@@ -224,12 +228,17 @@ impl SecretRef {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         // The bytes read are wiped as soon as they are hashed.
-        let read = |p: PathBuf, h: &mut std::collections::hash_map::DefaultHasher| {
-            match crate::files::read_regular(&p, MAX_SECRET_FILE).map(Zeroizing::new) {
-                Ok(bytes) => (0u8, bytes.as_slice()).hash(h),
-                Err(e) => (1u8, e.kind()).hash(h),
-            }
-        };
+        // A file refused for who may change it hashes as refused, so the
+        // chown or chmod that fixes it is a change.
+        let read =
+            |p: PathBuf, h: &mut std::collections::hash_map::DefaultHasher| match read_file(&p)
+                .map(Zeroizing::new)
+            {
+                Ok(text) => (0u8, text.as_bytes()).hash(h),
+                Err(SecretError::File { source, .. }) => (1u8, source.kind()).hash(h),
+                Err(SecretError::Untrusted(p)) => (2u8, p.message).hash(h),
+                Err(_) => 3u8.hash(h),
+            };
         match self {
             SecretRef::Inline(s) => s.expose_secret().hash(&mut h),
             SecretRef::Env(n) => env.var(n).map(Zeroizing::new).as_deref().hash(&mut h),
@@ -274,15 +283,31 @@ fn non_empty(s: String, from: &SecretRef) -> Result<SecretString, SecretError> {
 /// bytes. A FIFO, a device or a huge file is an error at once, never a read
 /// that blocks.
 fn read_file(path: &std::path::Path) -> Result<String, SecretError> {
-    let bytes =
-        crate::files::read_regular(path, MAX_SECRET_FILE).map_err(|source| SecretError::File {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let failed = |source| SecretError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let opened = crate::files::open_regular(path).map_err(failed)?;
+    let facts = crate::trust::Facts::of(opened.fd()).map_err(|e| failed(e.into()))?;
+    if let Some(p) = untrusted(path, &facts) {
+        return Err(SecretError::Untrusted(p));
+    }
+    let bytes = opened.read(MAX_SECRET_FILE).map_err(failed)?;
     String::from_utf8(bytes).map_err(|e| {
         zeroize::Zeroize::zeroize(&mut e.into_bytes());
         SecretError::NotText(path.to_path_buf())
     })
+}
+
+/// Who could change a secret file, if anyone should not (see
+/// [`crate::trust::untrusted`]).
+pub fn untrusted(path: &Path, facts: &crate::trust::Facts) -> Option<crate::problem::Problem> {
+    crate::trust::untrusted(
+        path,
+        facts,
+        "secret file",
+        "whoever can change it decides what tokend sends as the secret",
+    )
 }
 
 /// Fingerprints secrets for one look at the configuration, reading each

@@ -23,8 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "token", "problem", "text", "acl", "cert", "secret", "entra", "expiry", "files",
-            "heap", "timefmt", "clock", "jwt", "logging", "metrics", "systemd", "cores",
+            "token", "problem", "text", "acl", "trust", "cert", "secret", "entra", "expiry",
+            "files", "heap", "timefmt", "clock", "jwt", "logging", "metrics", "systemd", "cores",
         ],
     ),
 ];

@@ -8,10 +8,13 @@
 //! it to the value it came from.
 
 use super::Diagnostic;
-use crate::files::{read_regular, ReadError};
+use crate::files::{open_regular, open_regular_at, Opened, ReadError};
 use crate::problem::Problem;
+use crate::trust::Facts;
 use serde::Deserialize;
+use std::ffi::OsStr;
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -26,9 +29,10 @@ pub(super) struct File {
     pub shared: Option<bool>,
     /// Who else could change it, if anyone (see [`untrusted`]).
     pub untrusted: Option<Problem>,
-    /// Its mode, owner and group as read (`None` when not read from disk):
-    /// part of the config's digest, so a `chmod` or `chown` is a change.
-    pub attrs: Option<(u32, u32, u32)>,
+    /// Its mode, owner, group and ACL as read (`None` when not read from
+    /// disk): part of the config's digest, so a `chmod`, `chown` or
+    /// `setfacl` is a change.
+    pub attrs: Option<Facts>,
     /// Where each line starts, made at the first diagnostic: placing a
     /// problem is a binary search, not a scan from the top (40,000 sources
     /// with one warning each would otherwise take minutes).
@@ -41,19 +45,29 @@ pub const MAX_CONFIG_FILE: u64 = 16 * 1024 * 1024;
 impl File {
     /// Reads `path` from disk: a regular file of at most [`MAX_CONFIG_FILE`].
     pub fn read(path: &Path) -> Result<File, ReadError> {
-        let bytes = read_regular(path, MAX_CONFIG_FILE)?;
-        let meta = std::fs::metadata(path)?;
+        File::judged(path, open_regular(path)?)
+    }
+
+    /// Reads `name` in the open include directory `dir`, shown as `path`.
+    pub fn read_at(dir: impl AsFd, name: &OsStr, path: &Path) -> Result<File, ReadError> {
+        File::judged(path, open_regular_at(dir, name)?)
+    }
+
+    /// Reads an opened file and judges it by what its descriptor says:
+    /// the file judged is the file read.
+    fn judged(path: &Path, opened: Opened) -> Result<File, ReadError> {
+        let facts = Facts::of(opened.fd())?;
+        let bytes = opened.read(MAX_CONFIG_FILE)?;
         let text = String::from_utf8(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text")
         })?;
-        use std::os::unix::fs::MetadataExt;
         let mut file = File::new(
             path.to_path_buf(),
             text,
-            Some(shared(&meta)),
-            untrusted(path, &meta, "file"),
+            Some(crate::trust::other_readers(&facts).is_some()),
+            untrusted(path, &facts, "file"),
         );
-        file.attrs = Some((meta.mode(), meta.uid(), meta.gid()));
+        file.attrs = Some(facts);
         Ok(file)
     }
 
@@ -88,56 +102,15 @@ impl File {
     }
 }
 
-/// Who may change a config file or the include directory, as sshd's
-/// StrictModes judges its files (docs/config.md, "The file"): after
-/// following links, it must belong to root or the daemon's user, and no
-/// one else may write it (a group only if it is root's or the daemon's).
-/// Anyone who could would define a source that sends a real secret to an
-/// endpoint of theirs.
-pub fn untrusted(path: &Path, meta: &std::fs::Metadata, what: &str) -> Option<Problem> {
-    use std::os::unix::fs::MetadataExt;
-    let me = nix::unistd::geteuid().as_raw();
-    let my_group = nix::unistd::getegid().as_raw();
-    let shown = crate::text::path(path);
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != 0 && meta.uid() != me {
-        return Some(Problem::new(
-            format!("config {what} {shown} belongs to uid {}, not to root or tokend's user: its owner could define sources", meta.uid()),
-            format!("chown root {shown}"),
-        ));
-    }
-    if mode & 0o002 != 0 {
-        return Some(Problem::new(
-            format!("config {what} {shown} can be written by anyone (mode {mode:04o})"),
-            format!("chmod o-w {shown}"),
-        ));
-    }
-    if mode & 0o020 != 0 && meta.gid() != 0 && meta.gid() != my_group {
-        return Some(Problem::new(
-            format!("config {what} {shown} can be written by group {} (mode {mode:04o}), which is neither root's nor tokend's", meta.gid()),
-            format!("chmod g-w {shown}"),
-        ));
-    }
-    None
-}
-
-/// Whether a file's mode lets anyone but root and its owner read it. A
-/// group with no members but the users it is the primary group of (a user
-/// private group, such as the `tokend` group the package makes for the
-/// daemon's configuration) shares nothing.
-fn shared(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode();
-    if mode & 0o007 != 0 {
-        return true;
-    }
-    mode & 0o070 != 0 && !private_group(meta.gid())
-}
-
-fn private_group(gid: u32) -> bool {
-    matches!(
-        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
-        Ok(Some(group)) if group.mem.is_empty()
+/// Who may change a config file or the include directory (see
+/// [`crate::trust::untrusted`]): anyone who could would define a source
+/// that sends a real secret to an endpoint of theirs.
+pub fn untrusted(path: &Path, facts: &Facts, what: &str) -> Option<Problem> {
+    crate::trust::untrusted(
+        path,
+        facts,
+        &format!("config {what}"),
+        "whoever can change it could define sources",
     )
 }
 

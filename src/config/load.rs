@@ -6,8 +6,12 @@
 use super::diag::{At, Diagnostics, File};
 use super::raw::{RawManagedIdentity, RawServer, RawSource};
 use super::{Config, ConfigError};
+use crate::files::ReadError;
+use crate::trust::Facts;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -38,15 +42,44 @@ pub fn valid_source_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
-/// The `*.toml` files of an include directory, in name order.
-pub(super) fn include_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+/// An include directory as read through one descriptor: what it is, and
+/// each of its `*.toml` files in name order, opened in it (`openat`), so
+/// what is judged is what is listed and what is read, whatever is renamed
+/// meanwhile. Entries that are not regular files (a directory, a FIFO, a
+/// dangling link) are left out.
+pub(super) struct Includes {
+    pub facts: Facts,
+    pub files: Vec<(PathBuf, Result<File, ReadError>)>,
+}
+
+pub(super) fn read_includes(dir: &Path) -> std::io::Result<Includes> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let facts = Facts::of(&fd)?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let name = OsStr::from_bytes(entry?.file_name().to_bytes()).to_os_string();
+        if Path::new(&name).extension().is_some_and(|x| x == "toml") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let files = names
+        .into_iter()
+        .filter_map(|name| {
+            let path = dir.join(&name);
+            match File::read_at(&fd, &name, &path) {
+                Err(ReadError::NotRegular(_)) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                read => Some((path, read)),
+            }
+        })
         .collect();
-    paths.sort();
-    Ok(paths)
+    Ok(Includes { facts, files })
 }
 
 /// The main file's top-level keys other than `sources`.
@@ -155,11 +188,12 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
             .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
         return Err(ConfigError::Invalid(d.errors, d.named));
     }
-    let digest = super::digest(
-        d.files
-            .iter()
-            .map(|f| (f.path.as_path(), Some((f.text.as_bytes(), f.attrs)))),
-    );
+    let digest = super::digest(d.files.iter().map(|f| {
+        (
+            f.path.as_path(),
+            Some((f.text.as_bytes(), f.attrs.as_ref())),
+        )
+    }));
     Ok(Config {
         digest,
         path: d.files[0].path.clone(),
@@ -298,16 +332,8 @@ fn refused(path: &Path, why: &crate::problem::Problem) -> super::Diagnostic {
 
 /// Loads every `*.toml` in `dir`, in name order, into `found`.
 fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec<PathBuf> {
-    let unsafe_dir = std::fs::metadata(dir)
-        .ok()
-        .and_then(|m| super::diag::untrusted(dir, &m, "directory"));
-    if let Some(p) = unsafe_dir {
-        // Anyone who can write it can add a file: none is loaded.
-        d.error(&At::new(0, 0..0), p.message, p.hint);
-        return Vec::new();
-    }
-    let paths = match include_files(dir) {
-        Ok(p) => p,
+    let includes = match read_includes(dir) {
+        Ok(i) => i,
         Err(e) => {
             d.error(
                 &At::new(0, 0..0),
@@ -320,12 +346,19 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
             return Vec::new();
         }
     };
-    for path in &paths {
-        let file = match File::read(path) {
+    if let Some(p) = super::diag::untrusted(dir, &includes.facts, "directory") {
+        // Anyone who can write it can add a file: none is loaded.
+        d.error(&At::new(0, 0..0), p.message, p.hint);
+        return Vec::new();
+    }
+    let mut paths = Vec::new();
+    for (path, read) in includes.files {
+        paths.push(path.clone());
+        let file = match read {
             Ok(f) => f,
             Err(e) => {
                 d.errors.push(super::Diagnostic {
-                    file: path.clone(),
+                    file: path,
                     line: 1,
                     col: 1,
                     message: format!("cannot read: {e}"),
@@ -335,7 +368,7 @@ fn load_includes(d: &mut Diagnostics, dir: &Path, found: &mut Vec<Found>) -> Vec
             }
         };
         if let Some(p) = &file.untrusted {
-            d.errors.push(refused(path, p));
+            d.errors.push(refused(&path, p));
             continue;
         }
         let idx = d.add_file(file);

@@ -11,6 +11,10 @@ use crate::secret::SecretRef;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+/// The shortest inline `header` accepted: a value the app sends as its
+/// password must not be guessable.
+const MIN_HEADER: usize = 16;
+
 /// Validates `[managed_identity]` (main file) against the sources: `valid`
 /// are those that validated, `defined` every name declared (a source that
 /// failed has its own error already).
@@ -78,8 +82,18 @@ pub(super) fn managed_identity(
             }
             Some(h) => match SecretRef::parse(h.get_ref().clone(), "header") {
                 Ok(r) => {
-                    if let SecretRef::Inline(_) = r {
-                        super::source::warn_if_readable(d, &At::of(MAIN, &h), "header");
+                    let at = At::of(MAIN, &h);
+                    match &r {
+                        SecretRef::Inline(v) if secrecy::ExposeSecret::expose_secret(v).len() < MIN_HEADER => d.error(
+                            &at,
+                            format!("app `{name}`'s inline header is shorter than {MIN_HEADER} bytes: it could be guessed"),
+                            Some(format!("use a random value of at least {MIN_HEADER} bytes (openssl rand -hex 32), better in a file: header = {{ file = \"/etc/tokend/mi/{name}.key\" }}")),
+                        ),
+                        SecretRef::Inline(_) => super::source::warn_if_readable(d, &at, "header"),
+                        SecretRef::File(p) => {
+                            super::source::judge_secret_file(d, &at, p);
+                        }
+                        _ => {}
                     }
                     Some(r)
                 }

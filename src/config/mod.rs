@@ -484,13 +484,13 @@ pub fn load_nonempty(path: &Path) -> Result<Config, ConfigError> {
     load::run(main)
 }
 
-/// What a file read for the digest holds: its bytes, and its mode, owner
-/// and group when read from disk.
-type Read<'a> = (&'a [u8], Option<(u32, u32, u32)>);
+/// What a file read for the digest holds: its bytes, and its mode, owner,
+/// group and ACL when read from disk.
+type Read<'a> = (&'a [u8], Option<&'a crate::trust::Facts>);
 
-/// A hash of config files' paths, contents, modes and owners, in load
-/// order (`None` for a file that could not be read): a `chmod` that makes
-/// a refused include acceptable, or one that makes an accepted one
+/// A hash of config files' paths, contents, modes, owners and ACLs, in
+/// load order (`None` for a file that could not be read): a `chmod` that
+/// makes a refused include acceptable, or one that makes an accepted one
 /// unsafe, is a change.
 fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<Read<'a>>)>) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -506,16 +506,14 @@ fn digest<'a>(files: impl IntoIterator<Item = (&'a Path, Option<Read<'a>>)>) -> 
 /// include directory `include_dir` (read as the loader reads it). Equal to
 /// the running config's digest exactly when the files hold what was parsed.
 pub fn disk_digest(main: &Path, include_dir: &Path) -> u64 {
-    let read = |p: &Path| diag::File::read(p).ok();
-    let mut files = vec![(main.to_path_buf(), read(main))];
-    for p in load::include_files(include_dir).unwrap_or_default() {
-        let file = read(&p);
-        files.push((p, file));
+    let mut files = vec![(main.to_path_buf(), diag::File::read(main).ok())];
+    if let Ok(includes) = load::read_includes(include_dir) {
+        files.extend(includes.files.into_iter().map(|(p, f)| (p, f.ok())));
     }
     digest(files.iter().map(|(p, f)| {
         (
             p.as_path(),
-            f.as_ref().map(|f| (f.text.as_bytes(), f.attrs)),
+            f.as_ref().map(|f| (f.text.as_bytes(), f.attrs.as_ref())),
         )
     }))
 }

@@ -358,7 +358,12 @@ fn credential(
     }
     if let Some(a) = &raw.client_assertion {
         return match SecretRef::parse(a.get_ref().clone(), "client_assertion") {
-            Ok(r) => Some(Credential::Assertion(r)),
+            Ok(r) => {
+                if let SecretRef::File(p) = &r {
+                    judge_secret_file(d, &At::of(file, a), p);
+                }
+                Some(Credential::Assertion(r))
+            }
             Err(p) => {
                 d.problem(&At::of(file, a), p);
                 None
@@ -409,6 +414,7 @@ fn certificate(
     d.named.push(cert_path.clone());
     if let SecretRef::File(k) = &key {
         d.named.push(k.clone());
+        judge_secret_file(d, at, k);
     }
     let cert = match crate::cert::Certificate::load(&cert_path) {
         Ok(c) => c,
@@ -564,6 +570,35 @@ fn ca_file(d: &mut Diagnostics, file: usize, v: &Spanned<String>) -> Option<CaFi
     }
 }
 
+/// Judges a secret file as the daemon will when it reads it: refused if
+/// someone besides root and the daemon's user could change it, a warning
+/// if someone else could read it. Its text if it could be read (a file
+/// not there yet is the daemon's business when it runs).
+pub(super) fn judge_secret_file(
+    d: &mut Diagnostics,
+    at: &At,
+    path: &std::path::Path,
+) -> Option<zeroize::Zeroizing<String>> {
+    let opened = crate::files::open_regular(path).ok()?;
+    let facts = crate::trust::Facts::of(opened.fd()).ok()?;
+    if let Some(p) = crate::secret::untrusted(path, &facts) {
+        d.problem(at, p);
+        return None;
+    }
+    if let Some(who) = crate::trust::other_readers(&facts) {
+        let shown = crate::text::path(path);
+        d.warn(
+            at,
+            format!("secret file {shown} can be read by {who}"),
+            Some(format!("let only root and the daemon read it: chmod 600 {shown} (or 640 with a group only the daemon is in, such as root:tokend)")),
+        );
+    }
+    let bytes = zeroize::Zeroizing::new(opened.read(crate::secret::MAX_SECRET_FILE).ok()?);
+    std::str::from_utf8(&bytes)
+        .ok()
+        .map(|v| zeroize::Zeroizing::new(v.to_string()))
+}
+
 /// Warnings, before any request, for secrets that a copy-paste got wrong:
 /// an Entra secret shaped like a GUID is the secret's ID, not its Value;
 /// surrounding whitespace or quotes came along with the value.
@@ -571,14 +606,9 @@ fn lint_secret(d: &mut Diagnostics, at: &At, r: &SecretRef, provider: Provider) 
     // Looked at, then wiped: the lint keeps no copy of the secret.
     let value: Option<zeroize::Zeroizing<String>> = match r {
         SecretRef::Inline(s) => Some(secrecy::ExposeSecret::expose_secret(s).to_string().into()),
-        SecretRef::File(p) => crate::files::read_regular(p, crate::secret::MAX_SECRET_FILE)
-            .ok()
-            .map(zeroize::Zeroizing::new)
-            .and_then(|b| {
-                std::str::from_utf8(&b)
-                    .ok()
-                    .map(|v| crate::secret::strip_newline(v).to_string().into())
-            }),
+        SecretRef::File(p) => {
+            judge_secret_file(d, at, p).map(|v| crate::secret::strip_newline(&v).to_string().into())
+        }
         // Not readable before the daemon runs (or not this user's to read).
         SecretRef::Env(_) | SecretRef::Credential(_) => None,
     };

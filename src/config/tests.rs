@@ -641,6 +641,7 @@ mod credentials {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("s");
         std::fs::write(&f, "0B6E3A52-8F1D-4C7A-9E4B-2D5F6A7B8C9D\n").unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let c = load_str(
             &format!("{azure}client_secret = {{ file = \"{}\" }}\n", f.display()),
             Path::new("t"),
@@ -657,7 +658,7 @@ mod credentials {
 /// client_secret: in a file others can read, it earns the same warning.
 #[test]
 fn inline_managed_identity_header_in_a_readable_file_warns() {
-    let text = format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = \"h3ader-value\"\nsources = [\"api\"]\n");
+    let text = format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = \"h3ader-value-long-enough\"\nsources = [\"api\"]\n");
     let c = load_str(&text, Path::new("t"), Some(0o644)).unwrap();
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     let w = c.warnings[0].to_string();
@@ -665,9 +666,24 @@ fn inline_managed_identity_header_in_a_readable_file_warns() {
         w.contains("plain header in a config file that others can read"),
         "{w}"
     );
-    assert!(!w.contains("h3ader-value"), "{w}");
+    assert!(!w.contains("h3ader-value-long-enough"), "{w}");
     let c = load_str(&text, Path::new("t"), Some(0o600)).unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+/// A header short enough to guess is refused, naming the app and never
+/// the value.
+#[test]
+fn a_short_inline_header_is_refused() {
+    let text = format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = \"x\"\nsources = [\"api\"]\n");
+    let e = load_str(&text, Path::new("t"), Some(0o600))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("app `jira`'s inline header is shorter than 16 bytes")
+            && e.contains("openssl rand -hex 32"),
+        "{e}"
+    );
 }
 
 #[test]

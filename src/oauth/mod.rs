@@ -71,6 +71,7 @@ impl FetchError {
         match self {
             FetchError::Secret(SecretError::File { .. } | SecretError::NotText(_)) => Some("check that the secret file exists, is a regular text file of at most 64 KiB, and that the tokend user may read it".into()),
             FetchError::Secret(SecretError::Env(_)) => Some("set the variable in the daemon's environment (systemd: Environment= or EnvironmentFile=)".into()),
+            FetchError::Secret(SecretError::Untrusted(p)) => p.hint.clone(),
             FetchError::Secret(_) => Some("put the client secret where the source's client_secret points".into()),
             FetchError::Timeout { .. } => Some("the identity provider is slow or unreachable; raise fetch_timeout or check the network path and proxy (HTTPS_PROXY)".into()),
             FetchError::Connect { detail, .. } if detail.contains("UnknownIssuer") => Some("the server's certificate is not signed by a CA this host trusts: for a private CA, set ca_file to its PEM certificate (or add it to the system's CA store)".into()),
