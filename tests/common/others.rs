@@ -120,3 +120,89 @@ while sent < n and time.monotonic() < end:
         time.sleep(0.01)
 print(denied)
 "#;
+
+/// A group made for one test, removed when dropped (needs root).
+pub struct TempGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// A user made for one test, removed when dropped (needs root): no home,
+/// no login shell.
+pub struct TempUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn account_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    // At most 32 characters, as useradd wants.
+    format!(
+        "tkd{}{}{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sbin(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TempGroup {
+    pub fn new(tag: &str) -> TempGroup {
+        let name = account_name(tag);
+        sbin("groupadd", &["--system", &name]);
+        let gid = nix::unistd::Group::from_name(&name)
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        TempGroup { name, gid }
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).output();
+    }
+}
+
+impl TempUser {
+    /// A user whose primary group is `group` (else `nogroup`).
+    pub fn new(tag: &str, group: Option<&TempGroup>) -> TempUser {
+        let name = account_name(tag);
+        let primary = group.map_or("nogroup", |g| g.name.as_str());
+        sbin(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--gid",
+                primary,
+                &name,
+            ],
+        );
+        let u = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        TempUser {
+            name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
