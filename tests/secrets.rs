@@ -196,6 +196,131 @@ async fn an_echoed_secret_is_scrubbed_in_every_encoding_and_field() {
     }
 }
 
+/// The secret of the issue that found the gaps: a space, `+`, `/`, `:`,
+/// `&`, `<`, `>`, `"`, `%` and a backslash, each a different escape.
+const AWKWARD: &str = "Sup3r Secret+/:&<>\"%\\x-val";
+
+/// An adversarial token endpoint: it takes the secret from what it was
+/// sent (Basic or the form) and echoes it back transformed, split by a
+/// newline, `%20`-encoded, with lowercase `%2b`, HTML-escaped, as
+/// base64url, as hex, and its first half; on `/ok` in a 200's `scope`, on
+/// any other path in a 401's `error_description`.
+fn transforming_endpoint() -> u16 {
+    use base64::Engine;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let (mut path, mut len, mut basic) = (String::new(), 0, None);
+            while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                let l = line.trim_end().to_string();
+                line.clear();
+                if l.is_empty() {
+                    break;
+                }
+                let lower = l.to_lowercase();
+                if let Some(rest) = l.strip_prefix("POST ") {
+                    path = rest.split(' ').next().unwrap_or_default().to_string();
+                } else if let Some(v) = lower.strip_prefix("content-length: ") {
+                    len = v.parse().unwrap_or(0);
+                } else if lower.starts_with("authorization: basic ") {
+                    basic = Some(l["authorization: basic ".len()..].to_string());
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let from_form = url::form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "client_secret")
+                .map(|(_, v)| v.into_owned());
+            let from_basic = basic.and_then(|b| {
+                let raw = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+                let pair = String::from_utf8(raw).ok()?;
+                let (_, secret) = pair.split_once(':')?;
+                Some(
+                    url::form_urlencoded::parse(format!("s={secret}").as_bytes())
+                        .next()?
+                        .1
+                        .into_owned(),
+                )
+            });
+            let secret = from_form.or(from_basic).unwrap_or_default();
+            let plus: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            let forms = [
+                secret.replacen(' ', "\n", 1),
+                plus.replace('+', "%20"),
+                plus.replace("%2B", "%2b"),
+                secret
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;"),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret),
+                secret.bytes().map(|b| format!("{b:02x}")).collect(),
+                secret[..secret.len() / 2].to_string(),
+            ]
+            .join(" ; ");
+            let (status, answer) = if path == "/ok" {
+                (
+                    "200 OK",
+                    serde_json::json!({"access_token": "t0k3n", "token_type": "Bearer", "expires_in": 600, "scope": forms}),
+                )
+            } else {
+                (
+                    "401 Unauthorized",
+                    serde_json::json!({"error": "invalid_client", "error_description": format!("you sent: {forms}")}),
+                )
+            };
+            let answer = answer.to_string();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    port
+}
+
+/// Whatever transform an endpoint applies to the secret it echoes, into
+/// an error or into a success's `scope`, no run of 12 of its characters
+/// reaches status or the log (docs/security.md).
+#[tokio::test]
+async fn a_transformed_echo_of_the_secret_is_scrubbed_too() {
+    let port = transforming_endpoint();
+    let body = [("ok", "client_secret_post"), ("fail", "client_secret_basic")]
+        .iter()
+        .map(|(path, m)| {
+            format!(
+                "[sources.{path}]\ntoken_url = \"http://127.0.0.1:{port}/{path}\"\nclient_id = \"echo\"\nclient_secret = {{ env = \"ECHO_SECRET\" }}\nauth_method = \"{m}\"\n"
+            )
+        })
+        .collect::<String>();
+    let d = daemon(&body).env("ECHO_SECRET", AWKWARD).start().await;
+    wait_for_status(&d, "/v1/tokens/fail", 503).await;
+    assert_eq!(d.get("/v1/tokens/ok").await.status(), 200);
+    let runs: Vec<&[u8]> = AWKWARD.as_bytes().windows(12).collect();
+    for name in ["ok", "fail"] {
+        let shown = format!(
+            "{}{}",
+            d.get(&format!("/v1/sources/{name}")).await.text(),
+            d.get(&format!("/v1/tokens/{name}")).await.text()
+        );
+        assert!(shown.contains("[REDACTED]"), "the echo arrived: {shown}");
+        for w in &runs {
+            let w = String::from_utf8_lossy(w);
+            assert!(!shown.contains(&*w), "{w:?} in {shown}");
+        }
+    }
+    let log = d.log_with("you sent").await;
+    for w in &runs {
+        let w = String::from_utf8_lossy(w);
+        assert!(!log.contains(&*w), "{w:?} in the log");
+    }
+}
+
 /// How many times `needle` is in the writable memory of process `pid`
 /// (heap, stacks, anonymous mappings), read through /proc/PID/mem.
 fn copies_in_memory(pid: i32, needle: &[u8]) -> usize {

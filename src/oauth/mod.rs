@@ -12,6 +12,7 @@
 pub mod assertion;
 pub mod discovery;
 pub mod response;
+pub mod scrub;
 pub mod tls;
 
 use crate::clock::Moment;
@@ -348,15 +349,9 @@ impl TokenClient {
             .post(endpoint.clone())
             .timeout(src.fetch_timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        // What the server might echo back into an error: the secret in
-        // every encoding that goes out (raw, form-urlencoded, Basic).
-        let mut sent: Vec<zeroize::Zeroizing<String>> = Vec::new();
         let secret = match &auth {
             ClientAuth::Basic(secret) => {
                 let header = basic_auth(&src.client_id, secret);
-                if let Some(b64) = header.to_str().ok().and_then(|h| h.strip_prefix("Basic ")) {
-                    sent.push(zeroize::Zeroizing::new(b64.to_string()));
-                }
                 req = req.header(reqwest::header::AUTHORIZATION, header);
                 Some(secret)
             }
@@ -377,16 +372,10 @@ impl TokenClient {
                 None
             }
         };
-        if let Some(secret) = secret {
-            let raw = secret.expose_secret();
-            sent.push(zeroize::Zeroizing::new(raw.to_string()));
-            sent.push(zeroize::Zeroizing::new(
-                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect(),
-            ));
-            sent.push(zeroize::Zeroizing::new(
-                base64::engine::general_purpose::STANDARD.encode(raw),
-            ));
-        }
+        // What the server might echo back into an error, in any encoding
+        // (the Basic credential, the form, HTML, base64 …).
+        let scrub =
+            scrub::Scrubber::new(&secret.iter().map(|s| s.expose_secret()).collect::<Vec<_>>());
         let req = req
             .header(
                 reqwest::header::CONTENT_TYPE,
@@ -420,14 +409,16 @@ impl TokenClient {
         if !(200..300).contains(&status) {
             // An IdP that echoes what it was sent must not put the secret
             // into status or the log.
-            let sent: Vec<&str> = sent.iter().map(|s| s.as_str()).collect();
-            let e = response::parse_error_scrubbed(status, &body, &sent);
+            let e = response::parse_error_scrubbed(status, &body, &scrub);
             return Err(FetchError::Endpoint(Box::new(e), retry_after));
         }
-        let parsed = response::parse_token(&body).map_err(|detail| FetchError::BadResponse {
-            url: url.clone(),
-            detail: format!("HTTP {status}: {detail}"),
-        })?;
+        let mut parsed =
+            response::parse_token(&body).map_err(|detail| FetchError::BadResponse {
+                url: url.clone(),
+                detail: format!("HTTP {status}: {detail}"),
+            })?;
+        // The granted scope is shown in status answers: an echo there too.
+        parsed.scope = parsed.scope.map(|s| scrub.scrub(&s));
         token_from_response(parsed, scope, issued, Moment::now()).map_err(|detail| {
             FetchError::Expired {
                 url: url.clone(),

@@ -2,6 +2,7 @@
 //! error body of §5.2 with Entra's additions. Input is untrusted: every
 //! failure is a value, never a panic.
 
+use super::scrub::Scrubber;
 use crate::entra;
 use crate::text::clip;
 use serde::Deserialize;
@@ -171,52 +172,41 @@ struct RawError {
     correlation_id: Option<Value>,
 }
 
-/// A string field, with every `sent` value replaced, then clipped (so no
-/// part of a secret survives the cut either).
-fn text(v: Option<Value>, max: usize, sent: &[&str]) -> Option<String> {
+/// A string field with every secret cut out (see [`Scrubber`]), then
+/// clipped: the scrub sees the whole field, so no part of a secret
+/// survives the cut either.
+fn text(v: Option<Value>, max: usize, scrub: &Scrubber) -> Option<String> {
     match v {
-        Some(Value::String(s)) if !s.is_empty() => Some(clip(&scrub(&s, sent), max)),
+        Some(Value::String(s)) if !s.is_empty() => Some(clip(&scrub.scrub(&s), max)),
         _ => None,
     }
 }
 
-/// `text` with each of `sent` (at least 4 characters long) replaced by
-/// `[REDACTED]`.
-pub fn scrub(text: &str, sent: &[&str]) -> String {
-    let mut out = text.to_string();
-    for s in sent.iter().filter(|s| s.len() >= 4) {
-        if out.contains(*s) {
-            out = out.replace(*s, "[REDACTED]");
-        }
-    }
-    out
-}
-
 /// Parses a non-2xx body; any body (HTML, empty, garbage) gives a usable error.
 pub fn parse_error(status: u16, body: &[u8]) -> EndpointError {
-    parse_error_scrubbed(status, body, &[])
+    parse_error_scrubbed(status, body, &Scrubber::new(&[]))
 }
 
-/// [`parse_error`] for an answer to a request that sent `sent` (the secret,
-/// in every encoding that went out): an endpoint that echoes its request
-/// cannot put any of them into a field, in whole or in part.
-pub fn parse_error_scrubbed(status: u16, body: &[u8], sent: &[&str]) -> EndpointError {
+/// [`parse_error`] for an answer to a request that sent the secrets
+/// `scrub` looks for: an endpoint that echoes its request cannot put any
+/// of them into a field, in whole or in part, in any encoding.
+pub fn parse_error_scrubbed(status: u16, body: &[u8], scrub: &Scrubber) -> EndpointError {
     let mut e = EndpointError {
         status,
         ..EndpointError::default()
     };
     if let Ok(raw) = serde_json::from_slice::<RawError>(body) {
-        e.error = text(raw.error, 100, sent);
+        e.error = text(raw.error, 100, scrub);
         // Entra's description spans lines: "AADSTS…: message\r\nTrace ID: …"; keep the first.
-        e.description = text(raw.error_description, crate::text::MAX_FIELD, sent)
+        e.description = text(raw.error_description, crate::text::MAX_FIELD, scrub)
             .map(|d| d.split("  ").next().unwrap_or_default().trim().to_string())
             .filter(|d| !d.is_empty());
         e.error_codes = match raw.error_codes {
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).take(8).collect(),
             _ => Vec::new(),
         };
-        e.trace_id = text(raw.trace_id, 64, sent);
-        e.correlation_id = text(raw.correlation_id, 64, sent);
+        e.trace_id = text(raw.trace_id, 64, scrub);
+        e.correlation_id = text(raw.correlation_id, 64, scrub);
     }
     if e.error_codes.is_empty() {
         if let Some(code) = e.description.as_deref().and_then(entra::aadsts_in) {
@@ -357,16 +347,19 @@ mod tests {
     /// clip would have cut them.
     #[test]
     fn every_encoding_of_what_was_sent_is_scrubbed_before_the_clip() {
-        let sent = ["s3cr3t+/=", "s3cr3t%2B%2F%3D", "YWJjOnMzY3IzdA=="];
+        use base64::Engine;
+        let secret = "s3cr3t+/=";
+        let basic = base64::engine::general_purpose::STANDARD.encode("abc:s3cr3t%2B%2F%3D");
+        let forms = [secret, "s3cr3t%2B%2F%3D", basic.as_str()];
         let long_prefix = "x".repeat(95);
         let body = serde_json::json!({
             "error": format!("{long_prefix}s3cr3t+/="),
-            "error_description": "got Basic YWJjOnMzY3IzdA== and client_secret=s3cr3t%2B%2F%3D",
+            "error_description": format!("got Basic {basic} and client_secret=s3cr3t%2B%2F%3D"),
             "trace_id": "s3cr3t+/=",
         });
-        let e = parse_error_scrubbed(401, body.to_string().as_bytes(), &sent);
+        let e = parse_error_scrubbed(401, body.to_string().as_bytes(), &Scrubber::new(&[secret]));
         let all = format!("{e:?} {}", e.message());
-        for s in sent {
+        for s in forms {
             assert!(!all.contains(s), "{s} in {all}");
         }
         assert!(!all.contains("s3cr"), "no part survives the clip: {all}");
