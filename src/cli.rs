@@ -61,8 +61,8 @@ pub enum Command {
     },
     /// Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`).
     ///
-    /// Exit status: 0 printed, 2 unknown source, 3 forbidden, 4 unavailable
-    /// (503, 504, 422), 1 anything else.
+    /// Exit status: 0 printed, 2 no such source or one you may not read,
+    /// 4 unavailable (503, 504, 422), 1 anything else.
     Token {
         /// The source's name.
         name: String,

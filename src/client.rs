@@ -19,8 +19,9 @@ use std::time::{Duration, SystemTime};
 pub mod exit {
     pub const OK: u8 = 0;
     pub const OTHER: u8 = 1;
+    /// No such source, or (for a caller other than root and the daemon's
+    /// user) one it may not read: the daemon does not say which.
     pub const UNKNOWN_SOURCE: u8 = 2;
-    pub const FORBIDDEN: u8 = 3;
     pub const UNAVAILABLE: u8 = 4;
 }
 
@@ -203,7 +204,6 @@ pub async fn token(
             print_error(&body, status);
             match status.as_u16() {
                 404 => exit::UNKNOWN_SOURCE,
-                403 => exit::FORBIDDEN,
                 503 | 504 | 422 => exit::UNAVAILABLE,
                 _ => exit::OTHER,
             }

@@ -95,8 +95,8 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
         ("open", 200),
         ("by-uid", 200),
         ("by-user", 200),
-        ("by-group", 403),
-        ("root-only", 403),
+        ("by-group", 404),
+        ("root-only", 404),
     ] {
         let (code, body) = get(
             NOBODY,
@@ -109,15 +109,48 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
         if code == 200 {
             tokens.push(body);
         } else {
-            assert!(body.contains("\"forbidden\""), "{body}");
+            // Worded as for a missing source: the name is not confirmed.
+            assert!(
+                body.contains("\"unknown_source\"")
+                    && body.contains("or this caller may not read it"),
+                "{body}"
+            );
         }
     }
+    // A source nobody may not read looks exactly like one that does not
+    // exist, to the API and to `tokend token` (exit 2 for both).
+    let (_, denied) = get(NOBODY, NOBODY, &[], "/v1/tokens/root-only").await;
+    let (code, missing) = get(NOBODY, NOBODY, &[], "/v1/tokens/root-onlx").await;
+    assert_eq!(code, 404);
+    assert_eq!(denied.replace("root-only", "root-onlx"), missing);
+    let cli = |name: &str| {
+        let mut cmd = tokend_for_others(d.dir.path());
+        cmd.args(["token", name, "--socket"]).arg(&d.socket);
+        let out = run_as(&mut cmd, NOBODY, NOBODY, &[]).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (denied_code, denied_err) = cli("root-only");
+    let (missing_code, missing_err) = cli("root-onlx");
+    assert_eq!((denied_code, missing_code), (Some(2), Some(2)));
+    assert!(
+        denied_err.contains("or this caller may not read it"),
+        "{denied_err}"
+    );
+    assert_eq!(denied_err.replace("root-only", "root-onlx"), missing_err);
+    // Root is told which.
+    let (code, body) = get(0, 0, &[], "/v1/tokens/root-onlx").await;
+    assert_eq!(code, 404);
+    assert!(!body.contains("may not read"), "{body}");
+
     // uid 4242 with `users` as a supplementary group.
     for (name, want) in [
         ("open", 200),
-        ("by-uid", 403),
+        ("by-uid", 404),
         ("by-group", 200),
-        ("root-only", 403),
+        ("root-only", 404),
     ] {
         let (code, body) = get(
             OTHER,
@@ -129,7 +162,7 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
         assert_eq!(code, want, "uid 4242 (+users) reading {name}: {body}");
     }
     // The same uid without the group is denied; with it as primary group, allowed.
-    assert_eq!(get(OTHER, OTHER, &[], "/v1/tokens/by-group").await.0, 403);
+    assert_eq!(get(OTHER, OTHER, &[], "/v1/tokens/by-group").await.0, 404);
     assert_eq!(
         get(OTHER, USERS_GID, &[], "/v1/tokens/by-group").await.0,
         200
@@ -147,7 +180,7 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
     assert_eq!(names, ["by-uid", "by-user", "failing", "open"]);
     assert_eq!(
         get(NOBODY, NOBODY, &[], "/v1/sources/by-group").await.0,
-        403
+        404
     );
 
     // Forced refresh follows the same rule.
@@ -160,7 +193,7 @@ async fn allow_lists_by_uid_user_group_and_supplementary_group() {
         "/v1/sources/by-uid/refresh",
     )
     .await;
-    assert_eq!(code, 403);
+    assert_eq!(code, 404);
     let (code, _) = curl_as(
         NOBODY,
         NOBODY,
@@ -278,7 +311,7 @@ async fn allow_changes_apply_to_the_next_request_without_a_new_token() {
         curl_as(NOBODY, NOBODY, &[], &d.socket, "GET", "/v1/tokens/a")
             .await
             .0,
-        403
+        404
     );
     write_private(
         &d.config,

@@ -193,7 +193,13 @@ pub async fn handle(
             // Unknown names are not counted: callers must not mint label
             // values. A served token was counted on the fast path already.
             match request_outcome(r.status()) {
-                Some("ok") | None => {}
+                Some("ok") => {}
+                // A 404 for a source that exists is a denial hidden from
+                // an unprivileged caller: counted as what it is.
+                None if r.status() == StatusCode::NOT_FOUND && broker.get(name).is_some() => {
+                    broker.metrics().count_request(name, "forbidden");
+                }
+                None => {}
                 Some(outcome) => broker.metrics().count_request(name, outcome),
             }
             r
@@ -309,8 +315,12 @@ pub fn printable(path: &str) -> String {
     crate::text::clip(path, 200)
 }
 
-/// The source called `name`, if it exists (404) and `peer` may read it
-/// (403, logged at WARN). Names outside the pattern are never looked up.
+/// The source called `name`, if it exists and `peer` may read it. A
+/// caller other than root and the daemon's user (who may read every
+/// source) gets the same 404 for a source it may not read as for one that
+/// does not exist, so a name it may not read is as hidden as in
+/// `/v1/sources`; the denial is logged at WARN. Names outside the pattern
+/// are never looked up.
 fn readable(
     broker: &Broker,
     name: &str,
@@ -332,8 +342,9 @@ fn readable_in<'r>(
     } else {
         None
     };
+    let precise = privileged(peer, settings);
     let Some(h) = found else {
-        return Err(unknown_source(name));
+        return Err(unknown_source(name, precise));
     };
     if acl::permits(h.config_ref().allow.as_ref(), peer, settings.own_uid) {
         return Ok(h);
@@ -351,20 +362,28 @@ fn readable_in<'r>(
             "access denied"
         );
     }
-    Err(Failure::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("this caller may not read source {name}"),
-        Some("ask the administrator to add your user or one of your groups to the source's allow list".into()),
-    ))
+    // Root and the daemon's user are never denied: the caller here is
+    // neither, and is told what a missing source tells it.
+    Err(unknown_source(name, false))
 }
 
-fn unknown_source(name: &str) -> Failure {
+/// The 404 for a source that does not exist or, for an unprivileged
+/// caller, may not be read: the same words for both.
+fn unknown_source(name: &str, precise: bool) -> Failure {
+    let name = printable(name);
+    if precise {
+        return Failure::new(
+            StatusCode::NOT_FOUND,
+            "unknown_source",
+            format!("no source named {name:?}"),
+            Some("GET /v1/sources lists the configured sources".into()),
+        );
+    }
     Failure::new(
         StatusCode::NOT_FOUND,
         "unknown_source",
-        format!("no source named {:?}", printable(name)),
-        Some("GET /v1/sources lists the configured sources".into()),
+        format!("no source named {name:?}, or this caller may not read it"),
+        Some("GET /v1/sources lists the sources this caller may read; if it should read this one, ask the administrator to add its user or one of its groups to the source's allow list".into()),
     )
 }
 

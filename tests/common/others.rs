@@ -90,7 +90,8 @@ sys.stdin.read()
 
 /// Asks `socket` for source NAME's token as fast as it answers, 200 a
 /// connection, until COUNT requests are answered or SECONDS have passed;
-/// prints how many were denied (403). Arguments: SOCKET NAME COUNT SECONDS.
+/// prints how many were denied (404: a source the caller may not read
+/// looks missing). Arguments: SOCKET NAME COUNT SECONDS.
 pub const FLOOD: &str = r#"
 import socket, sys, time
 path, name, n, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -114,7 +115,7 @@ while sent < n and time.monotonic() < end:
                     length = int(h.split(b":")[1])
             f.read(length)
             sent += 1
-            denied += b" 403 " in status
+            denied += b" 404 " in status
         s.close()
     except OSError:
         time.sleep(0.01)
