@@ -29,6 +29,9 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
+    for w in squattable_doors(&config, unprivileged_port_start()) {
+        eprintln!("warning: {w}");
+    }
     println!("{}: OK, {}", crate::text::path(path), source_list(&config));
     if !fetch {
         return 0;
@@ -180,4 +183,53 @@ fn source_list(config: &Config) -> String {
         String::new()
     };
     format!("{n} source(s): {}{rest}", names.join(", "))
+}
+
+/// The first port any user may bind (`net.ipv4.ip_unprivileged_port_start`,
+/// 1024 unless changed).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// The TCP doors on a port any local user could bind while tokend is
+/// stopped (a boot, an upgrade, the seconds before a restart), and so
+/// receive what clients send there.
+fn squattable_doors(config: &Config, first_free: u16) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(mi) = &config.managed_identity {
+        let port = mi.listen.port();
+        if port >= first_free {
+            out.push(format!("[managed_identity] listen {} is on port {port}, which any local user may bind while tokend is stopped (ports from {first_free} up need no privilege here) and so capture the X-IDENTITY-HEADER apps send — socket-activate the endpoint so the port stays systemd's: set tokend-mi.socket's ListenStream= to this address and systemctl enable --now tokend-mi.socket (docs/managed-identity.md)", mi.listen));
+        }
+    }
+    if let Some(addr) = config.server.metrics_listen {
+        let port = addr.port();
+        if port >= first_free {
+            out.push(format!("[server] metrics_listen {addr} is on port {port}, which any local user may bind while tokend is stopped (ports from {first_free} up need no privilege here) and so feed Prometheus false figures — if that matters, alert on tokend's absence (up == 0) rather than on its figures alone"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_door_on_a_port_anyone_may_bind_is_a_warning() {
+        let text = "[server]\nsocket = \"/tmp/t.sock\"\nmetrics_listen = \"127.0.0.1:9464\"\n[sources.api]\ntoken_url = \"https://sso.example.com/token\"\nclient_id = \"api\"\nclient_secret = { env = \"X\" }\nscopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = { env = \"H\" }\nsources = [\"api\"]\n";
+        let c = config::load_str(text, Path::new("t"), Some(0o600)).unwrap();
+        let w = squattable_doors(&c, 1024);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("port 42356") && w[0].contains("tokend-mi.socket"),
+            "{w:?}"
+        );
+        assert!(w[1].contains("port 9464"), "{w:?}");
+        // Where only root may bind them, nothing to say.
+        assert!(squattable_doors(&c, 65535).is_empty());
+    }
 }

@@ -10,7 +10,7 @@ use crate::oauth::TokenClient;
 pub use crate::reload::ConfigSource;
 use crate::reload::{Change, Reloader, Trigger, Watcher};
 use crate::secret::SecretEnv;
-use crate::server::{self, Door, ListenError, Listener, ServerSettings};
+use crate::server::{self, tcp::TcpDoor, Door, ListenError, Listener, ServerSettings};
 use crate::sink::record::{self, Record};
 use crate::systemd;
 use std::sync::Arc;
@@ -30,18 +30,6 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("cannot use the socket systemd passed: {0}")]
     Activation(#[source] std::io::Error),
-    #[error("cannot listen on {addr} for the managed-identity endpoint: {source} (is another tokend running, or change [managed_identity] listen)")]
-    ManagedIdentity {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {addr} for metrics: {source} (is another tokend or exporter using it? change [server] metrics_listen)")]
-    Metrics {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns. The socket file is
@@ -84,7 +72,8 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     let server_config = &started.server;
 
     raise_fd_limit();
-    let listener = match systemd::passed_listener().map_err(DaemonError::Activation)? {
+    let passed = systemd::passed_listeners().map_err(DaemonError::Activation)?;
+    let listener = match passed.socket {
         Some(l) => {
             tracing::info!("serving the socket systemd passed; [server] socket, socket_mode and socket_group are not used (systemctl edit tokend.socket sets them)");
             Listener::borrowed(l)
@@ -95,22 +84,25 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
             server_config.socket_group,
         )?,
     };
-    // The managed-identity endpoint, if configured: loopback TCP.
-    let mi_listener = match started.managed_identity.as_ref().map(|mi| mi.listen) {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::ManagedIdentity { addr, source })?,
-        ),
-        None => None,
+    // The TCP doors are bound once the daemon serves (see server::tcp): a
+    // port someone else holds must not keep the socket down.
+    let mi_listen = started.managed_identity.as_ref().map(|mi| mi.listen);
+    let mi_passed = match (passed.managed_identity, mi_listen) {
+        (Some(_), None) => {
+            tracing::warn!("systemd passed a managed-identity socket, but the configuration has no [managed_identity]: it is not served (stop tokend-mi.socket, or configure the endpoint)");
+            None
+        }
+        (Some(l), Some(_)) => {
+            tracing::info!("serving the managed-identity socket systemd passed; [managed_identity] listen is not used (tokend-mi.socket sets it)");
+            Some(l)
+        }
+        // A first try now, so the door listens by the time the daemon says
+        // it is ready; if the port is taken, the door keeps trying.
+        (None, Some(addr)) => tokio::net::TcpListener::bind(addr).await.ok(),
+        (None, None) => None,
     };
-    // The metrics listener, if configured: TCP for Prometheus.
-    let metrics_listener = match server_config.metrics_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Metrics { addr, source })?,
-        ),
+    let metrics_first = match server_config.metrics_listen {
+        Some(addr) => tokio::net::TcpListener::bind(addr).await.ok(),
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
@@ -138,10 +130,12 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
         max_connections_per_uid: server_config.max_connections_per_uid,
         denials: Arc::default(),
         socket_health: Arc::default(),
+        door_health: Arc::default(),
         closing: shutdown.clone(),
         request_timeout: server_config.request_timeout,
         own_uid: crate::acl::own_uid(),
     };
+    let metrics_listen = server_config.metrics_listen;
     let (mut reloader, changed) = starting.finish(broker.clone()).await;
     // Parsing, checking and registering thousands of sources left freed
     // memory in several threads' heaps: back to the system, off the way to
@@ -151,22 +145,21 @@ pub async fn run(config: Config, from: ConfigSource, env: SecretEnv) -> Result<(
     // a difference in the look taken right after it, and is applied first
     // thing. Anything later raises events, so nothing is read half-written.
     let mut catch_up = watcher.is_some() && changed;
-    let mi_server = mi_listener.map(|l| {
-        tracing::info!(listen = %config_listen(&reloader), "managed-identity endpoint listening");
-        tokio::spawn(server::serve(
-            Door::ManagedIdentity(l),
+    let mi_server = mi_listen.map(|addr| {
+        tokio::spawn(server::tcp::serve_tcp(
+            TcpDoor::ManagedIdentity,
+            addr,
+            mi_passed,
             broker.clone(),
             settings.clone(),
             shutdown.clone(),
         ))
     });
-    let metrics_server = metrics_listener.map(|l| {
-        tracing::info!(
-            listen = %l.local_addr().map_or_else(|_| String::new(), |a| a.to_string()),
-            "metrics listening (/metrics, /healthz, /readyz)"
-        );
-        tokio::spawn(server::serve(
-            Door::Metrics(l),
+    let metrics_server = metrics_listen.map(|addr| {
+        tokio::spawn(server::tcp::serve_tcp(
+            TcpDoor::Metrics,
+            addr,
+            metrics_first,
             broker.clone(),
             settings.clone(),
             shutdown.clone(),
@@ -298,13 +291,6 @@ fn sink_record(from: &ConfigSource, env: &SecretEnv) -> Record {
             Record::none()
         }
     }
-}
-
-fn config_listen(r: &Reloader) -> String {
-    r.running()
-        .managed_identity
-        .as_ref()
-        .map_or_else(String::new, |m| m.listen.to_string())
 }
 
 /// Each connection needs a descriptor: raise the soft limit to the hard one

@@ -59,28 +59,76 @@ pub fn spawn_watchdog(stop: CancellationToken) {
     });
 }
 
-/// The listening socket systemd passed (`LISTEN_FDS`), if any. The first fd
-/// is used; it must be a listening Unix stream socket (else an error that
-/// says what it is), it is set non-blocking, and tokend never unlinks its file.
-pub fn passed_listener() -> std::io::Result<Option<tokio::net::UnixListener>> {
-    let mut fds = sd_notify::listen_fds()?;
-    let Some(fd) = fds.next() else {
-        return Ok(None);
-    };
-    if fds.len() > 0 {
+/// The listening sockets systemd passed (`LISTEN_FDS`), by what each is:
+/// the Unix socket (`tokend.socket`) and the managed-identity endpoint's
+/// TCP socket (`tokend-mi.socket`, `FileDescriptorName=managed-identity`).
+#[derive(Debug, Default)]
+pub struct Passed {
+    pub socket: Option<tokio::net::UnixListener>,
+    pub managed_identity: Option<tokio::net::TcpListener>,
+}
+
+/// The managed-identity endpoint's `FileDescriptorName=`.
+pub const MI_FD_NAME: &str = "managed-identity";
+
+/// Takes the sockets systemd passed: a listening Unix stream socket is the
+/// socket, one named [`MI_FD_NAME`] (a listening TCP socket) the
+/// managed-identity endpoint. Anything else is an error that says what it
+/// is; each is set non-blocking, and tokend never unlinks a passed socket's
+/// file.
+pub fn passed_listeners() -> std::io::Result<Passed> {
+    let mut passed = Passed::default();
+    for (fd, name) in sd_notify::listen_fds_with_names()? {
+        if name == MI_FD_NAME {
+            check_listener(fd, &[libc::AF_INET, libc::AF_INET6], MI_HOW)?;
+            if passed.managed_identity.is_some() {
+                tracing::warn!(
+                    "systemd passed more than one managed-identity socket; serving the first"
+                );
+                continue;
+            }
+            // SAFETY: systemd hands this process ownership of fd 3 onwards
+            // (LISTEN_PID matched our pid); nothing else in tokend uses
+            // them, and the check above made sure it is a listening TCP socket.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            l.set_nonblocking(true)?;
+            passed.managed_identity = Some(tokio::net::TcpListener::from_std(l)?);
+            continue;
+        }
+        check_listener(fd, &[libc::AF_UNIX], SOCKET_HOW)?;
+        if passed.socket.is_some() {
+            tracing::warn!("systemd passed more than one Unix socket; serving the first");
+            continue;
+        }
+        // SAFETY: as above; the check made sure it is a listening Unix
+        // stream socket.
+        let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        l.set_nonblocking(true)?;
+        warn_if_abstract(&l);
+        passed.socket = Some(tokio::net::UnixListener::from_std(l)?);
+    }
+    Ok(passed)
+}
+
+/// An abstract socket (`ListenStream=@name`) has no file, so no mode or
+/// group stands between it and any process in the network namespace.
+fn warn_if_abstract(l: &std::os::unix::net::UnixListener) {
+    use std::os::linux::net::SocketAddrExt;
+    if let Some(name) = l
+        .local_addr()
+        .ok()
+        .as_ref()
+        .and_then(|a| a.as_abstract_name())
+    {
         tracing::warn!(
-            "systemd passed {} sockets; serving the first",
-            fds.len() + 1
+            name = %crate::text::clip(&String::from_utf8_lossy(name), 108),
+            "the socket systemd passed is abstract: with no file, no mode or group keeps anyone in this network namespace from connecting (allow lists still apply); give tokend.socket a path such as ListenStream=/run/tokend/tokend.sock"
         );
     }
-    check_unix_listener(fd)?;
-    // SAFETY: systemd hands this process ownership of fd 3 onwards
-    // (LISTEN_PID matched our pid); nothing else in tokend uses them, and
-    // the check above made sure it is a listening Unix stream socket.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
-    std_listener.set_nonblocking(true)?;
-    tokio::net::UnixListener::from_std(std_listener).map(Some)
 }
+
+const SOCKET_HOW: &str = "give tokend.socket a ListenStream= path such as /run/tokend/tokend.sock";
+const MI_HOW: &str = "give tokend-mi.socket a ListenStream= loopback address such as 127.0.0.1:42356 and FileDescriptorName=managed-identity";
 
 fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
@@ -103,13 +151,18 @@ fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int>
     }
 }
 
-/// Fails, saying what `fd` is instead, unless it is a listening `AF_UNIX`
-/// stream socket.
-fn check_unix_listener(fd: RawFd) -> std::io::Result<()> {
+/// Fails, saying what `fd` is instead, unless it is a listening stream
+/// socket of one of `families`; `how` says what to give instead.
+fn check_listener(fd: RawFd, families: &[libc::c_int], how: &str) -> std::io::Result<()> {
+    let wanted = if families.contains(&libc::AF_UNIX) {
+        "a listening Unix stream socket"
+    } else {
+        "a listening TCP socket"
+    };
     let wrong = |what: String| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("fd {fd} is {what}, not a listening Unix stream socket: give tokend.socket a ListenStream= path such as /run/tokend/tokend.sock"),
+            format!("fd {fd} is {what}, not {wanted}: {how}"),
         )
     };
     let domain = socket_option(fd, libc::SO_DOMAIN).map_err(|e| match e.raw_os_error() {
@@ -130,11 +183,13 @@ fn check_unix_listener(fd: RawFd) -> std::io::Result<()> {
         libc::SOCK_SEQPACKET => "seqpacket",
         _ => "other",
     };
-    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM {
+    if !families.contains(&domain) || kind != libc::SOCK_STREAM {
         return Err(wrong(format!("{family} {style} socket")));
     }
     if listening == 0 {
-        return Err(wrong("a Unix stream socket that is not listening".into()));
+        return Err(wrong(format!(
+            "{family} {style} socket that is not listening"
+        )));
     }
     Ok(())
 }
@@ -143,6 +198,26 @@ fn check_unix_listener(fd: RawFd) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    fn check_unix_listener(fd: RawFd) -> std::io::Result<()> {
+        check_listener(fd, &[libc::AF_UNIX], SOCKET_HOW)
+    }
+
+    #[test]
+    fn the_managed_identity_socket_must_be_listening_tcp() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        check_listener(tcp.as_raw_fd(), &[libc::AF_INET, libc::AF_INET6], MI_HOW).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let e = check_listener(l.as_raw_fd(), &[libc::AF_INET, libc::AF_INET6], MI_HOW)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a Unix stream socket, not a listening TCP socket")
+                && e.contains("FileDescriptorName=managed-identity"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn only_a_listening_unix_stream_socket_passes() {

@@ -442,3 +442,65 @@ async fn a_header_file_behind_two_links_rotates_when_a_link_is_re_pointed() {
     .await;
     assert_eq!(mi_get(port, Some("first-header"), &q(GRAPH)).await.0, 401);
 }
+
+/// A squatter that bound the endpoint's port (and the metrics port) while
+/// tokend was stopped does not keep tokend down: the socket serves,
+/// `/readyz` names each door that cannot listen, an ERROR says how to find
+/// the holder, and once the port is free the door listens within a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatted_port_stops_only_its_door_until_it_is_free() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let metrics_squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_port = metrics_squatter.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body)
+        .server(&format!("metrics_listen = \"127.0.0.1:{metrics_port}\""))
+        .at(dir, socket)
+        .start()
+        .await;
+    assert_eq!(
+        wait_for_status(&d, "/v1/tokens/graph", 200).await.status(),
+        200
+    );
+    let ready = d.get("/readyz").await;
+    assert_eq!(ready.status(), 503, "{}", ready.text());
+    let errors = ready.json()["door_errors"].to_string();
+    assert!(
+        errors.contains(&format!(
+            "the managed-identity endpoint cannot listen on 127.0.0.1:{port}"
+        )) && errors.contains(&format!(
+            "the metrics listener cannot listen on 127.0.0.1:{metrics_port}"
+        )),
+        "{errors}"
+    );
+    let log = d.log_with("cannot listen on").await;
+    assert!(
+        log.contains(&format!("ss -ltnp 'sport = :{port}'")),
+        "{log}"
+    );
+    assert!(log.contains("tokend-mi.socket"), "{log}");
+
+    drop(squatter);
+    drop(metrics_squatter);
+    let (status, _) = eventually_within(S(15), "the endpoint to listen", async || {
+        let r = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/msi/token?{}", q(GRAPH)))
+            .header("X-IDENTITY-HEADER", "jira-header-value")
+            .send()
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.bytes().await.ok()?))
+    })
+    .await;
+    assert_eq!(status, 200);
+    let ready = wait_for_status(&d, "/readyz", 200).await.json();
+    assert_eq!(ready["door_errors"], serde_json::json!([]));
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+}

@@ -183,25 +183,138 @@ async fn socket_activation_serves_the_passed_socket_and_leaves_it() {
 /// as fd 3, LISTEN_FDS=1 and LISTEN_PID = the daemon's pid (the shell's,
 /// which exec keeps); its log goes to `dir/tokend.log`.
 fn spawn_activated(fd: i32, config: &Path, dir: &Path) -> std::process::Child {
+    spawn_activated_with(&[(fd, "tokend.socket")], config, dir)
+}
+
+/// [`spawn_activated`] with several sockets: each `(fd, name)` becomes fd
+/// 3, 4, … with its `FileDescriptorName=` in LISTEN_FDNAMES.
+fn spawn_activated_with(fds: &[(i32, &str)], config: &Path, dir: &Path) -> std::process::Child {
     let log = std::fs::File::create(dir.join("tokend.log")).unwrap();
+    let names: Vec<&str> = fds.iter().map(|(_, n)| *n).collect();
+    let fds: Vec<i32> = fds.iter().map(|(fd, _)| *fd).collect();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" run -c "$1""#)
+        .arg(format!(
+            r#"export LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES={}; exec "$0" run -c "$1""#,
+            fds.len(),
+            names.join(":")
+        ))
         .arg(env!("CARGO_BIN_EXE_tokend"))
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
     // SAFETY: dup2 is async-signal-safe; it runs in the child before exec.
+    // The test's descriptors are far above 3 + fds.len() (the runtime and
+    // the listeners were opened first), so no dup2 overwrites a source.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            for (i, fd) in fds.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
     cmd.spawn().unwrap()
+}
+
+/// The managed-identity endpoint socket-activated (tokend-mi.socket): the
+/// passed TCP socket is served, `[managed_identity] listen` is not bound,
+/// so the port was never tokend's to lose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_managed_identity_socket_systemd_passed() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let unused_port = common::mi::free_port();
+    let config = dir.path().join("tokend.toml");
+    write_private(
+        &config,
+        &format!(
+            "[server]\nsocket = \"{}\"\n{}",
+            dir.path().join("own.sock").display(),
+            common::mi::config(&idp, unused_port, dir.path())
+        ),
+    );
+    let socket = dir.path().join("activated.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let mut child = spawn_activated_with(
+        &[
+            (unix.as_raw_fd(), "tokend.socket"),
+            (tcp.as_raw_fd(), "managed-identity"),
+        ],
+        &config,
+        dir.path(),
+    );
+    drop((unix, tcp));
+    let body = eventually("a token through the passed endpoint socket", async || {
+        let r = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/msi/token?api-version=2019-08-01&resource={}",
+                common::mi::GRAPH
+            ))
+            .header("X-IDENTITY-HEADER", "jira-header-value")
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(r.text().await.ok()?)
+    })
+    .await;
+    assert!(body.contains("access_token"), "{body}");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", unused_port)).is_ok(),
+        "[managed_identity] listen was bound too"
+    );
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("tokend.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("serving the managed-identity socket systemd passed"),
+        "{log}"
+    );
+}
+
+/// An abstract socket (`ListenStream=@name`) has no file to guard it:
+/// served, with a warning that says what that means and what to use.
+#[tokio::test]
+async fn a_passed_abstract_socket_is_served_with_a_warning() {
+    use std::os::linux::net::SocketAddrExt;
+    let idp = idp(S(3600), &["a"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokend.toml");
+    write_private(
+        &config,
+        &format!(
+            "[server]\nsocket = \"{}\"\n{}",
+            dir.path().join("own.sock").display(),
+            source("a", &idp, "")
+        ),
+    );
+    let name = format!("tokend-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let mut child = spawn_activated(listener.as_raw_fd(), &config, dir.path());
+    drop(listener);
+    let log_path = dir.path().join("tokend.log");
+    let log = eventually("the warning", async || {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        log.contains("abstract").then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains("no mode or group keeps anyone in this network namespace from connecting")
+            && log.contains("ListenStream=/run/tokend/tokend.sock"),
+        "{log}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::test]
@@ -262,7 +375,9 @@ fn units() -> tempfile::TempDir {
     let service = std::fs::read_to_string(src.join("tokend.service")).unwrap();
     let service = service.replace("/usr/bin/tokend", env!("CARGO_BIN_EXE_tokend"));
     std::fs::write(dir.path().join("tokend.service"), service).unwrap();
-    std::fs::copy(src.join("tokend.socket"), dir.path().join("tokend.socket")).unwrap();
+    for unit in ["tokend.socket", "tokend-mi.socket"] {
+        std::fs::copy(src.join(unit), dir.path().join(unit)).unwrap();
+    }
     dir
 }
 
@@ -275,6 +390,7 @@ fn shipped_units_verify_and_score_below_two() {
         .env("MANPATH", dir.path().join("man"))
         .arg(dir.path().join("tokend.service"))
         .arg(dir.path().join("tokend.socket"))
+        .arg(dir.path().join("tokend-mi.socket"))
         .output()
         .unwrap();
     let text = format!(

@@ -50,7 +50,7 @@ pub(super) fn managed_identity(
             Err(e) => {
                 d.error(
                     &At::of(MAIN, l),
-                    format!("`listen` {:?} is not an address and port: {e}", l.get_ref()),
+                    format!("`listen` is not an address and port: {e}"),
                     Some("write it as \"127.0.0.1:42356\"".to_string()),
                 );
                 None

@@ -70,10 +70,10 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
         Some(f) => match f.get_ref().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => {
+            _ => {
                 d.error(
                     &At::of(MAIN, &f),
-                    format!("unknown log_format `{other}`"),
+                    "unknown log_format",
                     Some("use \"text\" or \"json\"".to_string()),
                 );
                 LogFormat::Text
@@ -82,11 +82,19 @@ pub(super) fn server(d: &mut Diagnostics, raw: RawServer) -> ServerConfig {
     };
     let metrics_listen = raw.metrics_listen.and_then(|l| {
         match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => {
+                d.warn(
+                    &At::of(MAIN, &l),
+                    format!("`metrics_listen` {a} listens on every interface: anyone who can reach this host on port {} reads every source's name, state and token expiry", a.port()),
+                    Some(format!("listen on 127.0.0.1:{} for a Prometheus on this host, or on the one address Prometheus scrapes, behind a firewall", a.port())),
+                );
+                Some(a)
+            }
             Ok(a) => Some(a),
             Err(e) => {
                 d.error(
                     &At::of(MAIN, &l),
-                    format!("`metrics_listen` {:?} is not an address and port: {e}", l.get_ref()),
+                    format!("`metrics_listen` is not an address and port: {e}"),
                     Some("write it as \"127.0.0.1:9464\" (or [::1]:9464, or an address Prometheus can reach)".to_string()),
                 );
                 None

@@ -107,10 +107,10 @@ fn one(d: &mut Diagnostics, file: usize, name: &str, raw: RawSink, me: &Me) -> O
         None | Some("raw") => Some(SinkFormat::Raw),
         Some("json") => Some(SinkFormat::Json),
         Some("header") => Some(SinkFormat::Header),
-        Some(other) => {
+        Some(_) => {
             d.error(
                 &At::of(file, raw.format.as_ref()?),
-                format!("unknown sink format `{other}`"),
+                "unknown sink format",
                 Some("use \"raw\" (the token alone), \"json\" (the API's answer) or \"header\" (Authorization: Bearer …)".to_string()),
             );
             None

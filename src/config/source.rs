@@ -53,7 +53,7 @@ pub(super) fn source(
         Some(p) => {
             d.error(
                 &At::of(file, p),
-                format!("unknown provider `{}`", p.get_ref()),
+                "unknown provider",
                 Some(
                     "the only provider is \"azure\"; for any other server set token_url"
                         .to_string(),
@@ -444,10 +444,10 @@ fn certificate(
             );
             return None;
         }
-        (Some(other), _) => {
+        (Some(_), _) => {
             d.error(
                 at,
-                format!("unknown alg `{other}` in client_certificate"),
+                "unknown alg in client_certificate",
                 Some(
                     "use \"PS256\" or \"RS256\" for an RSA key, \"ES256\" for ECDSA P-256"
                         .to_string(),
@@ -488,10 +488,10 @@ fn auth_method(
         "client_secret_post" => AuthMethod::ClientSecretPost,
         "private_key_jwt" => AuthMethod::PrivateKeyJwt,
         "tls_client_auth" => AuthMethod::TlsClientAuth,
-        other => {
+        _ => {
             d.error(
                 &at,
-                format!("unknown auth_method `{other}`"),
+                "unknown auth_method",
                 Some("use client_secret_basic, client_secret_post, private_key_jwt or tls_client_auth, or leave it out: tokend infers it from the credential".to_string()),
             );
             return None;

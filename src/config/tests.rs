@@ -467,7 +467,10 @@ mod credentials {
             "{HEAD}{}",
             cert_line(&cert, &key, ", alg = \"HS256\"")
         ));
-        assert!(d.message.contains("unknown alg `HS256`"), "{d}");
+        assert!(
+            d.message.contains("unknown alg in client_certificate"),
+            "{d}"
+        );
     }
 
     #[test]
@@ -1097,4 +1100,40 @@ fn a_large_file_reports_problems_as_a_small_one_does() {
             (s.line - 4 * 2, s.col, &s.message)
         );
     }
+}
+
+/// A value in the wrong key or of the wrong form is never repeated: it may
+/// be a secret pasted into the wrong place. The position says where it is.
+#[test]
+fn no_key_with_a_closed_set_of_values_quotes_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        "[server]\nlog_format = \"Sup3rSecretValue\"\n",
+        "[server]\nmetrics_listen = \"Sup3rSecretValue\"\n",
+        "[server]\nsocket_mode = \"Sup3rSecretValue\"\n",
+        "[managed_identity]\nlisten = \"Sup3rSecretValue\"\n",
+        &format!("{GOOD}provider = \"Sup3rSecretValue\"\n"),
+        &format!("{GOOD}auth_method = \"Sup3rSecretValue\"\n"),
+        &format!("{GOOD}eager = \"Sup3rSecretValue\"\n"),
+        &format!(
+            "{GOOD}sinks = [{{ path = \"{}/x\", format = \"Sup3rSecretValue\" }}]\n",
+            dir.path().display()
+        ),
+    ];
+    for text in cases {
+        let e = load_str(text, Path::new("t"), Some(0o600))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("Sup3rSecretValue"), "{text}: {e}");
+        assert!(e.starts_with("t:"), "placed: {e}");
+    }
+    // An octal number above 0777 is named for what it is.
+    let e = load_str(
+        "[server]\nsocket_mode = \"1777\"\n",
+        Path::new("t"),
+        Some(0o600),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("is above 0777"), "{e}");
 }

@@ -161,10 +161,20 @@ pub(super) fn octal_mode(
 ) -> Option<u32> {
     match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
         Ok(v) if v <= 0o777 => Some(v),
-        _ => {
+        Ok(_) => {
             d.error(
                 &At::of(file, m),
-                format!("`{key}` {:?} is not an octal permission", m.get_ref()),
+                format!("`{key}` is above 0777: setuid, setgid and sticky bits do not apply to it"),
+                Some(format!(
+                    "give the permission bits only, such as \"{example}\""
+                )),
+            );
+            None
+        }
+        Err(_) => {
+            d.error(
+                &At::of(file, m),
+                format!("`{key}` is not an octal permission"),
                 Some(format!("write it as an octal string such as \"{example}\"")),
             );
             None

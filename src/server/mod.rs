@@ -21,6 +21,7 @@ pub mod listener;
 pub mod mi;
 pub mod routes;
 mod stall;
+pub mod tcp;
 
 use crate::acl::Peer;
 use crate::broker::Broker;
@@ -52,6 +53,8 @@ pub struct ServerSettings {
     pub denials: Arc<guard::CallerDenials>,
     /// What is wrong with the socket's file, for every door's `/readyz`.
     pub socket_health: Arc<keeper::SocketHealth>,
+    /// Which TCP doors cannot listen, for every door's `/readyz`.
+    pub door_health: Arc<tcp::DoorHealth>,
     /// Fires when the daemon begins to shut down: a request still waiting
     /// for a token answers `shutting_down` then, rather than be cut off.
     pub closing: CancellationToken,

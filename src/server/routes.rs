@@ -407,7 +407,9 @@ fn ready(broker: &Broker, peer: Option<&Peer>, settings: &ServerSettings) -> Res
         .collect();
     // Sources ready but no client able to reach the socket is not ready.
     let socket_error = settings.socket_health.problem();
-    let ok = ok && socket_error.is_none();
+    // A door that cannot listen is a door its clients cannot use.
+    let door_errors = settings.door_health.problems();
+    let ok = ok && socket_error.is_none() && door_errors.is_empty();
     let reload = broker.reload_status();
     let config_error = (!reload.ok).then(|| {
         if privileged(peer, settings) {
@@ -423,7 +425,7 @@ fn ready(broker: &Broker, peer: Option<&Peer>, settings: &ServerSettings) -> Res
     };
     json_response(
         status,
-        &json!({ "ready": ok, "not_ready": shown, "config_error": config_error, "socket_error": socket_error }),
+        &json!({ "ready": ok, "not_ready": shown, "config_error": config_error, "socket_error": socket_error, "door_errors": door_errors }),
     )
 }
 
