@@ -137,6 +137,12 @@ pub enum CredentialKind {
         /// The user name sent with the token as password (git before 2.46).
         #[arg(long, default_value = "tokend")]
         username: String,
+        /// Answer only for this host (as git sends it: `dev.azure.com`, or
+        /// `host:port`); repeat for several. Without it, every host git asks
+        /// about gets the token: scope the helper to a URL in git's config
+        /// (credential.https://HOST.helper), or give --host.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
         /// What git asks: get, store or erase.
         #[arg(value_parser = ["get", "store", "erase"])]
         action: String,

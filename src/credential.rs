@@ -92,12 +92,23 @@ pub async fn run(kind: CredentialKind, input: impl Read, exec_info: Option<Strin
         CredentialKind::Git {
             source,
             username,
+            hosts,
             action,
             daemon,
         } => {
             let request = read_git_request(input);
             if action != "get" || request.protocol.as_deref() != Some("https") {
                 // store and erase: nothing to keep. Another protocol: not ours.
+                return Output::ok(String::new());
+            }
+            if !hosts.is_empty()
+                && !request
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(h)))
+            {
+                // A host the token is not for: nothing, so git tries its
+                // next helper and the token goes nowhere else.
                 return Output::ok(String::new());
             }
             match fetch(&daemon.socket, &source, daemon.timeout).await {
@@ -176,6 +187,7 @@ fn exec_credential(exec_info: Option<&str>, t: &Issued) -> String {
 #[derive(Debug, Default)]
 struct GitRequest {
     protocol: Option<String>,
+    host: Option<String>,
     capabilities: Vec<String>,
 }
 
@@ -190,6 +202,7 @@ fn read_git_request(input: impl Read) -> GitRequest {
         }
         match line.split_once('=') {
             Some(("protocol", v)) => r.protocol = Some(v.to_string()),
+            Some(("host", v)) => r.host = Some(v.to_string()),
             Some(("capability[]", v)) => r.capabilities.push(v.to_string()),
             _ => {}
         }
@@ -302,6 +315,7 @@ mod tests {
         let git = |action: &str| CredentialKind::Git {
             source: "ado".into(),
             username: "tokend".into(),
+            hosts: Vec::new(),
             action: action.into(),
             daemon: daemon_args(),
         };
@@ -323,6 +337,38 @@ mod tests {
             out.stderr
         );
         assert_eq!(out.stderr.lines().count(), 1);
+    }
+
+    /// With --host, another host gets nothing (not even a call to the
+    /// daemon), so an unscoped helper cannot hand the token to any server
+    /// a repository names.
+    #[tokio::test]
+    async fn git_with_hosts_answers_only_those_hosts() {
+        let git = || CredentialKind::Git {
+            source: "ado".into(),
+            username: "tokend".into(),
+            hosts: vec!["dev.azure.com".into()],
+            action: "get".into(),
+            daemon: daemon_args(),
+        };
+        let out = run(
+            git(),
+            "protocol=https\nhost=evil.example.com\n".as_bytes(),
+            None,
+        )
+        .await;
+        assert_eq!(out, Output::ok(String::new()));
+        let out = run(git(), "protocol=https\n".as_bytes(), None).await;
+        assert_eq!(out, Output::ok(String::new()));
+        // The host it is for: the daemon is asked (and is not there).
+        let out = run(
+            git(),
+            "protocol=https\nhost=Dev.Azure.com\n".as_bytes(),
+            None,
+        )
+        .await;
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("daemon_unreachable"), "{out:?}");
     }
 
     /// Google reads stdout and stderr as one: a failure is JSON on stdout.

@@ -56,6 +56,7 @@ complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_see
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from kubectl" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from kubectl" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from git" -l username -d 'The user name sent with the token as password (git before 2.46)' -r
+complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from git" -l host -d 'Answer only for this host (as git sends it: `dev.azure.com`, or `host:port`); repeat for several. Without it, every host git asks about gets the token: scope the helper to a URL in git\'s config (credential.https://HOST.helper), or give --host' -r
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from git" -l socket -d 'The daemon\'s socket' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from git" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from git" -s h -l help -d 'Print help (see more with \'--help\')'
