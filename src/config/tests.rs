@@ -1137,3 +1137,32 @@ fn no_key_with_a_closed_set_of_values_quotes_the_value() {
     .to_string();
     assert!(e.contains("is above 0777"), "{e}");
 }
+
+/// `metrics_listen` on every interface exports every source's name and
+/// expiry to the network: a warning that says so, at the key.
+#[test]
+fn metrics_on_every_interface_is_a_warning() {
+    for addr in ["0.0.0.0:9464", "[::]:9464"] {
+        let c = load_str(
+            &format!("[server]\nmetrics_listen = \"{addr}\"\n{GOOD}"),
+            Path::new("t"),
+            Some(0o600),
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = c.warnings[0].to_string();
+        assert!(
+            w.starts_with("t:2:")
+                && w.contains("listens on every interface")
+                && w.contains("127.0.0.1:9464"),
+            "{w}"
+        );
+    }
+    let c = load_str(
+        &format!("[server]\nmetrics_listen = \"127.0.0.1:9464\"\n{GOOD}"),
+        Path::new("t"),
+        Some(0o600),
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
