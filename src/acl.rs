@@ -44,8 +44,7 @@ impl Peer {
 
 /// The daemon's own uid: it may read everything, like root.
 pub fn own_uid() -> u32 {
-    // SAFETY: getuid cannot fail and has no preconditions.
-    unsafe { libc::getuid() }
+    nix::unistd::getuid().as_raw()
 }
 
 /// True if `peer` may read (and force-refresh) a source with `allow`.
@@ -246,7 +245,6 @@ mod tests {
         let p = Peer::of(&a).unwrap();
         assert_eq!(p.uid, own_uid());
         assert_eq!(p.pid, Some(i32::try_from(std::process::id()).unwrap()));
-        // SAFETY: getgid has no preconditions.
-        assert_eq!(p.gid, unsafe { libc::getgid() });
+        assert_eq!(p.gid, nix::unistd::getgid().as_raw());
     }
 }

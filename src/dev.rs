@@ -7,6 +7,7 @@
 //! tokens (`alg: none`) so `check --fetch` has claims to show. Its knobs
 //! (lifetime, forced failures, delay) and counters let tests drive it.
 
+use crate::sync::Locked;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -181,7 +182,7 @@ impl DevIdp {
 
 impl State {
     fn lock(&self) -> std::sync::MutexGuard<'_, Knobs> {
-        self.knobs.lock().unwrap_or_else(|p| p.into_inner())
+        self.knobs.locked()
     }
 }
 

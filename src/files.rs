@@ -133,9 +133,7 @@ mod tests {
         assert!(e.to_string().contains("larger than 3 bytes"), "{e}");
 
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         // Would block for ever with a plain open; here it is an error at once.
         assert_eq!(
             read_regular(&fifo, 64).unwrap_err().to_string(),

@@ -38,6 +38,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod sink;
+pub mod sync;
 pub mod systemd;
 pub mod text;
 pub mod timefmt;

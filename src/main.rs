@@ -76,8 +76,7 @@ async fn dispatch(command: Command) -> u8 {
 }
 
 fn mi_env(app: &str, path: &Path) -> u8 {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("tokend mi-env prints the app's header, a secret: run it as root (e.g. sudo tokend mi-env {app} > /etc/tokend/mi/{app}.env)");
         return 1;
     }

@@ -21,6 +21,7 @@ use crate::broker::mi::MiState;
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError};
 use crate::secret::{Fingerprinter, SecretEnv};
+use crate::sync::RwLocked;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::collections::{BTreeMap, BTreeSet};
@@ -504,7 +505,7 @@ impl Watcher {
         let filter = relevant.clone();
         let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
-            let r = filter.read().unwrap_or_else(|p| p.into_inner());
+            let r = filter.read_locked();
             if !event.paths.iter().any(|p| r.matches(p)) {
                 return;
             }
@@ -539,7 +540,7 @@ impl Watcher {
             }
         }
         self.watched = want;
-        *self.relevant.write().unwrap_or_else(|p| p.into_inner()) = relevant;
+        *self.relevant.write_locked() = relevant;
         grew
     }
 }

@@ -7,6 +7,7 @@
 //! different file.
 
 use crate::problem::Problem;
+use crate::sync::Locked;
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -231,7 +232,7 @@ fn group_is_ours(gid: u32, ours: &dyn Fn(u32) -> bool) -> bool {
 fn primary_members(gid: u32) -> Vec<u32> {
     // getpwent walks one cursor per process: one walk at a time.
     static WALK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _walk = WALK.lock().unwrap_or_else(|p| p.into_inner());
+    let _walk = WALK.locked();
     let mut uids = Vec::new();
     // SAFETY: setpwent/getpwent/endpwent share a process-wide cursor that
     // the lock above keeps to this walk; each entry is read before the

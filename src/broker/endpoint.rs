@@ -12,6 +12,7 @@
 //! one endpoint; an endpoint no running source names is forgotten.
 
 use crate::config::{Endpoint as ConfigEndpoint, SourceConfig};
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{watch, Semaphore};
@@ -75,7 +76,7 @@ impl Endpoints {
     /// The share of `source`'s endpoint (made if no running source holds it).
     pub fn of(&self, source: &SourceConfig) -> Arc<Shared> {
         let key = EndpointKey::of(source);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
             return shared;
         }
@@ -93,7 +94,7 @@ impl Endpoints {
     /// How many endpoints are held now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.map.locked();
         map.values().filter(|w| w.strong_count() > 0).count()
     }
 }

@@ -18,6 +18,7 @@ use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::oauth::{FetchError, TokenClient};
 use crate::sink::record::Record;
 use crate::sink::{SinkSet, Sinks};
+use crate::sync::{Locked, RwLocked};
 use crate::timefmt::rfc3339;
 use crate::token::Token;
 use arc_swap::ArcSwap;
@@ -173,18 +174,12 @@ impl Broker {
 
     /// The managed-identity apps in force.
     pub fn managed_identity(&self) -> Arc<MiState> {
-        self.managed_identity
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.managed_identity.read_locked().clone()
     }
 
     /// Puts `state` in force for the next managed-identity request.
     pub fn set_managed_identity(&self, state: MiState) {
-        *self
-            .managed_identity
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        *self.managed_identity.write_locked() = Arc::new(state);
     }
 
     /// Makes the running sources match `config` (docs/behaviour.md, Reload). `fingerprints`
@@ -201,7 +196,7 @@ impl Broker {
     pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
         self.client.reloaded();
         let mut summary = ApplySummary::default();
-        let _one_at_a_time = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.applying.locked();
         let mut map = BTreeMap::clone(&self.sources.load());
         // The sources whose expiry gauge may need to go (at start-up, none:
         // 10,000 look-ups of nothing took milliseconds).
@@ -332,7 +327,7 @@ impl Broker {
         }
         let now = SystemTime::now();
         self.metrics.last_reload_success.set(epoch_seconds(now));
-        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.reload.locked();
         r.loaded_at = now;
         r.at = now;
         r.ok = true;
@@ -348,7 +343,7 @@ impl Broker {
             .reloads
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
-        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.reload.locked();
         if ok {
             r.successes += 1;
         } else {
@@ -358,7 +353,7 @@ impl Broker {
 
     /// Records a reload that failed validation; running sources are untouched.
     pub fn record_reload_error(&self, message: String) {
-        let mut r = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = self.reload.locked();
         r.at = SystemTime::now();
         r.ok = false;
         r.error = Some(message);
@@ -487,10 +482,7 @@ impl Broker {
     }
 
     pub fn reload_status(&self) -> ReloadStatus {
-        self.reload
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.reload.locked().clone()
     }
 
     /// The `config` object of `/v1/sources`. Without `reveal`, a failed

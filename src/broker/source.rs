@@ -17,6 +17,7 @@ use crate::clock::Moment;
 use crate::config::SourceConfig;
 use crate::metrics::SourceOutcome;
 use crate::oauth::FetchError;
+use crate::sync::Locked;
 use crate::token::Token;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
@@ -234,7 +235,7 @@ impl Shared {
     /// Claims the source's early attempt during a backoff: true at most
     /// once per [`EARLY_ATTEMPT_INTERVAL`].
     pub(super) fn claim_early_attempt(&self, now: Instant) -> bool {
-        let mut last = self.last_early.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_early.locked();
         if last.is_some_and(|at| now.saturating_duration_since(at) < EARLY_ATTEMPT_INTERVAL) {
             return false;
         }
@@ -246,11 +247,7 @@ impl Shared {
     /// `first`: when to fetch without being asked (an eager start). True
     /// if this call started it.
     fn ensure_started(self: &Arc<Self>, first: Option<Moment>) -> bool {
-        let deps = self
-            .unstarted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let deps = self.unstarted.locked().take();
         let Some(deps) = deps else {
             return false;
         };
@@ -417,7 +414,7 @@ impl SourceHandle {
     /// Claims a forced-refresh slot; `Err` holds the wait until the next one.
     pub fn claim_forced_refresh(&self) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last_forced.locked();
         if let Some(at) = *last {
             let next = at + FORCED_REFRESH_INTERVAL;
             if next > now {

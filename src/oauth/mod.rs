@@ -18,6 +18,7 @@ pub mod tls;
 use crate::clock::Moment;
 use crate::config::{AuthMethod, Credential, Endpoint, Provider, SourceConfig};
 use crate::secret::{ExposeSecret, SecretEnv, SecretError};
+use crate::sync::Locked;
 use crate::token::{AccessToken, Token, SERVE_MARGIN};
 use base64::Engine;
 use response::{EndpointError, MAX_BODY};
@@ -209,10 +210,7 @@ impl TokenClient {
 
     /// Forgets discovered endpoints, so each is read again (after a reload).
     pub fn forget_discovery(&self) {
-        self.discovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.discovered.locked().clear();
     }
 
     /// The HTTP client for `src`: its `ca_file` trusted on top of the
@@ -236,7 +234,7 @@ impl TokenClient {
         cert.map(|c| &c.cert.pem).hash(&mut h);
         identity.map(|k| k.expose_secret()).hash(&mut h);
         let key = h.finish();
-        let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.tls.locked();
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
@@ -272,12 +270,7 @@ impl TokenClient {
             Endpoint::Url(u) => return Ok(u.clone()),
             Endpoint::Issuer(i) => i,
         };
-        let known = self
-            .discovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(issuer)
-            .cloned();
+        let known = self.discovered.locked().get(issuer).cloned();
         if let Some(u) = known {
             return Ok(u);
         }
@@ -288,8 +281,7 @@ impl TokenClient {
                 detail,
             })?;
         self.discovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .insert(issuer.clone(), found.clone());
         Ok(found)
     }

@@ -5,6 +5,7 @@
 //! `max_connections_per_uid` connections at once; a slot is given back when
 //! its connection ends, however it ends.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +42,7 @@ impl UidBudget {
                 uid: None,
             });
         }
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.locked();
         let n = held.entry(uid).or_default();
         if *n >= self.limit {
             return None;
@@ -56,7 +57,7 @@ impl UidBudget {
     /// Connections `uid` holds now.
     #[cfg(test)]
     fn holds(&self, uid: u32) -> usize {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.locked();
         held.get(&uid).copied().unwrap_or(0)
     }
 }
@@ -64,7 +65,7 @@ impl UidBudget {
 impl Drop for UidSlot {
     fn drop(&mut self) {
         let Some(uid) = self.uid else { return };
-        let mut held = self.budget.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.budget.held.locked();
         if let Some(n) = held.get_mut(&uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

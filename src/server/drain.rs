@@ -7,11 +7,12 @@
 //! reads a flag that changes once; [`Drain::start`] sets the flag and wakes
 //! the registered tasks.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 
 #[derive(Default)]
@@ -64,7 +65,7 @@ impl Drain {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+        self.waiting.locked()
     }
 }
 

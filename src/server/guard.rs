@@ -12,6 +12,7 @@
 //! The socket's denials ([`CallerDenials`]) are kept the same way per
 //! caller uid and source, so one uid's flood costs a line a minute.
 
+use crate::sync::Locked;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
@@ -123,10 +124,7 @@ impl Denials {
     /// Counts a denial at `now`. `Some(n)`: log this one, saying that `n`
     /// more were refused since the last line; `None`: count it silently.
     pub fn log_now(&self, now: Instant) -> Option<u64> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .log_now(now)
+        self.state.locked().log_now(now)
     }
 }
 
@@ -143,7 +141,7 @@ const CALLER_DENIALS_KEPT: usize = 4096;
 impl CallerDenials {
     /// [`Denials::log_now`] for `uid` refused `what` (a source name, say).
     pub fn log_now(&self, uid: u32, what: &str, now: Instant) -> Option<u64> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         let key = (uid, what.to_string());
         if !map.contains_key(&key) && map.len() >= CALLER_DENIALS_KEPT {
             map.retain(|_, s| !s.quiet_since(now));

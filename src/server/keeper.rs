@@ -7,7 +7,8 @@
 //! tokend's to re-create: that is an ERROR and a hint.
 
 use super::listener::{Listener, Lost};
-use std::sync::{Mutex, PoisonError};
+use crate::sync::Locked;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// How often the socket door looks at its file: a lost socket is back (or
@@ -33,7 +34,7 @@ impl SocketHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.locked()
     }
 }
 

@@ -7,9 +7,10 @@
 
 use super::{serve, Door, ServerSettings};
 use crate::broker::Broker;
+use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -79,7 +80,7 @@ impl DoorHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TcpDoor, String>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.locked()
     }
 }
 

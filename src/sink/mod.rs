@@ -29,6 +29,7 @@ use crate::clock::Moment;
 use crate::config::{SinkConfig, SinkFormat};
 use crate::metrics::{Metrics, SourceOutcome};
 use crate::secret::ExposeSecret;
+use crate::sync::Locked;
 use crate::token::Token;
 use record::{Record, Written};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -120,8 +121,7 @@ impl Sinks {
     /// Why the source's sinks could not be written, one line per sink.
     pub fn warnings(&self, source: &str) -> Vec<String> {
         self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(source)
             .map(|w| w.values().cloned().collect())
             .unwrap_or_default()
@@ -561,7 +561,7 @@ impl Worker {
     }
 
     fn set_warning(&self, source: &str, sink: &SinkConfig, warning: Option<String>) {
-        let mut all = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.warnings.locked();
         match warning {
             Some(w) => {
                 all.entry(source.to_string())
@@ -580,10 +580,7 @@ impl Worker {
     }
 
     fn forget_warnings(&self, source: &str) {
-        self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(source);
+        self.warnings.locked().remove(source);
     }
 }
 
