@@ -1,6 +1,6 @@
 //! A source's actor: the task that owns the schedule, the backoff and the
 //! single upstream request in flight, and publishes every outcome in the
-//! source's [`Snapshot`](super::source::Snapshot); and the supervisor that
+//! source's [`Snapshot`](super::shared::Snapshot); and the supervisor that
 //! restarts it should it ever panic. The handle side (what the server reads
 //! and asks for) is in [`super::source`].
 //!
@@ -13,13 +13,12 @@
 //! Invariant: at most one upstream request per source is in flight (only
 //! the actor starts one, and only when none is running).
 
-use super::endpoint::{self, Endpoints};
+use super::endpoint;
 use super::policy;
-use super::source::{Desired, LastError, Shared, WANT_FORCE, WANT_NONE};
-use super::Fetcher;
+use super::shared::{Deps, Desired, LastError, Shared, WANT_FORCE, WANT_NONE};
 use crate::clock::Moment;
 use crate::config::SourceConfig;
-use crate::metrics::{epoch_seconds, Metrics, SourceLabel, SourceOutcome};
+use crate::metrics::{epoch_seconds, SourceLabel, SourceOutcome};
 use crate::oauth::FetchError;
 use crate::secret::ExposeSecret;
 use crate::token::Token;
@@ -33,27 +32,9 @@ use tokio::time::Instant;
 
 pub(crate) type FetchFuture = Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
 
-/// What an actor needs besides the shared state.
-#[derive(Clone)]
-pub(crate) struct Deps {
-    pub metrics: Arc<Metrics>,
-    pub client: Arc<dyn Fetcher>,
-    /// Each token endpoint's budget of fetches in flight.
-    pub endpoints: Arc<Endpoints>,
-    pub sinks: crate::sink::Sinks,
-    /// Bumped when the wall clock jumps ahead of the monotonic one.
-    pub clock_jumps: watch::Receiver<u64>,
-}
-
 /// When an endpoint answers again, its backing-off sources retry within
 /// this much (each at a random point in it, so they do not arrive at once).
 pub const RECOVERY_SPREAD: Duration = Duration::from_secs(2);
-
-impl std::fmt::Debug for Deps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Deps")
-    }
-}
 
 /// Runs the source's actor and, should it ever panic, restarts it with its
 /// cached token kept: the panic counts as a failed fetch (so restarts follow

@@ -8,6 +8,7 @@ mod actor;
 mod endpoint;
 pub mod mi;
 pub mod policy;
+mod shared;
 pub mod source;
 #[cfg(test)]
 mod tests;
