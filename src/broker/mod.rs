@@ -6,6 +6,7 @@
 
 mod actor;
 mod endpoint;
+mod fetcher;
 pub mod mi;
 pub mod policy;
 mod shared;
@@ -16,53 +17,22 @@ mod tests;
 use crate::clock::Moment;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
-use crate::oauth::{FetchError, TokenClient};
 use crate::sink::record::Record;
 use crate::sink::{SinkSet, Sinks};
 use crate::sync::{Locked, RwLocked};
 use crate::timefmt::rfc3339;
-use crate::token::Token;
 use arc_swap::ArcSwap;
 use mi::MiState;
 use serde_json::{json, Value};
 use source::{SourceHandle, State};
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use fetcher::Fetcher;
 pub use source::{LastError, RefreshError, ServeError, Snapshot};
-
-/// Something that gets a token for a source: the real [`TokenClient`], or
-/// a scripted stand-in in the refresh-policy tests.
-pub trait Fetcher: Send + Sync + 'static {
-    /// A future of one upstream token request; it must not borrow `self`.
-    fn fetch(
-        &self,
-        source: Arc<SourceConfig>,
-    ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>>;
-
-    /// A config was applied: anything looked up from the old one (a
-    /// discovered token endpoint) is to be looked up again.
-    fn reloaded(&self) {}
-}
-
-impl Fetcher for TokenClient {
-    fn fetch(
-        &self,
-        source: Arc<SourceConfig>,
-    ) -> Pin<Box<dyn Future<Output = Result<Token, FetchError>> + Send>> {
-        let client = self.clone();
-        Box::pin(async move { client.fetch(&source).await })
-    }
-
-    fn reloaded(&self) {
-        self.forget_discovery();
-    }
-}
 
 /// Outcome of the last config load, for `/v1/sources` and `/readyz`.
 #[derive(Debug, Clone)]

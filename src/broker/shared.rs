@@ -5,7 +5,7 @@
 //! [`super::actor`] build on it; neither imports the other's insides.
 
 use super::endpoint::Endpoints;
-use super::Fetcher;
+use super::fetcher::Fetcher;
 use crate::clock::Moment;
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;

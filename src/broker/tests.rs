@@ -3,10 +3,14 @@
 
 use super::*;
 use crate::oauth::response::EndpointError;
+use crate::oauth::FetchError;
 use crate::secret::ExposeSecret;
+use crate::token::Token;
 use secrecy::SecretString;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::Instant;
 
