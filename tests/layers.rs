@@ -240,9 +240,66 @@ fn boundaries_hold() {
 
 #[test]
 fn modules_form_no_cycle() {
+    let cycles = cycles(edges(), |m| {
+        layer_of(m).map_or("?".to_string(), |(_, n)| n.to_string())
+    });
+    assert!(cycles.is_empty(), "{}", cycles.join("\n"));
+}
+
+/// Inside a folder too: no two files of `src/FOLDER/` import each other,
+/// directly or round a loop (`super::x`, `crate::FOLDER::x`). The folder's
+/// `mod.rs` is its front room and `tests.rs` its test bench: both may use
+/// every room, and are left out.
+#[test]
+fn no_folder_has_a_cycle_inside() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let folder = entry.unwrap().path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let name = folder.file_name().unwrap().to_str().unwrap().to_string();
+        let mut files = Vec::new();
+        rust_files(&folder, &mut files);
+        let rooms: BTreeMap<String, PathBuf> = files
+            .into_iter()
+            .filter(|f| f.parent() == Some(folder.as_path()))
+            .filter_map(|f| {
+                let stem = f.file_stem()?.to_str()?.to_string();
+                (stem != "mod" && stem != "tests").then_some((stem, f))
+            })
+            .collect();
+        let mut edges = Vec::new();
+        for (from, file) in &rooms {
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut found = imports(&text, "super::");
+            found.extend(imports(&text, &format!("crate::{name}::")));
+            for (to, line) in found {
+                if &to != from && rooms.contains_key(&to) {
+                    edges.push(Edge {
+                        from: from.clone(),
+                        to,
+                        file: file
+                            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                            .unwrap()
+                            .to_path_buf(),
+                        line,
+                    });
+                }
+            }
+        }
+        all.extend(cycles(edges, |_| name.clone()));
+    }
+    assert!(all.is_empty(), "{}", all.join("\n"));
+}
+
+/// Every cycle among `edges`, each once, as text naming the place of each
+/// step (with `group` of each end).
+fn cycles(edges: Vec<Edge>, group: impl Fn(&str) -> String) -> Vec<String> {
     // The first place each module uses each other one.
     let mut graph: BTreeMap<String, BTreeMap<String, Edge>> = BTreeMap::new();
-    for e in edges() {
+    for e in edges {
         graph
             .entry(e.from.clone())
             .or_default()
@@ -265,15 +322,14 @@ fn modules_form_no_cycle() {
                 let text: Vec<String> = steps
                     .iter()
                     .map(|e| {
-                        let layer = |m: &str| layer_of(m).map_or("?", |(_, n)| n);
                         format!(
                             "  {}:{}: `{}` ({}) uses `{}` ({})",
                             e.file.display(),
                             e.line,
                             e.from,
-                            layer(&e.from),
+                            group(&e.from),
                             e.to,
-                            layer(&e.to)
+                            group(&e.to)
                         )
                     })
                     .collect();
@@ -282,7 +338,7 @@ fn modules_form_no_cycle() {
             }
         }
     }
-    assert!(cycles.is_empty(), "{}", cycles.join("\n"));
+    cycles
 }
 
 /// The edges of a shortest path from `from` to `to`, if there is one.
