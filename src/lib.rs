@@ -14,6 +14,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod acl;
+pub mod answer;
 pub mod broker;
 pub mod cert;
 pub mod check;
@@ -32,6 +33,7 @@ pub mod heap;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod mi_env;
 pub mod oauth;
 pub mod problem;
 pub mod reload;

@@ -64,33 +64,13 @@ async fn dispatch(command: Command) -> u8 {
         Command::Status { json, daemon } => {
             tokend::client::status(&daemon.socket, json, daemon.timeout).await
         }
-        Command::MiEnv { app, config } => mi_env(&app, &config),
+        Command::MiEnv { app, config } => tokend::mi_env::run(&app, &config),
         Command::Credential { kind } => {
             let exec_info = std::env::var("KUBERNETES_EXEC_INFO").ok();
             let out = tokend::credential::run(kind, std::io::stdin(), exec_info).await;
             print!("{}", out.stdout);
             eprint!("{}", out.stderr);
             out.code
-        }
-    }
-}
-
-fn mi_env(app: &str, path: &Path) -> u8 {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("tokend mi-env prints the app's header, a secret: run it as root (e.g. sudo tokend mi-env {app} > /etc/tokend/mi/{app}.env)");
-        return 1;
-    }
-    let Some(config) = tokend::check::validate(path) else {
-        return 1;
-    };
-    match tokend::server::mi::env_lines(&config, app, &SecretEnv::process()) {
-        Ok(lines) => {
-            print!("{lines}");
-            0
-        }
-        Err(e) => {
-            eprintln!("tokend mi-env: {e}");
-            1
         }
     }
 }

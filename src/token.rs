@@ -1,10 +1,7 @@
 //! A token as tokend holds and serves it: its bytes (one copy, zeroed when
-//! the last holder drops it), its life, and the answer it is served as.
-//!
-//! The JSON body of `GET /v1/tokens/NAME` is the token's answer, not a
-//! route's: a source renders it once per token ([`prepare`]) and the socket
-//! API, the managed-identity door's raw bytes and the `json` file sinks read
-//! it ([`json`]).
+//! the last holder drops it), its life, and a place for what it is served
+//! as ([`Token::rendered`], which [`crate::answer`] fills; nothing here
+//! knows its shape).
 //!
 //! Invariants: a token is served only while more than [`SERVE_MARGIN`] of
 //! it is left on both clocks, the monotonic one and the wall clock (see
@@ -14,8 +11,8 @@
 use crate::clock::Moment;
 use crate::secret::ExposeSecret;
 use crate::timefmt::rfc3339;
-use serde_json::{json, Value};
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The bytes of an access token. Held once per token: a slice of one
@@ -88,9 +85,9 @@ pub struct Token {
     pub expires: Moment,
     /// The IdP's `refresh_in` hint.
     pub refresh_in: Option<Duration>,
-    /// What the API answers with, rendered once for this token (empty until
-    /// its source prepares it): the JSON body up to `"expires_in":`.
-    pub json_head: bytes::Bytes,
+    /// What this token is served as, rendered once by [`crate::answer`]
+    /// and zeroed with the token.
+    pub rendered: OnceLock<bytes::Bytes>,
 }
 
 impl fmt::Debug for Token {
@@ -140,134 +137,16 @@ impl Token {
     }
 }
 
-/// The whole body `GET /v1/tokens/NAME` answers with `tok` now, as file
-/// sinks of format "json" hold it. Zeroed when dropped.
-pub fn json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
-    use std::io::Write;
-    let expires_in = tok.remaining_at(Moment::now()).as_secs();
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.json_head.len() + 24));
-    if tok.json_head.is_empty() {
-        let mut body = json!({
-            "access_token": tok.access_token.expose_secret(),
-            "token_type": tok.token_type,
-            "expires_in": expires_in,
-            "expires_at": tok.expires_at_text(),
-            "source": source,
-        });
-        if let Some(s) = &tok.scope {
-            body["scope"] = Value::String(s.clone());
-        }
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &body);
-    } else {
-        out.extend_from_slice(&tok.json_head);
-        let _ = write!(out, "{expires_in}}}");
-    }
-    out
-}
-
-/// What a `json` sink file holds: the API's body without `expires_in`,
-/// which would be stale by the time the file is read (`expires_at` stays).
-/// Zeroed when dropped.
-pub fn file_json(source: &str, tok: &Token) -> zeroize::Zeroizing<Vec<u8>> {
-    const TAIL: &[u8] = b",\"expires_in\":";
-    if let Some(head) = tok.json_head.strip_suffix(TAIL) {
-        // Prepared: the same body, closed before `expires_in`.
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(head.len() + 1));
-        out.extend_from_slice(head);
-        out.push(b'}');
-        return out;
-    }
-    let mut body = json!({
-        "access_token": tok.access_token.expose_secret(),
-        "token_type": tok.token_type,
-        "expires_at": tok.expires_at_text(),
-        "source": source,
-    });
-    if let Some(s) = &tok.scope {
-        body["scope"] = Value::String(s.clone());
-    }
-    let mut out = zeroize::Zeroizing::new(Vec::with_capacity(tok.access_token.bytes().len() + 160));
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &body);
-    if let Value::Object(mut map) = body {
-        // The copy of the token inside the JSON value is wiped too.
-        if let Some(Value::String(t)) = map.get_mut("access_token") {
-            zeroize::Zeroize::zeroize(t);
-        }
-    }
-    out
-}
-
-/// Renders, once per token, what every `/v1/tokens` answer repeats: the
-/// JSON body up to `"expires_in":`. The token itself then lives only in
-/// that buffer (zeroed when dropped): the raw answer is a slice of it.
-pub fn prepare(source: &str, token: Token) -> Token {
-    let secret = token.access_token.expose_secret();
-    let mut head = Vec::with_capacity(secret.len() + 160);
-    head.extend_from_slice(b"{\"access_token\":");
-    let start = head.len();
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut head, secret);
-    let end = head.len();
-    head.extend_from_slice(b",\"token_type\":");
-    let _ = serde_json::to_writer(&mut head, &token.token_type);
-    head.extend_from_slice(b",\"expires_at\":");
-    let _ = serde_json::to_writer(&mut head, &token.expires_at_text());
-    if let Some(scope) = &token.scope {
-        head.extend_from_slice(b",\"scope\":");
-        let _ = serde_json::to_writer(&mut head, scope);
-    }
-    head.extend_from_slice(b",\"source\":");
-    let _ = serde_json::to_writer(&mut head, source);
-    head.extend_from_slice(b",\"expires_in\":");
-    // Unescaped (as tokens are): the token is the quoted part of the head.
-    let plain = end - start == secret.len() + 2;
-    let head = zeroed(head);
-    let access_token = if plain {
-        AccessToken::within(&head, start + 1..end - 1)
-    } else {
-        token.access_token.clone()
-    };
-    Token {
-        access_token,
-        json_head: head,
-        ..token
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A `json` sink holds the API's body less `expires_in`, prepared or not.
-    #[test]
-    fn the_file_json_is_the_answer_without_expires_in() {
-        let now = Moment::now();
-        let tok = Token {
-            access_token: AccessToken::new("t.o.k".into()),
-            json_head: bytes::Bytes::new(),
-            token_type: "Bearer".into(),
-            scope: Some("read".into()),
-            issued: now,
-            expires: now.later(Duration::from_secs(600)),
-            refresh_in: None,
-        };
-        let plain: Value = serde_json::from_slice(&file_json("s", &tok)).unwrap();
-        let prepared: Value = serde_json::from_slice(&file_json("s", &prepare("s", tok))).unwrap();
-        assert_eq!(plain, prepared);
-        assert_eq!(plain["access_token"], "t.o.k");
-        assert_eq!(plain["scope"], "read");
-        assert!(plain["expires_at"].is_string());
-        assert!(plain.get("expires_in").is_none(), "{plain}");
-    }
-
     #[test]
     fn debug_hides_the_token() {
         let t = Token {
             access_token: AccessToken::new("eyJsecret".into()),
-            json_head: bytes::Bytes::new(),
+            rendered: OnceLock::new(),
             token_type: "Bearer".into(),
             scope: None,
             issued: Moment::now(),
@@ -285,7 +164,7 @@ mod tests {
         let now = Moment::now();
         let t = Token {
             access_token: AccessToken::new("t".into()),
-            json_head: bytes::Bytes::new(),
+            rendered: OnceLock::new(),
             token_type: "Bearer".into(),
             scope: None,
             issued: now,

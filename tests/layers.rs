@@ -12,12 +12,21 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "commands",
-        &["main", "cli", "client", "credential", "check", "dev"],
+        &[
+            "main",
+            "cli",
+            "client",
+            "credential",
+            "check",
+            "dev",
+            "mi_env",
+        ],
     ),
     ("wiring", &["daemon"]),
     ("doors", &["server", "reload"]),
     ("running state", &["broker"]),
     ("sinks", &["sink"]),
+    ("token answer", &["answer"]),
     ("IdP client", &["oauth"]),
     ("config", &["config"]),
     (

@@ -311,7 +311,7 @@ impl Actor {
                     self.endpoint.announce_recovery();
                 }
                 // What every answer needs is rendered once, now.
-                let token = Arc::new(crate::token::prepare(&self.config.name, token));
+                let token = Arc::new(crate::answer::prepare(&self.config.name, token));
                 self.shared.current.store(Some(token.clone()));
                 self.deps
                     .sinks

@@ -20,11 +20,9 @@ use crate::metrics::{epoch_seconds, Metrics, OutcomeLabel, SourceLabel};
 use crate::sink::record::Record;
 use crate::sink::{SinkSet, Sinks};
 use crate::sync::{Locked, RwLocked};
-use crate::timefmt::rfc3339;
 use arc_swap::ArcSwap;
 use mi::MiState;
-use serde_json::{json, Value};
-use source::{SourceHandle, State};
+use source::SourceHandle;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -32,7 +30,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use fetcher::Fetcher;
-pub use source::{LastError, RefreshError, ServeError, Snapshot};
+pub use source::{LastError, RefreshError, ServeError, Snapshot, State};
 
 /// Outcome of the last config load, for `/v1/sources` and `/readyz`.
 #[derive(Debug, Clone)]
@@ -456,56 +454,35 @@ impl Broker {
         self.reload.locked().clone()
     }
 
-    /// The `config` object of `/v1/sources`. Without `reveal`, a failed
-    /// reload's error says only that it failed: its text names files and
-    /// settings a caller who may not read every source must not learn.
-    pub fn config_json(&self, reveal: bool) -> Value {
-        let r = self.reload_status();
-        let error = r.error.map(|e| {
-            if reveal {
-                e
-            } else {
-                RELOAD_ERROR_REDACTED.to_string()
-            }
-        });
-        json!({
-            "loaded_at": rfc3339(r.loaded_at),
-            "last_reload": { "ok": r.ok, "at": rfc3339(r.at), "error": error },
-            "reloads": { "success": r.successes, "error": r.errors },
-        })
-    }
-}
-
-/// What callers other than root and the daemon's uid see of a reload error.
-pub const RELOAD_ERROR_REDACTED: &str = "the last reload failed; details in the log";
-
-impl Broker {
-    /// One element of `/v1/sources`: never a token or a secret.
-    pub fn status_json(&self, handle: &SourceHandle) -> Value {
+    /// What `/v1/sources` shows of a source: never a token or a secret.
+    pub fn status(&self, handle: &SourceHandle) -> SourceStatus {
         let now = Moment::now();
-        let mut s = handle.snapshot();
-        s.warnings.extend(self.sinks.warnings(handle.name()));
+        let mut snapshot = handle.snapshot();
+        snapshot.warnings.extend(self.sinks.warnings(handle.name()));
         // From 30 days before the credential expires, status says so too.
-        let expires = handle.config().credential_expires;
-        s.warnings.extend(
-            expires.and_then(|t| crate::expiry::message(handle.name(), t, SystemTime::now())),
+        let credential_expires = handle.config().credential_expires;
+        snapshot.warnings.extend(
+            credential_expires
+                .and_then(|t| crate::expiry::message(handle.name(), t, SystemTime::now())),
         );
-        let state: State = s.state(now);
-        json!({
-            "name": handle.name(),
-            "state": state,
-            "expires_at": s.token.as_ref().map(|t| t.expires_at_text()),
-            "refreshed_at": s.refreshed_at.map(rfc3339),
-            "next_refresh_at": s.next_refresh_at.map(|at| rfc3339(at.wall)),
-            "consecutive_failures": s.consecutive_failures,
-            "last_error": s.last_error.as_ref().map(last_error_json),
-            "credential_expires_at": handle.config().credential_expires.map(rfc3339),
-            "warnings": s.warnings,
-            "managed_identity_apps": self.managed_identity().apps_using(handle.name()),
-        })
+        SourceStatus {
+            name: handle.name().to_string(),
+            state: snapshot.state(now),
+            snapshot,
+            credential_expires,
+            managed_identity_apps: self.managed_identity().apps_using(handle.name()),
+        }
     }
 }
 
-pub fn last_error_json(e: &LastError) -> Value {
-    json!({ "error": e.error, "message": e.message, "hint": e.hint, "at": rfc3339(e.at) })
+/// A source's status as of now (see [`Broker::status`]).
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub name: String,
+    pub state: State,
+    /// What the source published, its warnings with the sinks' and the
+    /// credential's.
+    pub snapshot: Snapshot,
+    pub credential_expires: Option<SystemTime>,
+    pub managed_identity_apps: Vec<String>,
 }

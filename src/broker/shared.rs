@@ -80,12 +80,6 @@ impl State {
     }
 }
 
-impl serde::Serialize for State {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
 /// What a source publishes after every change. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

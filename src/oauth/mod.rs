@@ -476,7 +476,7 @@ pub fn token_from_response(
         expires,
         refresh_in: parsed.refresh_in,
         access_token: AccessToken::new(parsed.access_token),
-        json_head: bytes::Bytes::new(),
+        rendered: Default::default(),
     })
 }
 

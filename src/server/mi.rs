@@ -10,18 +10,17 @@
 //! that app whose single scope is `R/.default` (and whose `client_id` is
 //! `C`, when given). Serving follows the same rules as the socket: one fetch
 //! for many callers, never a token with 5 s or less left, 503 while the
-//! source backs off. Answers carry every field some SDK reads.
+//! source backs off. Answers carry every field some SDK reads; errors are
+//! App Service's ([`Problem::app_service`]).
 
-use super::body::Body;
+use super::context::Ctx;
 use super::guard::Denials;
-use super::routes::{wait_for_token, Failure};
-use super::ServerSettings;
-use crate::broker::Broker;
-use crate::secret::ExposeSecret;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
+use super::tokens;
+use super::view::{self, printable, Problem, Resp};
+use crate::broker::mi::{AppState, MiState};
+use crate::broker::source::SourceHandle;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -30,110 +29,97 @@ pub const API_VERSION: &str = "2019-08-01";
 /// The endpoint's path.
 pub const PATH: &str = "/msi/token";
 
-/// The environment a program needs to use app `name` of `config`: the two
-/// lines for a systemd `EnvironmentFile=`. The header is a secret.
-pub fn env_lines(
-    config: &crate::config::Config,
-    name: &str,
-    env: &crate::secret::SecretEnv,
-) -> Result<String, String> {
-    let Some(mi) = &config.managed_identity else {
-        return Err(format!(
-            "{} has no [managed_identity] section",
-            crate::text::path(&config.path)
-        ));
-    };
-    let Some(app) = mi.apps.get(name) else {
-        let known: Vec<&str> = mi.apps.keys().map(String::as_str).collect();
-        return Err(format!(
-            "no managed-identity app named {name:?}; the apps are: {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ));
-    };
-    let header = app
-        .header
-        .resolve_now(env)
-        .map_err(|e| format!("cannot read app {name}'s header: {e}"))?;
-    Ok(format!(
-        "IDENTITY_ENDPOINT=http://{}{PATH}\nIDENTITY_HEADER={}\n",
-        mi.listen,
-        header.expose_secret()
-    ))
+fn invalid(status: StatusCode, code: &'static str, message: impl Into<String>) -> Problem {
+    Problem::new(status, code, message, None)
 }
 
-type Resp = Response<Body>;
-
-/// An error the way App Service answers one, which every SDK parses.
-fn error(status: StatusCode, error: &str, description: impl Into<String>) -> Resp {
-    let description = description.into();
-    let body = json!({
-        "error": error,
-        "error_description": description,
-        "statusCode": status.as_u16(),
-        "message": description,
-    });
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+/// What a token request asks for.
+struct Ask {
+    /// As the SDK wrote it (the answer repeats it).
+    resource: String,
+    client_id: Option<String>,
 }
 
-fn failure(f: Failure) -> Resp {
-    let mut message = f.message;
-    if let Some(h) = f.hint {
-        message = format!("{message} ({h})");
+impl Ask {
+    /// The resource without a trailing `/`, as sources are matched.
+    fn wanted(&self) -> &str {
+        self.resource.trim_end_matches('/')
     }
-    let mut r = error(f.status, f.code, message);
-    if let Some(d) = f.retry_after {
-        r.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            HeaderValue::from(crate::timefmt::ceil_secs(d).max(1)),
-        );
-    }
-    r
-}
 
-/// Whether source `c` answers a request for `resource` (and `client_id`,
-/// when the SDK names one).
-fn serves(c: &crate::config::SourceConfig, resource: &str, client_id: Option<&str>) -> bool {
-    crate::config::resource_of(c) == Some(resource) && client_id.is_none_or(|id| id == c.client_id)
+    /// Whether source `c` answers it.
+    fn served_by(&self, c: &crate::config::SourceConfig) -> bool {
+        crate::config::resource_of(c) == Some(self.wanted())
+            && self.client_id.as_deref().is_none_or(|id| id == c.client_id)
+    }
+
+    /// " with client_id C" when the SDK named one.
+    fn with_client_id(&self) -> String {
+        self.client_id
+            .as_ref()
+            .map(|c| format!(" with client_id {}", printable(c)))
+            .unwrap_or_default()
+    }
 }
 
 /// Answers one request on the managed-identity endpoint.
-pub async fn handle(
-    req: Request<Incoming>,
-    broker: &Broker,
-    settings: &ServerSettings,
-    denials: &Denials,
-    deadline: Instant,
-) -> Resp {
+pub async fn handle(req: Request<hyper::body::Incoming>, ctx: &Ctx<'_>, denials: &Denials) -> Resp {
+    match answer(&req, ctx, denials).await {
+        Ok(r) => r,
+        Err(p) => p.app_service(),
+    }
+}
+
+async fn answer<B>(req: &Request<B>, ctx: &Ctx<'_>, denials: &Denials) -> Result<Resp, Problem> {
     // The Host first, before the header: a page that rebinds a name to
     // 127.0.0.1 learns nothing here, not even whether a header is right.
-    if let Err(refusal) = super::guard::check_host(req.headers(), denials, "managed identity") {
-        return error(refusal.status, "invalid_request", refusal.message);
-    }
+    super::guard::check_host(req.headers(), denials, "managed identity")
+        .map_err(|r| invalid(r.status, "invalid_request", r.message))?;
     if req.uri().path() != PATH {
-        return error(
+        return Err(invalid(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("this is tokend's managed-identity endpoint; the only path is {PATH}"),
-        );
+        ));
     }
     if req.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET");
+        return Err(invalid(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "use GET",
+        ));
     }
-    let state = broker.managed_identity();
+    let state = ctx.broker.managed_identity();
+    let app = app_of(req, &state, denials)?;
+    let ask = parse_query(req.uri().query().unwrap_or_default())?;
+    let handle = source_for(app, &ask, ctx)?;
+    let name = handle.name().to_string();
+    let app_name = app.name.clone();
+    let next = |source: &str| follow(ctx, &app_name, source, &ask);
+    let waited = tokens::wait_for_token(handle, None, ctx, next).await;
+    tokens::count(ctx, &name, waited.as_ref().map(|(h, _)| &**h));
+    let (handle, tok) = waited?;
+    let client_id = handle.config().client_id.clone();
+    let now = crate::clock::Moment::now();
+    Ok(view::app_service_token(
+        &tok,
+        &client_id,
+        &ask.resource,
+        now,
+    ))
+}
+
+/// The app whose header the request presents.
+fn app_of<'s, B>(
+    req: &Request<B>,
+    state: &'s MiState,
+    denials: &Denials,
+) -> Result<&'s AppState, Problem> {
     let presented = req
         .headers()
         .get("x-identity-header")
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    let Some(app) = state.app(presented) else {
+    state.app(presented).ok_or_else(|| {
         if let Some(unlogged) = denials.log_now(Instant::now()) {
             tracing::warn!(
                 app = "no app",
@@ -141,13 +127,15 @@ pub async fn handle(
                 "managed-identity request refused: no app has this X-IDENTITY-HEADER"
             );
         }
-        return error(
+        invalid(
             StatusCode::UNAUTHORIZED,
             "invalid_request",
             "the X-IDENTITY-HEADER matches no managed-identity app: run the program with the IDENTITY_HEADER that `tokend mi-env APP` prints",
-        );
-    };
-    let query = req.uri().query().unwrap_or_default();
+        )
+    })
+}
+
+fn parse_query(query: &str) -> Result<Ask, Problem> {
     let (mut version, mut resource, mut client_id) = (None, None, None);
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
@@ -155,150 +143,122 @@ pub async fn handle(
             "resource" => resource = Some(v.into_owned()),
             "client_id" => client_id = Some(v.into_owned()),
             "object_id" | "principal_id" | "mi_res_id" => {
-                return error(
+                return Err(invalid(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",
                     format!("tokend tells identities apart by client_id, not {k}: set AZURE_CLIENT_ID (or the SDK's client_id) to the source's client_id"),
-                )
+                ))
             }
             _ => {}
         }
     }
     if version.as_deref() != Some(API_VERSION) {
-        return error(
+        return Err(invalid(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("api-version must be {API_VERSION} (the App Service protocol tokend speaks)"),
-        );
+        ));
     }
     let Some(resource) = resource.filter(|r| !r.is_empty()) else {
-        return error(
+        return Err(invalid(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the request names no resource",
-        );
+        ));
     };
-    let wanted = resource.trim_end_matches('/');
-    let candidates: Vec<Arc<crate::broker::source::SourceHandle>> = app
+    Ok(Ask {
+        resource,
+        client_id,
+    })
+}
+
+/// The one source of `app` that serves `ask`.
+fn source_for(app: &AppState, ask: &Ask, ctx: &Ctx<'_>) -> Result<Arc<SourceHandle>, Problem> {
+    let sources: Vec<Arc<SourceHandle>> = app
         .sources
         .iter()
-        .filter_map(|name| broker.get(name))
-        .filter(|h| serves(&h.config(), wanted, client_id.as_deref()))
+        .filter_map(|n| ctx.broker.get(n))
         .collect();
-    let handle = match candidates.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            let can: Vec<String> = app
-                .sources
-                .iter()
-                .filter_map(|n| broker.get(n))
-                .map(|h| {
-                    let c = h.config();
-                    let r = crate::config::resource_of(&c).unwrap_or("?").to_string();
-                    if client_id.is_some() {
-                        format!("{r} (client_id {})", c.client_id)
-                    } else {
-                        r
-                    }
-                })
+    let mut candidates = sources.iter().filter(|h| ask.served_by(&h.config_ref()));
+    match (candidates.next(), candidates.clone().count()) {
+        (Some(one), 0) => Ok(one.clone()),
+        (None, _) => Err(no_source_for(app, ask, &sources)),
+        (Some(first), more) => {
+            let ids: Vec<String> = std::iter::once(first)
+                .chain(candidates)
+                .map(|h| h.config().client_id.clone())
                 .collect();
-            tracing::warn!(app = %app.name, resource = %crate::server::routes::printable(wanted), "managed-identity request refused: no source of this app serves the resource");
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_resource",
-                format!(
-                    "app {} has no source for resource {}{}; app {} can get: {}",
-                    app.name,
-                    crate::server::routes::printable(wanted),
-                    client_id
-                        .as_ref()
-                        .map(|c| format!(" with client_id {}", crate::server::routes::printable(c)))
-                        .unwrap_or_default(),
-                    app.name,
-                    if can.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        can.join(", ")
-                    }
-                ),
-            );
-        }
-        many => {
-            let ids: Vec<String> = many.iter().map(|h| h.config().client_id.clone()).collect();
-            return error(
+            Err(invalid(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 format!(
-                    "app {} has {} sources for resource {wanted}: pass client_id (AZURE_CLIENT_ID) to choose one of {}",
+                    "app {} has {} sources for resource {}: pass client_id (AZURE_CLIENT_ID) to choose one of {}",
                     app.name,
-                    many.len(),
+                    more + 1,
+                    ask.wanted(),
                     ids.join(", ")
                 ),
-            );
+            ))
         }
-    };
-    let name = handle.name().to_string();
-    let app_name = app.name.clone();
-    let next = |source: &str| {
-        // Followed through a reload only while the app may still use it
-        // and it still serves what was asked for.
-        let state = broker.managed_identity();
-        let allowed = state
-            .apps
-            .iter()
-            .any(|a| a.name == app_name && a.sources.iter().any(|s| s == source));
-        match broker.get(source) {
-            Some(h) if allowed && serves(&h.config(), wanted, client_id.as_deref()) => Ok(h),
-            Some(_) if allowed => Err(Failure::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_resource",
-                format!(
-                    "source {source} no longer serves resource {}{} (a reload changed it)",
-                    crate::server::routes::printable(wanted),
-                    client_id
-                        .as_ref()
-                        .map(|c| format!(" with client_id {}", crate::server::routes::printable(c)))
-                        .unwrap_or_default(),
-                ),
-                None,
-            )),
-            _ => Err(Failure::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_resource",
-                format!("source {source} was removed"),
-                None,
-            )),
-        }
-    };
-    let result = wait_for_token(handle, None, deadline, settings, next).await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(f) if f.status == StatusCode::GATEWAY_TIMEOUT => "timeout",
-        Err(_) => "unavailable",
-    };
-    broker.metrics().count_request(&name, outcome);
-    let (handle, tok) = match result {
-        Ok(t) => t,
-        Err(f) => return failure(f),
-    };
-    let now = crate::clock::Moment::now();
-    let expires_on = tok
-        .expires
-        .wall
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let body = json!({
-        "access_token": tok.access_token.expose_secret(),
-        "expires_on": expires_on.to_string(),
-        "expires_in": tok.remaining_at(now).as_secs(),
-        "resource": resource,
-        "token_type": tok.token_type,
-        "client_id": handle.config().client_id,
-    });
-    let mut r = Response::new(Body::from(body.to_string()));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
+    }
+}
+
+/// No source of `app` serves `ask`: say what the app can get.
+fn no_source_for(app: &AppState, ask: &Ask, sources: &[Arc<SourceHandle>]) -> Problem {
+    let can: Vec<String> = sources
+        .iter()
+        .map(|h| {
+            let c = h.config();
+            let r = crate::config::resource_of(&c).unwrap_or("?").to_string();
+            if ask.client_id.is_some() {
+                format!("{r} (client_id {})", c.client_id)
+            } else {
+                r
+            }
+        })
+        .collect();
+    tracing::warn!(app = %app.name, resource = %printable(ask.wanted()), "managed-identity request refused: no source of this app serves the resource");
+    invalid(
+        StatusCode::BAD_REQUEST,
+        "invalid_resource",
+        format!(
+            "app {} has no source for resource {}{}; app {} can get: {}",
+            app.name,
+            printable(ask.wanted()),
+            ask.with_client_id(),
+            app.name,
+            if can.is_empty() {
+                "nothing".to_string()
+            } else {
+                can.join(", ")
+            }
+        ),
+    )
+}
+
+/// A source a reload replaced while the request waited, followed only
+/// while the app may still use it and it still serves what was asked for.
+fn follow(ctx: &Ctx<'_>, app: &str, source: &str, ask: &Ask) -> Result<Arc<SourceHandle>, Problem> {
+    let state = ctx.broker.managed_identity();
+    let allowed = state
+        .apps
+        .iter()
+        .any(|a| a.name == app && a.sources.iter().any(|s| s == source));
+    match ctx.broker.get(source) {
+        Some(h) if allowed && ask.served_by(&h.config_ref()) => Ok(h),
+        Some(_) if allowed => Err(invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            format!(
+                "source {source} no longer serves resource {}{} (a reload changed it)",
+                printable(ask.wanted()),
+                ask.with_client_id(),
+            ),
+        )),
+        _ => Err(invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            format!("source {source} was removed"),
+        )),
+    }
 }

@@ -14,6 +14,7 @@
 
 mod body;
 pub mod budget;
+pub mod context;
 mod drain;
 pub mod guard;
 pub mod keeper;
@@ -22,9 +23,12 @@ pub mod mi;
 pub mod routes;
 mod stall;
 pub mod tcp;
+mod tokens;
+pub mod view;
 
 use crate::acl::Peer;
 use crate::broker::Broker;
+use context::{Caller, Ctx};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
@@ -74,7 +78,7 @@ pub enum Door {
 /// denial count, see [`guard`]).
 #[derive(Clone)]
 enum Handler {
-    Api(Option<Arc<Peer>>),
+    Api(Arc<Caller>),
     ManagedIdentity(Arc<guard::Denials>),
     Metrics(Arc<guard::Denials>),
 }
@@ -131,7 +135,8 @@ pub async fn serve(
                     },
                     None => None,
                 };
-                let conn = connection(stream, Handler::Api(peer), &broker, &settings, &drain);
+                let caller = Arc::new(Caller::socket(peer, settings.own_uid));
+                let conn = connection(stream, Handler::Api(caller), &broker, &settings, &drain);
                 tokio::spawn(drive(conn, (permit, slot)));
             }
             Ok(Accepted::Tcp(stream)) => {
@@ -252,18 +257,24 @@ where
             // answer. A request that waits for nothing sets no timer.
             let now = crate::clock::Moment::now();
             let deadline = crate::timefmt::later(now.mono, settings.request_timeout);
+            let anonymous = Caller::anonymous();
+            let caller = match handler {
+                Handler::Api(caller) => caller,
+                _ => &anonymous,
+            };
+            let ctx = Ctx {
+                broker,
+                settings,
+                caller,
+                now,
+                deadline,
+            };
             Ok::<_, std::convert::Infallible>(match handler {
-                Handler::Api(peer) => {
-                    routes::handle(req, broker, peer.as_deref(), settings, now, deadline).await
-                }
-                Handler::ManagedIdentity(denials) => {
-                    // Boxed, like the API's waits: the future every request
-                    // builds and hyper moves stays small (1.4 KiB to 0.8).
-                    Box::pin(mi::handle(req, broker, settings, denials, deadline)).await
-                }
-                Handler::Metrics(denials) => {
-                    routes::handle_metrics_door(&req, broker, settings, denials)
-                }
+                Handler::Api(_) => routes::handle(req, &ctx).await,
+                // Boxed, like the API's waits: the future every request
+                // builds and hyper moves stays small.
+                Handler::ManagedIdentity(denials) => Box::pin(mi::handle(req, &ctx, denials)).await,
+                Handler::Metrics(denials) => routes::handle_metrics_door(&req, &ctx, denials),
             })
         }
     });

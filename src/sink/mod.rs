@@ -601,7 +601,7 @@ fn render(source: &str, format: SinkFormat, token: &Token) -> Zeroizing<Vec<u8>>
     match format {
         SinkFormat::Raw => Zeroizing::new(token.access_token.expose_secret().as_bytes().to_vec()),
         // A file is read later than it is written: no expires_in.
-        SinkFormat::Json => crate::token::file_json(source, token),
+        SinkFormat::Json => crate::answer::file_body(source, token),
         SinkFormat::Header => {
             let mut out = Zeroizing::new(Vec::new());
             let kind = if token.token_type.eq_ignore_ascii_case("bearer") {
@@ -637,7 +637,7 @@ mod tests {
             issued: now,
             expires: now.later(lifetime),
             refresh_in: None,
-            json_head: bytes::Bytes::new(),
+            rendered: Default::default(),
         })
     }
 
