@@ -62,6 +62,21 @@ struct Edge {
     line: usize,
 }
 
+impl Edge {
+    /// An import of `to` in `file` (absolute), at `line`, by module `from`.
+    fn new(from: &str, to: String, file: &Path, line: usize) -> Edge {
+        Edge {
+            from: from.to_string(),
+            to,
+            file: file
+                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                .unwrap()
+                .to_path_buf(),
+            line,
+        }
+    }
+}
+
 fn layer_of(module: &str) -> Option<(usize, &'static str)> {
     LAYERS
         .iter()
@@ -169,15 +184,7 @@ fn edges() -> Vec<Edge> {
             if to == from || to.chars().next().is_some_and(char::is_uppercase) {
                 continue;
             }
-            edges.push(Edge {
-                from: from.clone(),
-                to,
-                file: file
-                    .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-                    .unwrap()
-                    .to_path_buf(),
-                line,
-            });
+            edges.push(Edge::new(&from, to, &file, line));
         }
     }
     edges
@@ -286,15 +293,7 @@ fn no_folder_has_a_cycle_inside() {
             found.extend(imports(&text, &format!("crate::{name}::")));
             for (to, line) in found {
                 if &to != from && rooms.contains_key(&to) {
-                    edges.push(Edge {
-                        from: from.clone(),
-                        to,
-                        file: file
-                            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-                            .unwrap()
-                            .to_path_buf(),
-                        line,
-                    });
+                    edges.push(Edge::new(from, to, file, line));
                 }
             }
         }
