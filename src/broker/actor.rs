@@ -15,7 +15,7 @@
 
 use super::endpoint;
 use super::policy;
-use super::shared::{Deps, Desired, LastError, Shared, WANT_FORCE, WANT_NONE};
+use super::shared::{Deps, Desired, LastError, Shared, Want};
 use crate::clock::Moment;
 use crate::config::SourceConfig;
 use crate::metrics::{epoch_seconds, SourceLabel, SourceOutcome};
@@ -24,7 +24,6 @@ use crate::secret::ExposeSecret;
 use crate::token::Token;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -162,9 +161,9 @@ impl Actor {
                     }
                 }
                 () = shared.wake.notified() => {
-                    let force = match self.shared.wanted.swap(WANT_NONE, Ordering::SeqCst) {
-                        WANT_NONE => continue,
-                        level => level == WANT_FORCE,
+                    let force = match self.shared.wanted.take() {
+                        Want::Nothing => continue,
+                        want => want == Want::Force,
                     };
                     let backing_off = self.shared.snapshot.borrow().backing_off(Instant::now()).is_some();
                     if fetch.is_some() {

@@ -145,10 +145,37 @@ pub(super) struct Desired {
     pub(super) credential_epoch: u64,
 }
 
-/// Levels of [`Shared::wanted`]: the highest request since the actor last looked.
-pub(super) const WANT_NONE: u8 = 0;
-pub(super) const WANT_FETCH: u8 = 1;
-pub(super) const WANT_FORCE: u8 = 2;
+/// What a caller asked the actor for, in rising order: a higher request
+/// since the actor last looked includes the lower ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(super) enum Want {
+    Nothing = 0,
+    /// A fetch, unless the source backs off.
+    Fetch = 1,
+    /// A fetch now, backoff or not (a forced refresh).
+    Force = 2,
+}
+
+/// The highest [`Want`] since the actor last looked: requests coalesce,
+/// nothing is queued.
+#[derive(Debug, Default)]
+pub(super) struct Wanted(AtomicU8);
+
+impl Wanted {
+    pub(super) fn ask(&self, want: Want) {
+        self.0.fetch_max(want as u8, Ordering::SeqCst);
+    }
+
+    /// What was asked for since the last look, leaving nothing asked.
+    pub(super) fn take(&self) -> Want {
+        match self.0.swap(Want::Nothing as u8, Ordering::SeqCst) {
+            0 => Want::Nothing,
+            1 => Want::Fetch,
+            _ => Want::Force,
+        }
+    }
+}
 
 /// What the handle, the actor and its supervisor share. Outlives any one
 /// actor task, so a restarted actor picks up the cached token and every
@@ -165,8 +192,8 @@ pub(super) struct Shared {
     pub(super) current: ArcSwapOption<Token>,
     /// `tokend_token_requests_total{source, outcome="ok"}`, made once.
     pub(super) served: Counter,
-    /// A fetch request (`WANT_*`); requests coalesce, nothing is queued.
-    pub(super) wanted: AtomicU8,
+    /// What callers asked the actor for since it last looked.
+    pub(super) wanted: Wanted,
     pub(super) wake: Notify,
     pub(super) cancel: CancellationToken,
     /// Fingerprint of the credential's value when last applied.

@@ -14,7 +14,7 @@
 use super::actor::supervise;
 pub(crate) use super::shared::new_generation;
 pub(crate) use super::shared::Deps;
-use super::shared::{Desired, Shared, WANT_FETCH, WANT_FORCE, WANT_NONE};
+use super::shared::{Desired, Shared, Want};
 pub use super::shared::{LastError, Snapshot, State, EARLY_ATTEMPT_INTERVAL};
 use crate::clock::Moment;
 use crate::config::SourceConfig;
@@ -22,7 +22,7 @@ use crate::metrics::SourceOutcome;
 use crate::sync::Locked;
 use crate::token::Token;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -177,8 +177,9 @@ impl SourceHandle {
 
     /// Asks the actor for a fetch; requests made before it looks coalesce.
     fn request_fetch(&self, force: bool) {
-        let level = if force { WANT_FORCE } else { WANT_FETCH };
-        self.shared.wanted.fetch_max(level, Ordering::SeqCst);
+        self.shared
+            .wanted
+            .ask(if force { Want::Force } else { Want::Fetch });
         self.shared.wake.notify_one();
         self.shared.ensure_started(None);
     }
@@ -329,7 +330,7 @@ pub(crate) fn spawn(
         snapshot,
         current: ArcSwapOption::empty(),
         served,
-        wanted: AtomicU8::new(WANT_NONE),
+        wanted: Default::default(),
         wake: Notify::new(),
         cancel,
         fingerprint: AtomicU64::new(fingerprint),
