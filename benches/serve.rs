@@ -7,6 +7,8 @@
 //!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
 //!                                          # load only, to profile a server
 //!     cargo bench --bench serve -- --outages # only the outage figures (about 4 minutes)
+//!     TOKEND_BENCH_BEFORE=OLD/tokend cargo bench --bench serve
+//!                                          # another build beside this one, same run
 //!
 //! Both servers run as their own processes on Unix sockets; one load
 //! generator (a hyper client with N keep-alive connections) drives them in
@@ -145,6 +147,29 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
         .spawn()?;
     wait_listening(&base_socket).await;
     let _ = tokend_socket;
+    // Another build of tokend beside this one, under the same load in the
+    // same run: `TOKEND_BENCH_BEFORE=path/to/old/tokend cargo bench --bench serve`.
+    let before = match std::env::var_os("TOKEND_BENCH_BEFORE") {
+        Some(bin) => {
+            let d = Daemon::start_with(
+                Path::new(&bin),
+                dir.path(),
+                "before",
+                &source("bench", ""),
+                "",
+            )?;
+            wait_listening(&d.socket).await;
+            Some(d)
+        }
+        None => None,
+    };
+    let mut servers = vec![
+        ("tokend", daemon.socket.clone()),
+        ("baseline", base_socket.clone()),
+    ];
+    if let Some(b) = &before {
+        servers.push(("before", b.socket.clone()));
+    }
 
     println!();
     println!(
@@ -158,7 +183,7 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
     for view in ["in-process", "external"] {
         for conns in [16usize, 64] {
             for round in 0..plan.rounds {
-                for (name, socket) in [("tokend", &daemon.socket), ("baseline", &base_socket)] {
+                for (name, socket) in servers.iter().map(|(n, s)| (*n, s)) {
                     let r = match view {
                         "external" => external_load(socket, path, conns, plan.run)?,
                         _ => load(socket, path, conns, plan.run).await,
@@ -194,6 +219,13 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
             if let (Some(t), Some(b)) = (best("tokend"), best("baseline")) {
                 println!(
                     "{view:>10} c={conns}: tokend/baseline throughput {:.2}×, p99 {:.2}× (best round of each)",
+                    t.rate / b.rate,
+                    t.p99 / b.p99
+                );
+            }
+            if let (Some(t), Some(b)) = (best("tokend"), best("before")) {
+                println!(
+                    "{view:>10} c={conns}: tokend/before throughput {:.2}×, p99 {:.2}× (best round of each)",
                     t.rate / b.rate,
                     t.p99 / b.p99
                 );
@@ -407,6 +439,23 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, name: &str, sources: &str, server: &str) -> std::io::Result<Daemon> {
+        Daemon::start_with(
+            Path::new(env!("CARGO_BIN_EXE_tokend")),
+            dir,
+            name,
+            sources,
+            server,
+        )
+    }
+
+    /// [`Daemon::start`] from another build of tokend (`TOKEND_BENCH_BEFORE`).
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        sources: &str,
+        server: &str,
+    ) -> std::io::Result<Daemon> {
         let socket = dir.join(format!("{name}.sock"));
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -416,7 +465,7 @@ impl Daemon {
                 socket.display()
             ),
         )?;
-        let child = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        let child = Command::new(bin)
             .args(["run", "-c"])
             .arg(&config)
             .env("RUST_LOG", "warn")
