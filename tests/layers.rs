@@ -418,7 +418,6 @@ const STILL_LONG: &[&str] = &[
     "src/oauth/mod.rs:fetch",
     "src/config/load.rs:run",
     "src/broker/actor.rs:run",
-    "src/config/server.rs:server",
 ];
 
 /// A function longer than this is several steps that want names.
