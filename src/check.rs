@@ -1,7 +1,7 @@
 //! `tokend check [--fetch]`: validate the config and, with `--fetch`, request
 //! one token per source and show what it carries.
 
-use crate::config::{self, Config, Credential, Endpoint};
+use crate::config::{self, Config, Credential, Endpoint, SourceConfig};
 use crate::jwt;
 use crate::oauth::TokenClient;
 use crate::secret::{ExposeSecret, SecretEnv};
@@ -45,122 +45,131 @@ pub async fn run(path: &Path, fetch: bool, env: SecretEnv) -> u8 {
     };
     let mut failed = false;
     for src in config.sources.values() {
-        if let Credential::Certificate(c) = &src.credential {
-            println!(
-                "{}: certificate {}: {}, thumbprint {}, valid until {}{}",
-                src.name,
-                crate::text::path(&c.cert_path),
-                crate::text::clip(&c.cert.subject, 500),
-                c.cert.sha1_hex(),
-                crate::timefmt::rfc3339(c.cert.not_after),
-                if c.cert.expired_at(std::time::SystemTime::now()) {
-                    " (EXPIRED)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if let Endpoint::Issuer(issuer) = &src.endpoint {
-            match client.token_endpoint(src).await {
-                Ok(u) => println!(
-                    "{}: token endpoint {} (discovered from issuer {})",
-                    src.name,
-                    crate::text::url(&u),
-                    crate::text::url(issuer)
-                ),
-                Err(e) => println!("{}: discovery failed: {e}", src.name),
-            }
-        }
-        match client.fetch(src).await {
-            Err(e) => {
-                failed = true;
-                println!("{}: FAILED: {e}", src.name);
-                if let Some(h) = e.hint() {
-                    println!("  hint: {h}");
-                }
-            }
-            Ok(token) => {
-                println!(
-                    "{}: ok, lifetime {}{}",
-                    src.name,
-                    humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
-                    token
-                        .scope
-                        .as_ref()
-                        .map(|s| format!(", scope {}", crate::text::clip(s, 500)))
-                        .unwrap_or_default()
-                );
-                let secret = token.access_token.expose_secret();
-                match jwt::claims(secret) {
-                    None => println!("  token is opaque (not a JWT): no claims to show"),
-                    Some(c) => {
-                        for key in [
-                            "aud",
-                            "roles",
-                            "scp",
-                            "scope",
-                            "tid",
-                            "appid",
-                            "azp",
-                            "client_id",
-                            "exp",
-                        ] {
-                            if let Some(v) = c.get(key) {
-                                let mut shown = jwt::show(v);
-                                if key == "exp" {
-                                    if let Some(t) = v.as_u64().and_then(|n| {
-                                        std::time::UNIX_EPOCH
-                                            .checked_add(std::time::Duration::from_secs(n))
-                                    }) {
-                                        shown = crate::timefmt::rfc3339(t);
-                                    }
-                                }
-                                println!("  {key}: {shown}");
-                            }
-                        }
-                        if let Some(w) = jwt::consent_warning(&c) {
-                            println!("  warning: {w}");
-                        }
-                    }
-                }
-                if let Some(probe_url) = &src.probe_url {
-                    let probe = crate::text::url(probe_url);
-                    match client
-                        .http()
-                        .get(probe_url.clone())
-                        .bearer_auth(secret)
-                        .timeout(src.fetch_timeout)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => {
-                            println!("  probe {probe}: HTTP {}", r.status().as_u16())
-                        }
-                        Ok(r) => {
-                            failed = true;
-                            let s = r.status().as_u16();
-                            println!("  probe {probe}: FAILED, HTTP {s}");
-                            if s == 401 || s == 403 {
-                                println!("  hint: the API refused the token: the app likely lacks the application permission for this call, or admin consent was not granted");
-                            }
-                        }
-                        Err(e) if e.is_timeout() => {
-                            failed = true;
-                            println!(
-                                "  probe {probe}: FAILED: no answer within {} (the source's fetch_timeout)",
-                                humantime::format_duration(src.fetch_timeout)
-                            );
-                        }
-                        Err(e) => {
-                            failed = true;
-                            println!("  probe {probe}: FAILED: {e}");
-                        }
-                    }
-                }
-            }
-        }
+        failed |= !fetch_one(&client, src).await;
     }
     u8::from(failed)
+}
+
+/// `check --fetch` for one source: its certificate, discovered endpoint,
+/// a token and its claims, and the probe. True if all went well.
+async fn fetch_one(client: &TokenClient, src: &SourceConfig) -> bool {
+    if let Credential::Certificate(c) = &src.credential {
+        println!(
+            "{}: certificate {}: {}, thumbprint {}, valid until {}{}",
+            src.name,
+            crate::text::path(&c.cert_path),
+            crate::text::clip(&c.cert.subject, 500),
+            c.cert.sha1_hex(),
+            crate::timefmt::rfc3339(c.cert.not_after),
+            if c.cert.expired_at(std::time::SystemTime::now()) {
+                " (EXPIRED)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Endpoint::Issuer(issuer) = &src.endpoint {
+        match client.token_endpoint(src).await {
+            Ok(u) => println!(
+                "{}: token endpoint {} (discovered from issuer {})",
+                src.name,
+                crate::text::url(&u),
+                crate::text::url(issuer)
+            ),
+            Err(e) => println!("{}: discovery failed: {e}", src.name),
+        }
+    }
+    let token = match client.fetch(src).await {
+        Err(e) => {
+            println!("{}: FAILED: {e}", src.name);
+            if let Some(h) = e.hint() {
+                println!("  hint: {h}");
+            }
+            return false;
+        }
+        Ok(token) => token,
+    };
+    println!(
+        "{}: ok, lifetime {}{}",
+        src.name,
+        humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
+        token
+            .scope
+            .as_ref()
+            .map(|s| format!(", scope {}", crate::text::clip(s, 500)))
+            .unwrap_or_default()
+    );
+    let secret = token.access_token.expose_secret();
+    show_claims(secret);
+    match &src.probe_url {
+        Some(url) => probe(client, src, url, secret).await,
+        None => true,
+    }
+}
+
+/// The claims a JWT's reader wants first, or that it is opaque.
+fn show_claims(secret: &str) {
+    let Some(c) = jwt::claims(secret) else {
+        println!("  token is opaque (not a JWT): no claims to show");
+        return;
+    };
+    for key in [
+        "aud",
+        "roles",
+        "scp",
+        "scope",
+        "tid",
+        "appid",
+        "azp",
+        "client_id",
+        "exp",
+    ] {
+        if let Some(v) = c.get(key) {
+            let mut shown = jwt::show(v);
+            if key == "exp" {
+                if let Some(t) = v.as_u64().and_then(|n| {
+                    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(n))
+                }) {
+                    shown = crate::timefmt::rfc3339(t);
+                }
+            }
+            println!("  {key}: {shown}");
+        }
+    }
+    if let Some(w) = jwt::consent_warning(&c) {
+        println!("  warning: {w}");
+    }
+}
+
+/// Calls the source's `probe_url` with the token. True if it answered 2xx.
+async fn probe(client: &TokenClient, src: &SourceConfig, url: &url::Url, secret: &str) -> bool {
+    let shown = crate::text::url(url);
+    let sent = client
+        .http()
+        .get(url.clone())
+        .bearer_auth(secret)
+        .timeout(src.fetch_timeout)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {
+            println!("  probe {shown}: HTTP {}", r.status().as_u16());
+            return true;
+        }
+        Ok(r) => {
+            let s = r.status().as_u16();
+            println!("  probe {shown}: FAILED, HTTP {s}");
+            if s == 401 || s == 403 {
+                println!("  hint: the API refused the token: the app likely lacks the application permission for this call, or admin consent was not granted");
+            }
+        }
+        Err(e) if e.is_timeout() => println!(
+            "  probe {shown}: FAILED: no answer within {} (the source's fetch_timeout)",
+            humantime::format_duration(src.fetch_timeout)
+        ),
+        Err(e) => println!("  probe {shown}: FAILED: {e}"),
+    }
+    false
 }
 
 /// "no sources", or "2 source(s): a, b", naming at most 20.

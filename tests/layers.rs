@@ -413,7 +413,6 @@ const STILL_LONG: &[&str] = &[
     "src/config/source.rs:source",
     "src/config/mi.rs:managed_identity",
     "src/broker/mod.rs:apply",
-    "src/check.rs:run",
     "src/broker/actor.rs:finish",
     "src/oauth/mod.rs:fetch",
     "src/config/load.rs:run",
