@@ -412,7 +412,6 @@ const STILL_LONG: &[&str] = &[
     "src/daemon.rs:run",
     "src/config/source.rs:source",
     "src/config/mi.rs:managed_identity",
-    "src/broker/mod.rs:apply",
     "src/broker/actor.rs:finish",
     "src/oauth/mod.rs:fetch",
     "src/config/load.rs:run",

@@ -60,6 +60,16 @@ impl ApplySummary {
     }
 }
 
+/// What one [`Broker::apply`] works out before it changes anything.
+#[derive(Default)]
+struct Plan {
+    summary: ApplySummary,
+    stopped: Vec<Arc<SourceHandle>>,
+    to_start: Vec<(String, Arc<SourceConfig>, u64, u64)>,
+    sinks_changed: Vec<SinkSet>,
+    sinks_removed: Vec<(String, u64)>,
+}
+
 /// A borrowed view of the running sources, by name (see [`Broker::registry`]).
 pub type Registry = arc_swap::Guard<Arc<BTreeMap<String, Arc<SourceHandle>>>>;
 
@@ -164,103 +174,22 @@ impl Broker {
     /// - removed: stopped at once; added: started.
     pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
         self.client.reloaded();
-        let mut summary = ApplySummary::default();
         let _one_at_a_time = self.applying.locked();
+        let mut plan = Plan::default();
         let mut map = BTreeMap::clone(&self.sources.load());
-        // The sources whose expiry gauge may need to go (at start-up, none:
-        // 10,000 look-ups of nothing took milliseconds).
+        // The sources whose expiry gauge may need to go (at start-up, none).
         let had_expiry: Vec<String> = map
             .iter()
             .filter(|(_, h)| h.config_ref().credential_expires.is_some())
             .map(|(name, _)| name.clone())
             .collect();
-        // Stopped only once the new map is in place: a request that finds a
-        // stopped source then finds its successor by name.
-        let mut stopped = Vec::new();
-        // What the sinks hear, in one event, before any new task starts:
-        // removals are worked out over the whole new config.
-        let mut sinks_changed = Vec::new();
-        let mut sinks_removed = Vec::new();
-        map.retain(|name, handle| {
-            let keep = config
-                .sources
-                .get(name)
-                .is_some_and(|c| c.same_identity(&handle.config()));
-            if !keep {
-                stopped.push(handle.clone());
-                if config.sources.contains_key(name) {
-                    summary.restarted.push(name.clone());
-                } else {
-                    summary.removed.push(name.clone());
-                    self.metrics.forget_source(name);
-                    sinks_removed.push((name.clone(), handle.generation()));
-                }
-            }
-            keep
-        });
-        let mut to_start = Vec::new();
-        // Looked up once per new source: a set, so that restarting
-        // thousands of sources at once stays linear.
-        let restarted: std::collections::HashSet<String> =
-            summary.restarted.iter().cloned().collect();
-        for (name, cfg) in &config.sources {
-            let fp = fingerprints.get(name).copied();
-            match map.get(name) {
-                Some(handle) => {
-                    let old = handle.config();
-                    let fp = fp.unwrap_or_else(|| handle.fingerprint());
-                    let credential_changed =
-                        old.credential != cfg.credential || fp != handle.fingerprint();
-                    if credential_changed {
-                        summary.credential_changed.push(name.clone());
-                        handle.reconfigure(cfg.clone(), fp, true);
-                    } else if *old != **cfg {
-                        summary.updated.push(name.clone());
-                        handle.reconfigure(cfg.clone(), fp, false);
-                    }
-                    if old.sinks != cfg.sinks {
-                        sinks_changed.push(SinkSet {
-                            source: name.clone(),
-                            generation: handle.generation(),
-                            identity: cfg.identity_digest(),
-                            sinks: cfg.sinks.clone(),
-                            token: handle.current_token(),
-                        });
-                    }
-                }
-                None => {
-                    let was_running = restarted.contains(name);
-                    if !was_running {
-                        summary.added.push(name.clone());
-                    }
-                    // Known before the task starts, so its first token
-                    // finds its sinks. Also for a restarted source without
-                    // sinks: its predecessor's files go. (A new source
-                    // without sinks has nothing to tell them.)
-                    let generation = source::new_generation();
-                    if !cfg.sinks.is_empty() || was_running {
-                        sinks_changed.push(SinkSet {
-                            source: name.clone(),
-                            generation,
-                            identity: cfg.identity_digest(),
-                            sinks: cfg.sinks.clone(),
-                            token: None,
-                        });
-                    }
-                    to_start.push((
-                        name.clone(),
-                        cfg.clone(),
-                        fp.unwrap_or_default(),
-                        generation,
-                    ));
-                }
-            }
-        }
+        self.drop_changed_identities(config, &mut map, &mut plan);
+        self.update_in_place(config, fingerprints, &map, &mut plan);
         // Always, even empty: the first one also clears what a previous
         // run left (a config that dropped every sink included).
-        self.sinks.apply(sinks_changed, sinks_removed);
+        self.sinks.apply(plan.sinks_changed, plan.sinks_removed);
         // Thousands at start-up: registered on every core.
-        let started = crate::cores::map(to_start, |(name, cfg, fp, generation)| {
+        let started = crate::cores::map(plan.to_start, |(name, cfg, fp, generation)| {
             (name, self.start(cfg, fp, generation))
         });
         map.extend(started);
@@ -268,9 +197,107 @@ impl Broker {
             .sources
             .set(i64::try_from(map.len()).unwrap_or(i64::MAX));
         self.sources.store(Arc::new(map));
-        for handle in stopped {
+        // Stopped only once the new map is in place: a request that finds a
+        // stopped source then finds its successor by name.
+        for handle in plan.stopped {
             handle.stop();
         }
+        self.set_expiry_gauges(config, had_expiry);
+        self.record_reload_success();
+        plan.summary
+    }
+
+    /// Takes out of `map` every source the config removes or whose identity
+    /// it changes (to stop once the new map is in place).
+    fn drop_changed_identities(
+        &self,
+        config: &Config,
+        map: &mut BTreeMap<String, Arc<SourceHandle>>,
+        plan: &mut Plan,
+    ) {
+        map.retain(|name, handle| {
+            let keep = config
+                .sources
+                .get(name)
+                .is_some_and(|c| c.same_identity(&handle.config()));
+            if !keep {
+                plan.stopped.push(handle.clone());
+                if config.sources.contains_key(name) {
+                    plan.summary.restarted.push(name.clone());
+                } else {
+                    plan.summary.removed.push(name.clone());
+                    self.metrics.forget_source(name);
+                    plan.sinks_removed.push((name.clone(), handle.generation()));
+                }
+            }
+            keep
+        });
+    }
+
+    /// Reconfigures the sources `map` keeps, and plans the start of the
+    /// others; what the sinks hear is worked out over the whole config, in
+    /// one event, before any new task starts.
+    fn update_in_place(
+        &self,
+        config: &Config,
+        fingerprints: &BTreeMap<String, u64>,
+        map: &BTreeMap<String, Arc<SourceHandle>>,
+        plan: &mut Plan,
+    ) {
+        // Looked up once per new source: a set, so that restarting
+        // thousands of sources at once stays linear.
+        let restarted: std::collections::HashSet<String> =
+            plan.summary.restarted.iter().cloned().collect();
+        for (name, cfg) in &config.sources {
+            let fp = fingerprints.get(name).copied();
+            let Some(handle) = map.get(name) else {
+                let was_running = restarted.contains(name);
+                if !was_running {
+                    plan.summary.added.push(name.clone());
+                }
+                // Known before the task starts, so its first token finds
+                // its sinks. Also for a restarted source without sinks: its
+                // predecessor's files go. (A new source without sinks has
+                // nothing to tell them.)
+                let generation = source::new_generation();
+                if !cfg.sinks.is_empty() || was_running {
+                    plan.sinks_changed.push(SinkSet {
+                        source: name.clone(),
+                        generation,
+                        identity: cfg.identity_digest(),
+                        sinks: cfg.sinks.clone(),
+                        token: None,
+                    });
+                }
+                let fp = fp.unwrap_or_default();
+                plan.to_start
+                    .push((name.clone(), cfg.clone(), fp, generation));
+                continue;
+            };
+            let old = handle.config();
+            let fp = fp.unwrap_or_else(|| handle.fingerprint());
+            let credential_changed = old.credential != cfg.credential || fp != handle.fingerprint();
+            if credential_changed {
+                plan.summary.credential_changed.push(name.clone());
+                handle.reconfigure(cfg.clone(), fp, true);
+            } else if *old != **cfg {
+                plan.summary.updated.push(name.clone());
+                handle.reconfigure(cfg.clone(), fp, false);
+            }
+            if old.sinks != cfg.sinks {
+                plan.sinks_changed.push(SinkSet {
+                    source: name.clone(),
+                    generation: handle.generation(),
+                    identity: cfg.identity_digest(),
+                    sinks: cfg.sinks.clone(),
+                    token: handle.current_token(),
+                });
+            }
+        }
+    }
+
+    /// `tokend_credential_expiry_timestamp_seconds` as the config says.
+    fn set_expiry_gauges(&self, config: &Config, had_expiry: Vec<String>) {
         for (name, cfg) in &config.sources {
             if let Some(t) = cfg.credential_expires {
                 let l = SourceLabel {
@@ -294,6 +321,9 @@ impl Broker {
                     .remove(&SourceLabel { source });
             }
         }
+    }
+
+    fn record_reload_success(&self) {
         let now = SystemTime::now();
         self.metrics.last_reload_success.set(epoch_seconds(now));
         let mut r = self.reload.locked();
@@ -302,7 +332,6 @@ impl Broker {
         r.ok = true;
         r.error = None;
         self.metrics.last_reload_ok.set(1);
-        summary
     }
 
     /// Counts a reload attempt after start-up (for status and metrics).
