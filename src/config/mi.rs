@@ -6,10 +6,10 @@
 
 use super::diag::{At, Diagnostics};
 use super::raw::RawManagedIdentity;
+use super::values::address;
 use super::{ManagedIdentity, MiApp, SourceConfig};
 use crate::secret::SecretRef;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 /// The shortest inline `header` accepted: a value the app sends as its
 /// password must not be guessable.
@@ -34,9 +34,8 @@ pub(super) fn managed_identity(
             );
             None
         }
-        Some(l) => match l.get_ref().parse::<SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Some(a),
-            Ok(a) => {
+        Some(l) => match address(d, MAIN, l, "listen", "\"127.0.0.1:42356\"") {
+            Some(a) if !a.ip().is_loopback() => {
                 d.error(
                     &At::of(MAIN, l),
                     format!("`listen` {a} is not a loopback address"),
@@ -47,14 +46,7 @@ pub(super) fn managed_identity(
                 );
                 None
             }
-            Err(e) => {
-                d.error(
-                    &At::of(MAIN, l),
-                    format!("`listen` is not an address and port: {e}"),
-                    Some("write it as \"127.0.0.1:42356\"".to_string()),
-                );
-                None
-            }
+            a => a,
         },
     };
     let mut apps = BTreeMap::new();

@@ -2,7 +2,7 @@
 
 use super::diag::{At, Diagnostics};
 use super::raw::RawServer;
-use super::values::{account, duration, octal_mode, Account};
+use super::values::{account, address, duration, octal_mode, Account};
 use super::{LogFormat, ServerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,23 +111,14 @@ fn log_format(d: &mut Diagnostics, f: &Spanned<String>) -> LogFormat {
 
 /// `metrics_listen`: an address and port, with a warning on every interface.
 fn metrics_listen(d: &mut Diagnostics, l: &Spanned<String>) -> Option<std::net::SocketAddr> {
-    match l.get_ref().parse::<std::net::SocketAddr>() {
-        Ok(a) if a.ip().is_unspecified() => {
-            d.warn(
-                &At::of(MAIN, l),
-                format!("`metrics_listen` {a} listens on every interface: anyone who can reach this host on port {} reads every source's name, state and token expiry", a.port()),
-                Some(format!("listen on 127.0.0.1:{} for a Prometheus on this host, or on the one address Prometheus scrapes, behind a firewall", a.port())),
-            );
-            Some(a)
-        }
-        Ok(a) => Some(a),
-        Err(e) => {
-            d.error(
-                &At::of(MAIN, l),
-                format!("`metrics_listen` is not an address and port: {e}"),
-                Some("write it as \"127.0.0.1:9464\" (or [::1]:9464, or an address Prometheus can reach)".to_string()),
-            );
-            None
-        }
+    let example = "\"127.0.0.1:9464\" (or [::1]:9464, or an address Prometheus can reach)";
+    let a = address(d, MAIN, l, "metrics_listen", example)?;
+    if a.ip().is_unspecified() {
+        d.warn(
+            &At::of(MAIN, l),
+            format!("`metrics_listen` {a} listens on every interface: anyone who can reach this host on port {} reads every source's name, state and token expiry", a.port()),
+            Some(format!("listen on 127.0.0.1:{} for a Prometheus on this host, or on the one address Prometheus scrapes, behind a firewall", a.port())),
+        );
     }
+    Some(a)
 }

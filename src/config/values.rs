@@ -38,6 +38,27 @@ pub(super) fn duration(
     }
 }
 
+/// An address and port (`key` of `file`), or an error that shows `example`.
+pub(super) fn address(
+    d: &mut Diagnostics,
+    file: usize,
+    v: &Spanned<String>,
+    key: &str,
+    example: &str,
+) -> Option<std::net::SocketAddr> {
+    match v.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            d.error(
+                &At::of(file, v),
+                format!("`{key}` is not an address and port: {e}"),
+                Some(format!("write it as {example}")),
+            );
+            None
+        }
+    }
+}
+
 /// An `https` URL, or `http` to a loopback host.
 pub(super) fn url(d: &mut Diagnostics, file: usize, v: &Spanned<String>, key: &str) -> Option<Url> {
     let at = At::of(file, v);
