@@ -68,13 +68,17 @@ impl Edge {
         Edge {
             from: from.to_string(),
             to,
-            file: file
-                .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-                .unwrap()
-                .to_path_buf(),
+            file: relative(file),
             line,
         }
     }
+}
+
+/// `file` (absolute) as a path from the crate's root.
+fn relative(file: &Path) -> PathBuf {
+    file.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .unwrap()
+        .to_path_buf()
 }
 
 fn layer_of(module: &str) -> Option<(usize, &'static str)> {
@@ -501,11 +505,7 @@ fn no_function_grows_past_100_lines() {
     let mut long = BTreeSet::new();
     for file in files.iter().filter(|f| !f.ends_with("tests.rs")) {
         let text = std::fs::read_to_string(file).unwrap();
-        let rel = file
-            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
-            .unwrap()
-            .display()
-            .to_string();
+        let rel = relative(file).display().to_string();
         for (name, n) in function_lengths(&text) {
             if n > MAX_FN_LINES {
                 long.insert((format!("{rel}:{name}"), n));

@@ -280,29 +280,30 @@ fn sources(ctx: &Ctx<'_>) -> Resp {
 /// those this caller may read.
 fn ready(ctx: &Ctx<'_>) -> Resp {
     let not_ready = ctx.broker.not_ready();
-    let sources_ready = not_ready.is_empty();
+    // Sources ready but no client able to reach the socket is not ready;
+    // nor is a door that cannot listen, which its clients cannot use.
+    let socket_error = ctx.settings.socket_health.problem();
+    let door_errors = ctx.settings.door_health.problems();
+    let ready = not_ready.is_empty() && socket_error.is_none() && door_errors.is_empty();
     let body = view::Ready {
         config_error: view::Ready::config_error(
             ctx.broker.reload_status(),
             ctx.caller.privileged(),
         ),
-        // A door that cannot listen is a door its clients cannot use.
-        door_errors: ctx.settings.door_health.problems(),
+        door_errors,
         not_ready: not_ready
             .into_iter()
             .filter(|name| ctx.may_read_named(name))
             .collect(),
-        ready: false,
-        // Sources ready but no client able to reach the socket is not ready.
-        socket_error: ctx.settings.socket_health.problem(),
+        ready,
+        socket_error,
     };
-    let ready = sources_ready && body.socket_error.is_none() && body.door_errors.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    view::json(status, &view::Ready { ready, ..body })
+    view::json(status, &body)
 }
 
 struct TokenQuery {
