@@ -409,19 +409,6 @@ fn the_layers_are_documented() {
     );
 }
 
-/// Functions still longer than [`MAX_FN_LINES`], being split (issue 31):
-/// `file:name`. The list only shrinks; a function not on it that grows
-/// past the limit fails, and so does an entry that is short now.
-const STILL_LONG: &[&str] = &[
-    "src/daemon.rs:run",
-    "src/config/source.rs:source",
-    "src/config/mi.rs:managed_identity",
-    "src/broker/actor.rs:finish",
-    "src/oauth/mod.rs:fetch",
-    "src/config/load.rs:run",
-    "src/broker/actor.rs:run",
-];
-
 /// A function longer than this is several steps that want names.
 const MAX_FN_LINES: usize = 100;
 
@@ -512,18 +499,9 @@ fn no_function_grows_past_100_lines() {
             }
         }
     }
-    let new: Vec<String> = long
+    let long: Vec<String> = long
         .iter()
-        .filter(|(f, _)| !STILL_LONG.contains(&f.as_str()))
         .map(|(f, n)| format!("{f} is {n} lines; split it into named steps"))
         .collect();
-    assert!(new.is_empty(), "{}", new.join("\n"));
-    let done: Vec<&&str> = STILL_LONG
-        .iter()
-        .filter(|f| !long.iter().any(|(g, _)| g == **f))
-        .collect();
-    assert!(
-        done.is_empty(),
-        "now short: take {done:?} off STILL_LONG in tests/layers.rs"
-    );
+    assert!(long.is_empty(), "{}", long.join("\n"));
 }

@@ -119,110 +119,147 @@ async fn in_flight(f: &mut Option<FetchFuture>) -> Result<Token, FetchError> {
     }
 }
 
+/// What the actor's loop holds between wake-ups.
+struct Plan {
+    /// When to fetch next, if no fetch is in flight.
+    next: Option<Moment>,
+    /// The one upstream request in flight.
+    fetch: Option<FetchFuture>,
+    /// The credential changed while a fetch with the old one was in flight.
+    refetch: bool,
+}
+
 impl Actor {
     async fn run(mut self, first: Option<Moment>) {
-        let mut next: Option<Moment> = first;
-        let mut fetch: Option<FetchFuture> = None;
-        // The credential changed while a fetch with the old one was in flight.
-        let mut refetch_pending = false;
+        let mut plan = Plan {
+            next: first,
+            fetch: None,
+            refetch: false,
+        };
         let cancel = self.shared.cancel.clone();
         let shared = self.shared.clone();
         let mut clock_jumps = self.deps.clock_jumps.clone();
         clock_jumps.mark_unchanged();
         let mut recovered = self.endpoint.recovered.subscribe();
         loop {
-            let wake = next.map(|m| m.mono);
+            let wake = plan.next.map(|m| m.mono);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                result = in_flight(&mut fetch) => {
-                    fetch = None;
-                    next = Some(self.finish(result));
-                    if std::mem::take(&mut refetch_pending) {
-                        fetch = Some(self.start());
-                        next = None;
-                    }
-                }
+                result = in_flight(&mut plan.fetch) => self.fetched(&mut plan, result),
                 changed = self.desired.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    let desired = self.desired.borrow_and_update().clone();
-                    let refetch = desired.credential_epoch != self.epoch_seen;
-                    self.epoch_seen = desired.credential_epoch;
-                    self.config = desired.config;
-                    let idle = !self.shared.snapshot.borrow().requested;
-                    let start_now = refetch || (self.config.eager && idle);
-                    if fetch.is_some() {
-                        refetch_pending |= refetch;
-                    } else if start_now {
-                        fetch = Some(self.start());
-                        next = None;
-                    }
+                    self.reconfigured(&mut plan);
                 }
-                () = shared.wake.notified() => {
-                    let force = match self.shared.wanted.take() {
-                        Want::Nothing => continue,
-                        want => want == Want::Force,
-                    };
-                    let backing_off = self.shared.snapshot.borrow().backing_off(Instant::now()).is_some();
-                    if fetch.is_some() {
-                        // joined: the fetch in flight answers this request too
-                    } else if force || !backing_off {
-                        fetch = Some(self.start());
-                        next = None;
-                    } else {
-                        // Wake the asker so it sees the backoff and answers 503.
-                        self.shared.snapshot.send_modify(|_| {});
-                    }
-                }
-                () = crate::timefmt::sleep_until_opt(wake), if fetch.is_none() && wake.is_some() => {
-                    fetch = Some(self.start());
-                    next = None;
+                () = shared.wake.notified() => self.asked(&mut plan),
+                () = crate::timefmt::sleep_until_opt(wake), if plan.fetch.is_none() && wake.is_some() => {
+                    self.fetch_now(&mut plan);
                 }
                 changed = clock_jumps.changed() => {
                     if changed.is_err() {
                         // The broker is gone; its sources follow.
                         break;
                     }
-                    // The wall clock jumped (a resume): what is due by it
-                    // starts now, the rest is timed on both clocks again.
-                    let now = Moment::now();
-                    match next {
-                        Some(at) if fetch.is_none() && now.reached(at) => {
-                            fetch = Some(self.start());
-                            next = None;
-                        }
-                        Some(at) => next = Some(Moment { mono: now.timer_for(at), wall: at.wall }),
-                        None => {}
-                    }
+                    self.clock_jumped(&mut plan);
                 }
                 changed = recovered.changed() => {
-                    if changed.is_err() {
-                        continue;
-                    }
-                    // The endpoint answers again: a source backing off for a
-                    // passing fault retries soon, not at its backoff's end.
-                    let now = Moment::now();
-                    let waiting = fetch.is_none() && !self.last_permanent && {
-                        let s = self.shared.snapshot.borrow();
-                        s.backing_off(now.mono).is_some()
-                            && s.not_before.is_none_or(|t| t <= now.mono)
-                    };
-                    if waiting && self.shared.claim_early_attempt(now.mono) {
-                        let at = now.later(RECOVERY_SPREAD.mul_f64(rand::random::<f64>()));
-                        if next.is_none_or(|n| at.mono < n.mono) {
-                            next = Some(at);
-                            self.shared.snapshot.send_modify(|s| {
-                                s.retry_at = Some(at.mono);
-                                s.next_refresh_at = Some(at);
-                            });
-                        }
+                    if changed.is_ok() {
+                        self.endpoint_recovered(&mut plan);
                     }
                 }
             }
         }
         tracing::debug!(source = %self.config.name, "source stopped");
+    }
+
+    fn fetch_now(&self, plan: &mut Plan) {
+        plan.fetch = Some(self.start());
+        plan.next = None;
+    }
+
+    /// The fetch in flight ended: publish it, and fetch again at once if
+    /// the credential changed meanwhile.
+    fn fetched(&mut self, plan: &mut Plan, result: Result<Token, FetchError>) {
+        plan.fetch = None;
+        plan.next = Some(self.finish(result));
+        if std::mem::take(&mut plan.refetch) {
+            self.fetch_now(plan);
+        }
+    }
+
+    /// A reload changed the source's settings or credential.
+    fn reconfigured(&mut self, plan: &mut Plan) {
+        let desired = self.desired.borrow_and_update().clone();
+        let refetch = desired.credential_epoch != self.epoch_seen;
+        self.epoch_seen = desired.credential_epoch;
+        self.config = desired.config;
+        let idle = !self.shared.snapshot.borrow().requested;
+        if plan.fetch.is_some() {
+            plan.refetch |= refetch;
+        } else if refetch || (self.config.eager && idle) {
+            self.fetch_now(plan);
+        }
+    }
+
+    /// A caller asked for a token (or a forced refresh).
+    fn asked(&mut self, plan: &mut Plan) {
+        let force = match self.shared.wanted.take() {
+            Want::Nothing => return,
+            want => want == Want::Force,
+        };
+        let backing_off = self
+            .shared
+            .snapshot
+            .borrow()
+            .backing_off(Instant::now())
+            .is_some();
+        if plan.fetch.is_some() {
+            // joined: the fetch in flight answers this request too
+        } else if force || !backing_off {
+            self.fetch_now(plan);
+        } else {
+            // Wake the asker so it sees the backoff and answers 503.
+            self.shared.snapshot.send_modify(|_| {});
+        }
+    }
+
+    /// The wall clock jumped (a resume): what is due by it starts now, the
+    /// rest is timed on both clocks again.
+    fn clock_jumped(&mut self, plan: &mut Plan) {
+        let now = Moment::now();
+        match plan.next {
+            Some(at) if plan.fetch.is_none() && now.reached(at) => self.fetch_now(plan),
+            Some(at) => {
+                plan.next = Some(Moment {
+                    mono: now.timer_for(at),
+                    wall: at.wall,
+                })
+            }
+            None => {}
+        }
+    }
+
+    /// The endpoint answers again: a source backing off for a passing
+    /// fault retries soon, not at its backoff's end.
+    fn endpoint_recovered(&mut self, plan: &mut Plan) {
+        let now = Moment::now();
+        let waiting = plan.fetch.is_none() && !self.last_permanent && {
+            let s = self.shared.snapshot.borrow();
+            s.backing_off(now.mono).is_some() && s.not_before.is_none_or(|t| t <= now.mono)
+        };
+        if !waiting || !self.shared.claim_early_attempt(now.mono) {
+            return;
+        }
+        let at = now.later(RECOVERY_SPREAD.mul_f64(rand::random::<f64>()));
+        if plan.next.is_none_or(|n| at.mono < n.mono) {
+            plan.next = Some(at);
+            self.shared.snapshot.send_modify(|s| {
+                s.retry_at = Some(at.mono);
+                s.next_refresh_at = Some(at);
+            });
+        }
     }
 
     fn start(&self) -> FetchFuture {
@@ -258,119 +295,131 @@ impl Actor {
     /// Publishes a fetch's outcome and returns when to fetch next.
     fn finish(&mut self, result: Result<Token, FetchError>) -> Moment {
         let now = Moment::now();
+        self.count(&result);
+        match result {
+            Ok(token) => self.succeeded(token, now),
+            Err(e) => self.failed(&e, now),
+        }
+    }
+
+    fn count(&self, result: &Result<Token, FetchError>) {
         let name = &self.config.name;
         let outcome = if result.is_ok() { "success" } else { "error" };
-        self.deps
-            .metrics
+        let metrics = &self.deps.metrics;
+        metrics
             .fetches
             .get_or_create(&SourceOutcome {
                 source: name.clone(),
                 outcome,
             })
             .inc();
-        if let Ok(t) = &result {
-            self.deps
-                .metrics
+        if let Ok(t) = result {
+            metrics
                 .token_expiry
                 .get_or_create(&SourceLabel {
                     source: name.clone(),
                 })
                 .set(epoch_seconds(t.expires.wall));
         }
-        match result {
-            Ok(token) => {
-                let delay = policy::refresh_delay(
-                    token.lifetime(),
-                    token.refresh_in,
-                    self.config.refresh_ratio,
-                    self.config.min_ttl,
-                    rand::random_range(-policy::REFRESH_JITTER..=policy::REFRESH_JITTER),
-                );
-                let at = token.issued.later(delay);
-                let warnings: Vec<String> = crate::jwt::claims(token.access_token.expose_secret())
-                    .and_then(|c| crate::jwt::consent_warning(&c))
-                    .into_iter()
-                    .collect();
-                if let Some(w) = warnings.first() {
-                    if !self.warned_consent {
-                        tracing::warn!(source = %name, "{w}");
-                        self.warned_consent = true;
-                    }
-                }
-                tracing::info!(
-                    source = %name,
-                    lifetime = %humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
-                    next_refresh_in = %humantime::format_duration(Duration::from_secs(now.until(at).as_secs())),
-                    "token fetched"
-                );
-                self.last_permanent = false;
-                if self.shared.snapshot.borrow().consecutive_failures > 0 {
-                    // It failed before and answers now: its other sources
-                    // need not wait out their backoff.
-                    self.endpoint.announce_recovery();
-                }
-                // What every answer needs is rendered once, now.
-                let token = Arc::new(crate::answer::prepare(&self.config.name, token));
-                self.shared.current.store(Some(token.clone()));
-                self.deps
-                    .sinks
-                    .token(name, self.shared.generation, token.clone());
-                self.shared.snapshot.send_modify(|s| {
-                    s.token = Some(token);
-                    s.fetching = false;
-                    s.retry_at = None;
-                    s.not_before = None;
-                    s.next_refresh_at = Some(at);
-                    s.refreshed_at = Some(SystemTime::now());
-                    s.consecutive_failures = 0;
-                    s.last_error = None;
-                    s.fetches_done += 1;
-                    s.last_fetch_ok = true;
-                    s.warnings = warnings;
-                });
-                at
-            }
-            Err(e) => {
-                let failures = self
-                    .shared
-                    .snapshot
-                    .borrow()
-                    .consecutive_failures
-                    .saturating_add(1);
-                let delay = policy::backoff_delay(
-                    failures,
-                    e.is_permanent(),
-                    e.retry_after(),
-                    rand::random::<f64>(),
-                );
-                let at = now.later(delay);
-                self.last_permanent = e.is_permanent();
-                let serving = self.shared.snapshot.borrow().is_servable(now);
-                tracing::warn!(
-                    source = %name,
-                    error = %e,
-                    hint = e.hint().unwrap_or_default(),
-                    failures,
-                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
-                    still_serving_cached_token = serving,
-                    "token fetch failed"
-                );
-                let last = LastError::from(&e);
-                let not_before = e
-                    .retry_after()
-                    .map(|r| crate::timefmt::later(now.mono, r.min(policy::RETRY_AFTER_CAP)));
-                self.shared.snapshot.send_modify(|s| {
-                    s.fetching = false;
-                    s.retry_at = Some(at.mono);
-                    s.not_before = not_before;
-                    s.next_refresh_at = Some(at);
-                    s.consecutive_failures = failures;
-                    s.last_error = Some(last);
-                    s.fetches_done += 1;
-                    s.last_fetch_ok = false;
-                });
-                at
+    }
+
+    /// A new token: rendered, cached, handed to the sinks, and refreshed at
+    /// the policy's point of its lifetime.
+    fn succeeded(&mut self, token: Token, now: Moment) -> Moment {
+        let name = &self.config.name;
+        let delay = policy::refresh_delay(
+            token.lifetime(),
+            token.refresh_in,
+            self.config.refresh_ratio,
+            self.config.min_ttl,
+            rand::random_range(-policy::REFRESH_JITTER..=policy::REFRESH_JITTER),
+        );
+        let at = token.issued.later(delay);
+        let warnings: Vec<String> = crate::jwt::claims(token.access_token.expose_secret())
+            .and_then(|c| crate::jwt::consent_warning(&c))
+            .into_iter()
+            .collect();
+        if let Some(w) = warnings.first() {
+            if !self.warned_consent {
+                tracing::warn!(source = %name, "{w}");
+                self.warned_consent = true;
             }
         }
+        tracing::info!(
+            source = %name,
+            lifetime = %humantime::format_duration(crate::timefmt::whole_secs(token.lifetime())),
+            next_refresh_in = %humantime::format_duration(Duration::from_secs(now.until(at).as_secs())),
+            "token fetched"
+        );
+        self.last_permanent = false;
+        if self.shared.snapshot.borrow().consecutive_failures > 0 {
+            // It failed before and answers now: its other sources need not
+            // wait out their backoff.
+            self.endpoint.announce_recovery();
+        }
+        // What every answer needs is rendered once, now.
+        let token = Arc::new(crate::answer::prepare(name, token));
+        self.shared.current.store(Some(token.clone()));
+        self.deps
+            .sinks
+            .token(name, self.shared.generation, token.clone());
+        self.shared.snapshot.send_modify(|s| {
+            s.token = Some(token);
+            s.fetching = false;
+            s.retry_at = None;
+            s.not_before = None;
+            s.next_refresh_at = Some(at);
+            s.refreshed_at = Some(SystemTime::now());
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            s.fetches_done += 1;
+            s.last_fetch_ok = true;
+            s.warnings = warnings;
+        });
+        at
+    }
+
+    /// A failed fetch: logged, published, and retried after the backoff
+    /// (or the IdP's `Retry-After`).
+    fn failed(&mut self, e: &FetchError, now: Moment) -> Moment {
+        let failures = self
+            .shared
+            .snapshot
+            .borrow()
+            .consecutive_failures
+            .saturating_add(1);
+        let delay = policy::backoff_delay(
+            failures,
+            e.is_permanent(),
+            e.retry_after(),
+            rand::random::<f64>(),
+        );
+        let at = now.later(delay);
+        self.last_permanent = e.is_permanent();
+        let serving = self.shared.snapshot.borrow().is_servable(now);
+        tracing::warn!(
+            source = %self.config.name,
+            error = %e,
+            hint = e.hint().unwrap_or_default(),
+            failures,
+            retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
+            still_serving_cached_token = serving,
+            "token fetch failed"
+        );
+        let last = LastError::from(e);
+        let not_before = e
+            .retry_after()
+            .map(|r| crate::timefmt::later(now.mono, r.min(policy::RETRY_AFTER_CAP)));
+        self.shared.snapshot.send_modify(|s| {
+            s.fetching = false;
+            s.retry_at = Some(at.mono);
+            s.not_before = not_before;
+            s.next_refresh_at = Some(at);
+            s.consecutive_failures = failures;
+            s.last_error = Some(last);
+            s.fetches_done += 1;
+            s.last_fetch_ok = false;
+        });
+        at
     }
 }

@@ -5,7 +5,7 @@
 
 use super::diag::{At, Diagnostics, File};
 use super::raw::{RawManagedIdentity, RawServer, RawSource};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, SourceConfig};
 use crate::files::ReadError;
 use crate::trust::Facts;
 use std::collections::BTreeMap;
@@ -131,8 +131,41 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         Some(dir) => load_includes(&mut d, dir, &mut found),
         None => Vec::new(),
     };
-    // Names first, in file order: which definition of a name is the first
-    // decides which one the error is about.
+    let (defined, to_check) = names(&mut d, found);
+    let sources = check_sources(&mut d, to_check, &defaults);
+    let managed_identity = main
+        .managed_identity
+        .and_then(|raw| super::mi::managed_identity(&mut d, raw, &sources, &defined));
+    if !d.errors.is_empty() {
+        d.errors
+            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
+        return Err(ConfigError::Invalid(d.errors, d.named));
+    }
+    let digest = super::digest(d.files.iter().map(|f| {
+        (
+            f.path.as_path(),
+            Some((f.text.as_bytes(), f.attrs.as_ref())),
+        )
+    }));
+    Ok(Config {
+        digest,
+        path: d.files[0].path.clone(),
+        server,
+        sources,
+        include_dir,
+        include_files,
+        managed_identity,
+        warnings: d.warnings,
+    })
+}
+
+/// A source to check: its name, where its header is, and its table.
+type ToCheck = (String, At, Box<RawSource>);
+
+/// The sources' names, in file order (which definition of a name is the
+/// first decides which one the error is about): where each is defined,
+/// and those to check (valid names, first definitions).
+fn names(d: &mut Diagnostics, found: Vec<Found>) -> (BTreeMap<String, At>, Vec<ToCheck>) {
     let mut defined: BTreeMap<String, At> = BTreeMap::new();
     let mut to_check = Vec::new();
     for Found {
@@ -163,47 +196,33 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         defined.insert(name.clone(), header.clone());
         to_check.push((name, header, raw));
     }
-    // Then each source on its own, on every core; their problems and sink
-    // files are taken back in file order.
+    (defined, to_check)
+}
+
+/// Each source on its own, on every core; their problems and sink files
+/// are taken back in file order. The sources that are valid and write no
+/// other source's sink file.
+fn check_sources(
+    d: &mut Diagnostics,
+    to_check: Vec<ToCheck>,
+    defaults: &RawSource,
+) -> BTreeMap<String, std::sync::Arc<SourceConfig>> {
     let checked = crate::cores::map(to_check, |(name, header, raw)| {
         let mut fork = d.fork();
         let mut claims = Vec::new();
-        let s = super::source::source(&mut fork, &name, &header, *raw, &defaults, &mut claims);
+        let s = super::source::source(&mut fork, &name, &header, *raw, defaults, &mut claims);
         (fork, name, s.map(std::sync::Arc::new), claims)
     });
     let mut sources = BTreeMap::new();
     let mut sink_paths = BTreeMap::new();
     for (fork, name, s, claims) in checked {
         d.join(fork);
-        let own_sinks = super::sink::one_writer(&mut d, claims, &mut sink_paths);
+        let own_sinks = super::sink::one_writer(d, claims, &mut sink_paths);
         if let Some(s) = s.filter(|_| own_sinks) {
             sources.insert(name, s);
         }
     }
-    let managed_identity = main
-        .managed_identity
-        .and_then(|raw| super::mi::managed_identity(&mut d, raw, &sources, &defined));
-    if !d.errors.is_empty() {
-        d.errors
-            .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-        return Err(ConfigError::Invalid(d.errors, d.named));
-    }
-    let digest = super::digest(d.files.iter().map(|f| {
-        (
-            f.path.as_path(),
-            Some((f.text.as_bytes(), f.attrs.as_ref())),
-        )
-    }));
-    Ok(Config {
-        digest,
-        path: d.files[0].path.clone(),
-        server,
-        sources,
-        include_dir,
-        include_files,
-        managed_identity,
-        warnings: d.warnings,
-    })
+    sources
 }
 
 /// Parses file `idx` and takes what it holds: `[sources.*]` into `found`,

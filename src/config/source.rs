@@ -12,6 +12,7 @@ use super::{
 };
 use crate::entra;
 use crate::secret::SecretRef;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,81 +48,9 @@ pub(super) fn source(
     };
     let raw = raw.with_defaults(defaults, (file != 0).then(|| header.span.clone()));
     let before = d.errors.len();
-    let provider = match &raw.provider {
-        None => Provider::Generic,
-        Some(p) if p.get_ref() == "azure" => Provider::Azure,
-        Some(p) => {
-            d.error(
-                &At::of(file, p),
-                "unknown provider",
-                Some(
-                    "the only provider is \"azure\"; for any other server set token_url"
-                        .to_string(),
-                ),
-            );
-            Provider::Generic
-        }
-    };
-
-    let endpoint = match (&raw.token_url, &raw.issuer, provider, &raw.tenant) {
-        (Some(_), Some(i), _, _) => {
-            d.error(
-                &At::of(file, i),
-                format!("source `{name}` has both `token_url` and `issuer`"),
-                Some("keep token_url (used as is) or issuer (its discovery document names the token endpoint), not both".to_string()),
-            );
-            None
-        }
-        (Some(u), None, _, _) => url(d, file, u, "token_url").map(Endpoint::Url),
-        (None, Some(i), _, _) => url(d, file, i, "issuer").map(Endpoint::Issuer),
-        (None, None, Provider::Azure, Some(t)) => {
-            azure_url(d, file, t, raw.authority.as_ref()).map(Endpoint::Url)
-        }
-        (None, None, Provider::Azure, None) => {
-            d.error(
-                header,
-                format!("source `{name}` has provider = \"azure\" but no `tenant`"),
-                Some("add tenant = \"contoso.onmicrosoft.com\" or the tenant GUID".to_string()),
-            );
-            None
-        }
-        (None, None, Provider::Generic, _) => {
-            d.error(
-                header,
-                format!("source `{name}` has no `token_url`"),
-                Some("set token_url (or issuer), or provider = \"azure\" with tenant".to_string()),
-            );
-            None
-        }
-    };
-    if provider == Provider::Generic {
-        for (v, key) in [(&raw.tenant, "tenant"), (&raw.authority, "authority")] {
-            if let Some(v) = v {
-                d.error(
-                    &At::of(file, v),
-                    format!("`{key}` only applies to provider = \"azure\""),
-                    Some("add provider = \"azure\" or remove the key".to_string()),
-                );
-            }
-        }
-    }
-
-    let client_id = match &raw.client_id {
-        Some(c) if !c.get_ref().trim().is_empty() => c.get_ref().clone(),
-        Some(c) => {
-            d.error(&At::of(file, c), "`client_id` is empty", None);
-            String::new()
-        }
-        None => {
-            d.error(
-                header,
-                format!("source `{name}` has no `client_id`"),
-                Some("add client_id = \"…\" (the application/client ID)".to_string()),
-            );
-            String::new()
-        }
-    };
-
+    let provider = provider(d, file, raw.provider.as_ref());
+    let endpoint = endpoint(d, name, header, &raw, provider);
+    let client_id = client_id(d, name, header, raw.client_id.as_ref());
     let credential = credential(d, name, header, &raw, provider, inherited_secret);
     let auth_method = auth_method(
         d,
@@ -130,38 +59,9 @@ pub(super) fn source(
         credential.as_ref(),
         provider,
     );
-
     let scopes = scopes(d, provider, raw.scopes.as_ref(), header);
-
-    let params = raw
-        .params
-        .as_ref()
-        .map(|p| p.get_ref().clone())
-        .unwrap_or_default();
-    if let Some(p) = &raw.params {
-        for k in p.get_ref().keys() {
-            if RESERVED_PARAMS.contains(&k.as_str()) {
-                d.error(
-                    &At::of(file, p),
-                    format!("`params` may not set `{k}`"),
-                    Some("tokend sets it from the source's other keys".to_string()),
-                );
-            }
-        }
-    }
-
-    let refresh_ratio = match &raw.refresh_ratio {
-        None => 0.75,
-        Some(r) if (0.5..=0.95).contains(r.get_ref()) => *r.get_ref(),
-        Some(r) => {
-            d.error(
-                &At::of(file, r),
-                format!("`refresh_ratio` {} is out of range", r.get_ref()),
-                Some("use a value from 0.5 to 0.95 (0.75 refreshes at three quarters of the lifetime)".to_string()),
-            );
-            0.75
-        }
-    };
+    let params = params(d, file, raw.params.as_ref());
+    let refresh_ratio = refresh_ratio(d, file, raw.refresh_ratio.as_ref());
     let min_ttl = duration(
         d,
         file,
@@ -196,21 +96,7 @@ pub(super) fn source(
         .probe_url
         .as_ref()
         .and_then(|u| url(d, file, u, "probe_url"));
-    let allow = raw.allow.and_then(|a| {
-        let a_at = At::of(file, &a);
-        match crate::acl::parse_allow(a.into_inner()) {
-            Ok((allow, problems)) => {
-                for p in problems {
-                    d.problem(&a_at, p);
-                }
-                Some(allow)
-            }
-            Err(p) => {
-                d.problem(&a_at, p);
-                None
-            }
-        }
-    });
+    let allow = raw.allow.and_then(|a| allow(d, file, a));
 
     if d.errors.len() > before {
         return None;
@@ -234,6 +120,153 @@ pub(super) fn source(
         ca_file,
         sinks,
     })
+}
+
+fn provider(d: &mut Diagnostics, file: usize, raw: Option<&Spanned<String>>) -> Provider {
+    match raw {
+        None => Provider::Generic,
+        Some(p) if p.get_ref() == "azure" => Provider::Azure,
+        Some(p) => {
+            d.error(
+                &At::of(file, p),
+                "unknown provider",
+                Some(
+                    "the only provider is \"azure\"; for any other server set token_url"
+                        .to_string(),
+                ),
+            );
+            Provider::Generic
+        }
+    }
+}
+
+/// Where tokens come from: `token_url`, `issuer`, or Entra's `tenant`
+/// (with `authority`); exactly one.
+fn endpoint(
+    d: &mut Diagnostics,
+    name: &str,
+    header: &At,
+    raw: &RawSource,
+    provider: Provider,
+) -> Option<Endpoint> {
+    let file = header.file;
+    if provider == Provider::Generic {
+        for (v, key) in [(&raw.tenant, "tenant"), (&raw.authority, "authority")] {
+            if let Some(v) = v {
+                d.error(
+                    &At::of(file, v),
+                    format!("`{key}` only applies to provider = \"azure\""),
+                    Some("add provider = \"azure\" or remove the key".to_string()),
+                );
+            }
+        }
+    }
+    match (&raw.token_url, &raw.issuer, provider, &raw.tenant) {
+        (Some(_), Some(i), _, _) => {
+            d.error(
+                &At::of(file, i),
+                format!("source `{name}` has both `token_url` and `issuer`"),
+                Some("keep token_url (used as is) or issuer (its discovery document names the token endpoint), not both".to_string()),
+            );
+            None
+        }
+        (Some(u), None, _, _) => url(d, file, u, "token_url").map(Endpoint::Url),
+        (None, Some(i), _, _) => url(d, file, i, "issuer").map(Endpoint::Issuer),
+        (None, None, Provider::Azure, Some(t)) => {
+            azure_url(d, file, t, raw.authority.as_ref()).map(Endpoint::Url)
+        }
+        (None, None, Provider::Azure, None) => {
+            d.error(
+                header,
+                format!("source `{name}` has provider = \"azure\" but no `tenant`"),
+                Some("add tenant = \"contoso.onmicrosoft.com\" or the tenant GUID".to_string()),
+            );
+            None
+        }
+        (None, None, Provider::Generic, _) => {
+            d.error(
+                header,
+                format!("source `{name}` has no `token_url`"),
+                Some("set token_url (or issuer), or provider = \"azure\" with tenant".to_string()),
+            );
+            None
+        }
+    }
+}
+
+fn client_id(
+    d: &mut Diagnostics,
+    name: &str,
+    header: &At,
+    raw: Option<&Spanned<String>>,
+) -> String {
+    match raw {
+        Some(c) if !c.get_ref().trim().is_empty() => c.get_ref().clone(),
+        Some(c) => {
+            d.error(&At::of(header.file, c), "`client_id` is empty", None);
+            String::new()
+        }
+        None => {
+            d.error(
+                header,
+                format!("source `{name}` has no `client_id`"),
+                Some("add client_id = \"…\" (the application/client ID)".to_string()),
+            );
+            String::new()
+        }
+    }
+}
+
+/// Extra form parameters: any but those tokend sets itself.
+fn params(
+    d: &mut Diagnostics,
+    file: usize,
+    raw: Option<&Spanned<BTreeMap<String, String>>>,
+) -> BTreeMap<String, String> {
+    let Some(p) = raw else {
+        return BTreeMap::new();
+    };
+    for k in p.get_ref().keys() {
+        if RESERVED_PARAMS.contains(&k.as_str()) {
+            d.error(
+                &At::of(file, p),
+                format!("`params` may not set `{k}`"),
+                Some("tokend sets it from the source's other keys".to_string()),
+            );
+        }
+    }
+    p.get_ref().clone()
+}
+
+fn refresh_ratio(d: &mut Diagnostics, file: usize, raw: Option<&Spanned<f64>>) -> f64 {
+    match raw {
+        None => 0.75,
+        Some(r) if (0.5..=0.95).contains(r.get_ref()) => *r.get_ref(),
+        Some(r) => {
+            d.error(
+                &At::of(file, r),
+                format!("`refresh_ratio` {} is out of range", r.get_ref()),
+                Some("use a value from 0.5 to 0.95 (0.75 refreshes at three quarters of the lifetime)".to_string()),
+            );
+            0.75
+        }
+    }
+}
+
+fn allow(d: &mut Diagnostics, file: usize, raw: Spanned<toml::Value>) -> Option<crate::acl::Allow> {
+    let at = At::of(file, &raw);
+    match crate::acl::parse_allow(raw.into_inner()) {
+        Ok((allow, problems)) => {
+            for p in problems {
+                d.problem(&at, p);
+            }
+            Some(allow)
+        }
+        Err(p) => {
+            d.problem(&at, p);
+            None
+        }
+    }
 }
 
 /// Entra's token URL from `tenant` and `authority`, with Entra's tenant rule.

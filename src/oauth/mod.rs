@@ -308,72 +308,18 @@ impl TokenClient {
 
     /// Requests one token for `src`.
     pub async fn fetch(&self, src: &SourceConfig) -> Result<Token, FetchError> {
-        let mut auth = self.client_auth(src).await?;
+        let auth = self.client_auth(src).await?;
         let identity = match &auth {
             ClientAuth::Tls(k) => Some(k),
             _ => None,
         };
         let http = self.http_for(src, identity)?;
         let endpoint = self.endpoint_with(src, &http).await?;
-        if let (Credential::Certificate(c), ClientAuth::Sign(key)) = (&src.credential, &auth) {
-            let signed = assertion::sign(
-                c,
-                key,
-                &src.client_id,
-                endpoint.as_str(),
-                src.provider == Provider::Azure,
-                std::time::SystemTime::now(),
-            )
-            .map_err(FetchError::Credential)?;
-            auth = ClientAuth::Assertion(signed);
-        }
+        let auth = sign_with_key(src, auth, &endpoint)?;
         // As errors print it: no credentials, no query.
         let url = crate::text::url(&endpoint);
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
         let scope = src.scope_param();
-        if let Some(s) = &scope {
-            form.push(("scope", s));
-        }
-        for (k, v) in &src.params {
-            form.push((k, v));
-        }
-        let mut req = http
-            .post(endpoint.clone())
-            .timeout(src.fetch_timeout)
-            .header(reqwest::header::ACCEPT, "application/json");
-        let secret = match &auth {
-            ClientAuth::Basic(secret) => {
-                let header = basic_auth(&src.client_id, secret);
-                req = req.header(reqwest::header::AUTHORIZATION, header);
-                Some(secret)
-            }
-            ClientAuth::Post(secret) => {
-                form.push(("client_id", &src.client_id));
-                form.push(("client_secret", secret.expose_secret()));
-                Some(secret)
-            }
-            ClientAuth::Assertion(a) => {
-                form.push(("client_id", &src.client_id));
-                form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
-                form.push(("client_assertion", a.expose_secret()));
-                Some(a)
-            }
-            // (A key is always signed into an assertion above.)
-            ClientAuth::Tls(_) | ClientAuth::Sign(_) => {
-                form.push(("client_id", &src.client_id));
-                None
-            }
-        };
-        // What the server might echo back into an error, in any encoding
-        // (the Basic credential, the form, HTML, base64 …).
-        let scrub =
-            scrub::Scrubber::new(&secret.iter().map(|s| s.expose_secret()).collect::<Vec<_>>());
-        let req = req
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(reqwest::Body::from(form_body(&form)));
+        let (req, scrub) = token_request(&http, src, endpoint, &auth, scope.as_deref());
         let issued = Moment::now();
         let resp = match req.send().await {
             Ok(r) => r,
@@ -411,13 +357,86 @@ impl TokenClient {
             })?;
         // The granted scope is shown in status answers: an echo there too.
         parsed.scope = parsed.scope.map(|s| scrub.scrub(&s));
-        token_from_response(parsed, scope, issued, Moment::now()).map_err(|detail| {
-            FetchError::Expired {
-                url: url.clone(),
-                detail,
-            }
-        })
+        token_from_response(parsed, scope, issued, Moment::now())
+            .map_err(|detail| FetchError::Expired { url, detail })
     }
+}
+
+/// A certificate's key signs its assertion, now that the token endpoint
+/// (its audience) is known; any other way to authenticate is kept.
+fn sign_with_key(
+    src: &SourceConfig,
+    auth: ClientAuth,
+    endpoint: &Url,
+) -> Result<ClientAuth, FetchError> {
+    let (Credential::Certificate(c), ClientAuth::Sign(key)) = (&src.credential, &auth) else {
+        return Ok(auth);
+    };
+    let signed = assertion::sign(
+        c,
+        key,
+        &src.client_id,
+        endpoint.as_str(),
+        src.provider == Provider::Azure,
+        std::time::SystemTime::now(),
+    )
+    .map_err(FetchError::Credential)?;
+    Ok(ClientAuth::Assertion(signed))
+}
+
+/// The client-credentials request for `src` (RFC 6749 §4.4.2), with the
+/// client authenticated by `auth`; and a scrubber for what the server
+/// might echo back of the secret sent, in any encoding (the Basic
+/// credential, the form, HTML, base64 …).
+fn token_request(
+    http: &reqwest::Client,
+    src: &SourceConfig,
+    endpoint: Url,
+    auth: &ClientAuth,
+    scope: Option<&str>,
+) -> (reqwest::RequestBuilder, scrub::Scrubber) {
+    let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+    if let Some(s) = scope {
+        form.push(("scope", s));
+    }
+    for (k, v) in &src.params {
+        form.push((k, v));
+    }
+    let mut req = http
+        .post(endpoint)
+        .timeout(src.fetch_timeout)
+        .header(reqwest::header::ACCEPT, "application/json");
+    let secret = match auth {
+        ClientAuth::Basic(secret) => {
+            let header = basic_auth(&src.client_id, secret);
+            req = req.header(reqwest::header::AUTHORIZATION, header);
+            Some(secret)
+        }
+        ClientAuth::Post(secret) => {
+            form.push(("client_id", &src.client_id));
+            form.push(("client_secret", secret.expose_secret()));
+            Some(secret)
+        }
+        ClientAuth::Assertion(a) => {
+            form.push(("client_id", &src.client_id));
+            form.push(("client_assertion_type", assertion::ASSERTION_TYPE));
+            form.push(("client_assertion", a.expose_secret()));
+            Some(a)
+        }
+        // (A key is always signed into an assertion first.)
+        ClientAuth::Tls(_) | ClientAuth::Sign(_) => {
+            form.push(("client_id", &src.client_id));
+            None
+        }
+    };
+    let scrub = scrub::Scrubber::new(&secret.iter().map(|s| s.expose_secret()).collect::<Vec<_>>());
+    let req = req
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(reqwest::Body::from(form_body(&form)));
+    (req, scrub)
 }
 
 /// Longest token lifetime tokend believes; anything longer is cut to this.
