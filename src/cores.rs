@@ -1,7 +1,7 @@
 //! Work spread over every core, for the start-up steps whose cost grows
 //! with the number of sources: parsing a large file, checking its sources,
-//! registering them (docs/performance.md). With 10,000 sources they kept
-//! one core busy for 100 ms while the other waited.
+//! registering them. On one core the others would wait; the figures are
+//! in docs/performance.md.
 
 use crate::sync::Locked;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -86,8 +86,8 @@ async fn run(path: &Path) -> u8 {
         return 1;
     };
     // Not rehomed (see Config::rehome): at start-up the copy would delay
-    // the first answer by 15 ms for 10,000 sources. The daemon trims the
-    // heap once the sources are registered.
+    // the first answer (docs/performance.md). The daemon trims the heap
+    // once the sources are registered.
     let _flushed_at_exit = init_logging(cfg.server.log_format);
     match daemon::run(
         cfg,

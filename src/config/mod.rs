@@ -58,10 +58,9 @@ impl Config {
     /// This config copied into the calling thread's heap (each source's
     /// settings too, not just the map of them), the original freed and the
     /// freed heap handed back to the system. A config is parsed in the
-    /// blocking pool, where the parse leaves megabytes of freed memory
-    /// interleaved with the config's own allocations (thousands of sources:
-    /// tens of MiB); glibc can return none of it while the config lives
-    /// there. Moved out, the loading thread's heap is all free and goes back
+    /// blocking pool, where the parse leaves freed memory interleaved with
+    /// the config's own allocations; glibc can return none of it while the
+    /// config lives there. Moved out, the loading thread's heap is all free and goes back
     /// whole. The original is freed, and the heap trimmed, on a blocking
     /// thread: off the way to serving. Every reload calls it; start-up only
     /// trims the heap once its sources are registered (see daemon.rs).

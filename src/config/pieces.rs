@@ -1,9 +1,8 @@
 //! Parsing a large file on every core.
 //!
-//! The TOML parser takes about 5 µs a source: a file of 10,000 sources kept
-//! one core busy for 50 ms before anything was checked, and its token lists
-//! (tens of megabytes for a 1.6 MB file) cost as much again in page faults.
-//! Such a file is cut at `[sources.NAME]` header lines into pieces of about
+//! The TOML parser's cost grows with the file, and its token lists for a
+//! whole large file cost as much again in page faults (figures in
+//! docs/performance.md, "Start-up with many sources"). Such a file is cut at `[sources.NAME]` header lines into pieces of about
 //! [`PIECE`] bytes, parsed at once on as many threads as there are cores,
 //! each piece's sources deserialized where it was parsed.
 //!
