@@ -4,6 +4,7 @@
 //!     cargo bench --bench serve            # the full run (about 3 minutes)
 //!     cargo bench --bench serve -- --smoke # seconds: CI runs this
 //!     cargo bench --bench serve -- --startup # only the many-sources start-up, 3 times and the best
+//!     cargo bench --bench serve -- --cold  # only the 10,000 concurrent cold requests
 //!     cargo bench --bench serve -- --load SOCKET PATH SECONDS CONNS
 //!                                          # load only, to profile a server
 //!     cargo bench --bench serve -- --outages # only the outage figures (about 4 minutes)
@@ -108,12 +109,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--outages") {
         return rt.block_on(outages(plan));
     }
-    let only_startup = args.iter().any(|a| a == "--startup");
-    rt.block_on(run(plan, only_startup))?;
-    rt.block_on(outages(plan))
+    let only = if args.iter().any(|a| a == "--startup") {
+        Only::Startup
+    } else if args.iter().any(|a| a == "--cold") {
+        Only::Cold
+    } else {
+        Only::All
+    };
+    rt.block_on(run(plan, only))?;
+    if only == Only::All {
+        rt.block_on(outages(plan))?;
+    }
+    Ok(())
 }
 
-async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// A part of the run alone (`--startup`, `--cold`), or all of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    Startup,
+    Cold,
+}
+
+async fn run(plan: &Plan, only: Only) -> Result<(), Box<dyn std::error::Error>> {
     let idp = tokend::dev::DevIdp::start(Duration::from_secs(3600)).await?;
     idp.add_client("bench", "bench-secret");
     let dir = tempfile::tempdir()?;
@@ -126,8 +144,10 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
             idp.token_url()
         )
     };
-    if only_startup {
-        return startups(plan, dir.path(), &source).await;
+    match only {
+        Only::Startup => return startups(plan, dir.path(), &source).await,
+        Only::Cold => return cold(plan, dir.path(), &idp, &source).await,
+        Only::All => {}
     }
     let mut daemon = Daemon::start(dir.path(), "one", &source("bench", ""), "")?;
     wait_listening(&daemon.socket).await;
@@ -249,37 +269,67 @@ async fn run(plan: &Plan, only_startup: bool) -> Result<(), Box<dyn std::error::
 
     startups(plan, dir.path(), &source).await?;
 
-    // Many concurrent cold requests to one lazy source: one upstream fetch.
+    cold(plan, dir.path(), &idp, &source).await
+}
+
+/// Many concurrent cold requests to one lazy source: one upstream fetch,
+/// and how many were answered, with the other build beside it when
+/// `TOKEND_BENCH_BEFORE` names one.
+async fn cold(
+    plan: &Plan,
+    dir: &Path,
+    idp: &tokend::dev::DevIdp,
+    source: &dyn Fn(&str, &str) -> String,
+) -> Result<(), Box<dyn std::error::Error>> {
     idp.set_delay(Duration::from_secs(2));
-    let before = idp.requests();
-    let mut daemon = Daemon::start(
-        dir.path(),
-        "cold",
-        &source("cold", "eager = false"),
-        &format!(
-            "max_connections = {}\nrequest_timeout = \"30s\"",
-            plan.cold + 16
-        ),
-    )?;
-    wait_listening(&daemon.socket).await;
-    let tasks: Vec<_> = (0..plan.cold)
-        .map(|_| {
-            let socket = daemon.socket.clone();
-            tokio::spawn(async move { get(&socket, "/v1/tokens/cold?format=raw").await })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        if matches!(t.await, Ok(Ok(_))) {
-            ok += 1;
-        }
+    let mut builds = vec![("tokend", PathBuf::from(env!("CARGO_BIN_EXE_tokend")))];
+    if let Some(bin) = std::env::var_os("TOKEND_BENCH_BEFORE") {
+        builds.push(("before", PathBuf::from(bin)));
     }
-    println!(
-        "{} concurrent cold requests to one lazy source: {ok} answered, {} upstream fetch(es)",
-        plan.cold,
-        idp.requests() - before
-    );
-    daemon.stop();
+    for (build, bin) in builds {
+        let before = idp.requests();
+        let mut daemon = Daemon::start_with(
+            &bin,
+            dir,
+            &format!("cold-{build}"),
+            &source("cold", "eager = false"),
+            &format!(
+                "max_connections = {}\nrequest_timeout = \"30s\"",
+                plan.cold + 16
+            ),
+        )?;
+        wait_listening(&daemon.socket).await;
+        let tasks: Vec<_> = (0..plan.cold)
+            .map(|_| {
+                let socket = daemon.socket.clone();
+                tokio::spawn(
+                    async move { get_waiting(&socket, "/v1/tokens/cold?format=raw").await },
+                )
+            })
+            .collect();
+        let (mut ok, mut waited) = (0, 0);
+        let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(w)) => {
+                    ok += 1;
+                    waited += usize::from(w);
+                }
+                Ok(Err(e)) => *errors.entry(e.to_string()).or_default() += 1,
+                Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+            }
+        }
+        println!(
+            "{build}: {} concurrent cold requests to one lazy source: {ok} answered \
+             ({waited} found the listen queue full and connected again), {} upstream fetch(es)",
+            plan.cold,
+            idp.requests() - before
+        );
+        for (e, n) in errors {
+            println!("{build}:   {n} failed: {e}");
+        }
+        daemon.stop();
+    }
     Ok(())
 }
 
@@ -511,13 +561,46 @@ async fn wait_listening(socket: &Path) {
 
 async fn get(socket: &Path, path: &str) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
+    let resp = send(stream, path).await?;
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+/// One GET on a connected stream.
+async fn send(
+    stream: tokio::net::UnixStream,
+    path: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, Box<dyn std::error::Error + Send + Sync>> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, "localhost")
         .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    Ok(resp.into_body().collect().await?.to_bytes())
+    Ok(sender.send_request(req).await?)
+}
+
+/// [`get`] as a blocking client makes it: where the socket's listen queue
+/// is full, a blocking `connect` waits, while tokio's non-blocking one fails
+/// at once with EAGAIN, so try again. Says whether it had to.
+async fn get_waiting(
+    socket: &Path,
+    path: &str,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let mut waited = false;
+    let stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                waited = true;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            other => break other?,
+        }
+    };
+    let resp = send(stream, path).await?;
+    if !resp.status().is_success() {
+        return Err(format!("answered {}", resp.status()).into());
+    }
+    resp.into_body().collect().await?;
+    Ok(waited)
 }
 
 struct Load {
