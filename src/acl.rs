@@ -1,45 +1,20 @@
 //! Who may read which source (docs/security.md).
 //!
-//! Each connection's peer credentials are taken once, at accept: uid, gid and
-//! pid from SO_PEERCRED, and the supplementary groups from SO_PEERGROUPS
-//! (tokio's `peer_cred` gives only the primary gid). A caller may read a
+//! Each connection's caller ([`Peer`]) is known once, at accept (see
+//! `peer`). A caller may read a
 //! source if it is root, the daemon's own uid, or matches the source's
 //! `allow` by uid or by primary or supplementary gid; a source without
 //! `allow` is open to anyone who can open the socket.
 
+pub use crate::peer::Peer;
 use crate::problem::Problem;
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
 
 /// A source's `allow`, with user and group names resolved to ids at load.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allow {
     pub uids: BTreeSet<u32>,
     pub gids: BTreeSet<u32>,
-}
-
-/// The process on the other end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub uid: u32,
-    /// Primary group.
-    pub gid: u32,
-    pub pid: Option<i32>,
-    /// Supplementary groups (SO_PEERGROUPS), empty if the kernel gave none.
-    pub groups: Vec<u32>,
-}
-
-impl Peer {
-    /// Reads the credentials of a connected Unix stream.
-    pub fn of(stream: &tokio::net::UnixStream) -> Option<Peer> {
-        let cred = stream.peer_cred().ok()?;
-        Some(Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-            groups: peer_groups(stream.as_raw_fd()).unwrap_or_default(),
-        })
-    }
 }
 
 /// The daemon's own uid: it may read everything, like root.
@@ -54,39 +29,8 @@ pub fn permits(allow: Option<&Allow>, peer: Option<&Peer>, own_uid: u32) -> bool
     p.uid == 0
         || p.uid == own_uid
         || allow.uids.contains(&p.uid)
-        || allow.gids.contains(&p.gid)
+        || p.gid.is_some_and(|g| allow.gids.contains(&g))
         || p.groups.iter().any(|g| allow.gids.contains(g))
-}
-
-/// SO_PEERGROUPS: the peer's supplementary groups at connect time.
-fn peer_groups(fd: std::os::fd::RawFd) -> Option<Vec<u32>> {
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    for _ in 0..4 {
-        let mut len =
-            libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>()).ok()?;
-        // SAFETY: `groups` is valid for `len` bytes; the kernel writes at most
-        // `len` bytes and sets `len` to what it wrote (or needs, with ERANGE).
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let n = usize::try_from(len).ok()? / std::mem::size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(n);
-            return Some(groups);
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
-        {
-            return None;
-        }
-        groups.resize(n, 0);
-    }
-    None
 }
 
 /// `allow = { users, groups, uids, gids }` as written: user and group names
@@ -198,7 +142,7 @@ mod tests {
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
         Peer {
             uid,
-            gid,
+            gid: Some(gid),
             pid: Some(1),
             groups: groups.to_vec(),
         }
@@ -237,14 +181,5 @@ mod tests {
         assert_eq!(group_gid("root").unwrap(), Some(0));
         assert_eq!(user_uid("no-such-user-xyz").unwrap(), None);
         assert_eq!(group_gid("no-such-group-xyz").unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn peer_credentials_of_a_real_socket() {
-        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
-        let p = Peer::of(&a).unwrap();
-        assert_eq!(p.uid, own_uid());
-        assert_eq!(p.pid, Some(i32::try_from(std::process::id()).unwrap()));
-        assert_eq!(p.gid, nix::unistd::getgid().as_raw());
     }
 }

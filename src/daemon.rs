@@ -239,6 +239,7 @@ fn settings(server: &crate::config::ServerConfig, shutdown: &CancellationToken) 
         denials: Arc::default(),
         socket_health: Arc::default(),
         door_health: Arc::default(),
+        accounts: Arc::default(),
         closing: shutdown.clone(),
         request_timeout: server.request_timeout,
         own_uid: crate::acl::own_uid(),

@@ -35,6 +35,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mi_env;
 pub mod oauth;
+pub mod peer;
 pub mod problem;
 pub mod reload;
 pub mod secret;

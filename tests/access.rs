@@ -550,3 +550,70 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("Permission denied"), "{out}");
 }
+
+/// `curl` as `uid`:`gid` to the managed-identity endpoint on `port` for
+/// `resource` (and what follows it in the query), presenting `header`:
+/// the HTTP status and body.
+fn curl_mi_as(uid: u32, gid: u32, port: u16, resource: &str, header: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("X-IDENTITY-HEADER: {header}"))
+        .arg(format!(
+            "http://127.0.0.1:{port}/msi/token?api-version=2019-08-01&resource={resource}"
+        ));
+    let out = run_as(&mut cmd, uid, gid, &[])
+        .output()
+        .expect("run curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// An app with `allow` answers its header only to the callers it admits,
+/// as the kernel names them: a header read by another user is useless to
+/// that user. An app without `allow` still answers whoever has its header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_managed_identity_apps_allow_admits_only_its_callers() {
+    if !root_or_skip("a_managed_identity_apps_allow_admits_only_its_callers") {
+        return;
+    }
+    use common::mi::{free_port, GRAPH};
+    let idp = idp(Duration::from_secs(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = common::mi::config(&idp, port, dir.path()).replace(
+        "sources = [\"graph\", \"vault\"]\n",
+        "sources = [\"graph\", \"vault\"]\nallow = { users = [\"nobody\"] }\n",
+    );
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body).rust_log("info").at(dir, socket).start().await;
+    let ask = |uid, resource: &'static str, header: &'static str| {
+        tokio::task::spawn_blocking(move || curl_mi_as(uid, uid, port, resource, header))
+    };
+    let (code, body) = ask(NOBODY, GRAPH, "jira-header-value").await.unwrap();
+    assert_eq!(code, 200, "nobody is admitted: {body}");
+    let (code, body) = ask(OTHER, GRAPH, "jira-header-value").await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let message = j["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("uid {OTHER} may not use app jira"))
+            && message.contains("[managed_identity.apps.jira] allow"),
+        "says whom and what to change: {body}"
+    );
+    assert!(!body.contains("eyJ"), "no token: {body}");
+    // Root, as on the socket, is admitted everywhere.
+    let (code, _) = ask(0, GRAPH, "jira-header-value").await.unwrap();
+    assert_eq!(code, 200);
+    // billing has no allow: its header is the credential, for any uid.
+    const VAULT2: &str = "https://vault.azure.net&client_id=vault2";
+    let (code, body) = ask(OTHER, VAULT2, "billing-header-value").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let log = d
+        .log_with("the app's allow does not admit the caller")
+        .await;
+    assert!(
+        log.contains("uid=4242") && log.contains("app=jira"),
+        "{log}"
+    );
+}

@@ -27,22 +27,7 @@ async fn one_uid_holding_connections_cannot_lock_the_others_out() {
         "socket_mode = \"0666\"\nmax_connections = 100\nmax_connections_per_uid = 16",
     )
     .await;
-    let mut holder = Command::new("python3");
-    holder
-        .args(["-c", HOLDER])
-        .arg(&d.socket)
-        .args(["150", "16"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut holder = run_as(&mut holder, NOBODY, NOBODY, &[]).spawn().unwrap();
-    let mut line = String::new();
-    let stdout = holder.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let (mut holder, line) = hold(&d.socket.display().to_string(), 150, 16).await;
     assert_eq!(line.trim(), "16 134", "open and closed at once");
 
     // Root, and another uid, are served while nobody holds its 16.
@@ -74,6 +59,72 @@ async fn one_uid_holding_connections_cannot_lock_the_others_out() {
         1,
         "logged once a minute, not per connection:\n{log}"
     );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+}
+
+/// Runs [`HOLDER`] as nobody: `n` connections to `target`, of which `keep`
+/// should stay open; returns it (holding them until its stdin closes) and
+/// its line "OPEN CLOSED".
+async fn hold(target: &str, n: usize, keep: usize) -> (std::process::Child, String) {
+    let mut holder = Command::new("python3");
+    holder
+        .args(["-c", HOLDER, target, &n.to_string(), &keep.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut holder = run_as(&mut holder, NOBODY, NOBODY, &[]).spawn().unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    (holder, line)
+}
+
+/// The managed-identity endpoint knows its callers' uids from the kernel,
+/// so the same budget holds there: nobody holding 16 connections has the
+/// rest closed at once, and root is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_cannot_hold_every_connection_of_the_managed_identity_endpoint() {
+    if !root_or_skip("one_uid_cannot_hold_every_connection_of_the_managed_identity_endpoint") {
+        return;
+    }
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = common::mi::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let body = common::mi::config(&idp, port, dir.path());
+    let socket = dir.path().join("tokend.sock");
+    let d = daemon(&body)
+        .server("max_connections = 100\nmax_connections_per_uid = 16")
+        .at(dir, socket)
+        .start()
+        .await;
+    let (mut holder, line) = hold(&format!("tcp:127.0.0.1:{port}"), 60, 16).await;
+    assert_eq!(line.trim(), "16 44", "open and closed at once");
+    let served = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{port}/msi/token?api-version=2019-08-01&resource={}",
+            common::mi::GRAPH
+        ))
+        .header("X-IDENTITY-HEADER", "jira-header-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200, "root is served meanwhile");
+    let metrics = d.get("/metrics").await.text();
+    assert!(
+        metrics.contains(
+            "tokend_connections_refused_total{door=\"managed_identity\",reason=\"per_uid\"} 44\n"
+        ),
+        "{metrics}"
+    );
+    let log = d
+        .log_with("connections to the managed-identity endpoint")
+        .await;
+    assert!(log.contains("uid=65534"), "{log}");
     drop(holder.stdin.take());
     holder.wait().unwrap();
 }

@@ -34,7 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "token", "problem", "text", "acl", "trust", "cert", "secret", "entra", "expiry",
             "files", "heap", "timefmt", "clock", "jwt", "logging", "metrics", "systemd", "cores",
-            "sync",
+            "sync", "peer",
         ],
     ),
 ];

@@ -21,6 +21,8 @@ pub struct AppState {
     pub name: String,
     pub header: Option<SecretString>,
     pub sources: Vec<String>,
+    /// Who may present the header (`None`: whoever has it).
+    pub allow: Option<crate::acl::Allow>,
 }
 
 impl MiState {
@@ -45,6 +47,7 @@ impl MiState {
                     name: app.name.clone(),
                     header,
                     sources: app.sources.clone(),
+                    allow: app.allow.clone(),
                 }
             })
             .collect();

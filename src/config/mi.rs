@@ -108,10 +108,12 @@ fn mi_app(
             .map(|s| app_source(d, &name, s, valid, defined))
             .collect(),
     };
+    let allow = app.allow.and_then(|a| super::source::allow(d, MAIN, a));
     Some(MiApp {
         name,
         header: header?,
         sources,
+        allow,
     })
 }
 

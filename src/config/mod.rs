@@ -380,6 +380,8 @@ pub struct MiApp {
     pub header: SecretRef,
     /// The sources it may get tokens from.
     pub sources: Vec<String>,
+    /// Who may present its header (`None`: whoever has it).
+    pub allow: Option<crate::acl::Allow>,
 }
 
 /// One problem (or warning), pinned to a place in a file.

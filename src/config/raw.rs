@@ -33,6 +33,7 @@ pub(super) struct RawManagedIdentity {
 pub(super) struct RawMiApp {
     pub header: Option<Spanned<toml::Value>>,
     pub sources: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow: Option<Spanned<toml::Value>>,
 }
 
 /// One `[sources.NAME]` table, or `[defaults]` (which may hold any source key).

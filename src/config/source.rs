@@ -253,7 +253,12 @@ fn refresh_ratio(d: &mut Diagnostics, file: usize, raw: Option<&Spanned<f64>>) -
     }
 }
 
-fn allow(d: &mut Diagnostics, file: usize, raw: Spanned<toml::Value>) -> Option<crate::acl::Allow> {
+/// `allow`, a source's or a managed-identity app's.
+pub(super) fn allow(
+    d: &mut Diagnostics,
+    file: usize,
+    raw: Spanned<toml::Value>,
+) -> Option<crate::acl::Allow> {
     let at = At::of(file, &raw);
     match crate::acl::parse_allow(raw.into_inner()) {
         Ok((allow, problems)) => {

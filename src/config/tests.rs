@@ -734,6 +734,33 @@ fn managed_identity_is_loopback_only_and_names_real_sources() {
     );
 }
 
+/// An app's `allow` takes a source's syntax, names resolved at load, and
+/// a name that does not resolve is an error at the app's `allow`.
+#[test]
+fn a_managed_identity_apps_allow_is_read_like_a_sources() {
+    let mi = |allow: &str| {
+        format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[managed_identity]\nlisten = \"127.0.0.1:42356\"\n[managed_identity.apps.jira]\nheader = {{ env = \"H\" }}\nsources = [\"api\"]\n{allow}")
+    };
+    let c = load_str(
+        &mi("allow = { users = [\"root\"], uids = [4242] }\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    let allow = c.managed_identity.unwrap().apps["jira"]
+        .allow
+        .clone()
+        .unwrap();
+    assert_eq!(allow.uids, [0, 4242].into());
+    let c = load_str(&mi(""), Path::new("t"), None).unwrap();
+    assert_eq!(c.managed_identity.unwrap().apps["jira"].allow, None);
+    let d = one(&mi("allow = { users = [\"no-such-user-xyz\"] }\n"));
+    assert_eq!((d.line, d.col), (12, 9), "{d}");
+    assert_eq!(d.message, "unknown user `no-such-user-xyz` in allow");
+    let d = one(&mi("allow = { user = [\"root\"] }\n"));
+    assert!(d.message.contains("`allow` is malformed"), "{d}");
+}
+
 /// `sinks`: every rule with its place, like sshd's StrictModes for paths.
 mod sinks {
     use super::*;

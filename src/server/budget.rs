@@ -17,6 +17,10 @@ pub struct UidBudget {
     held: Mutex<HashMap<u32, usize>>,
 }
 
+/// The uid holds its limit already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
 /// One connection's place in its uid's budget; given back when dropped.
 #[derive(Debug)]
 pub struct UidSlot {
@@ -52,6 +56,15 @@ impl UidBudget {
             budget: self.clone(),
             uid: Some(uid),
         })
+    }
+
+    /// [`claim`](Self::claim) for a caller whose uid may be unknown (such a
+    /// caller is counted by the door's global limit only).
+    pub fn claim_for(self: &Arc<Self>, uid: Option<u32>) -> Result<Option<UidSlot>, OverBudget> {
+        match uid {
+            Some(uid) => self.claim(uid).map(Some).ok_or(OverBudget),
+            None => Ok(None),
+        }
     }
 
     /// Connections `uid` holds now.

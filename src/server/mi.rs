@@ -90,6 +90,7 @@ async fn answer<B>(req: &Request<B>, ctx: &Ctx<'_>, denials: &Denials) -> Result
     }
     let state = ctx.broker.managed_identity();
     let app = app_of(req, &state, denials)?;
+    admit(app, ctx, denials)?;
     let ask = parse_query(req.uri().query().unwrap_or_default())?;
     let handle = source_for(app, &ask, ctx)?;
     let name = handle.name().to_string();
@@ -133,6 +134,43 @@ fn app_of<'s, B>(
             "the X-IDENTITY-HEADER matches no managed-identity app: run the program with the IDENTITY_HEADER that `tokend mi-env APP` prints",
         )
     })
+}
+
+/// Whether the caller may present `app`'s header: anyone, if the app has
+/// no `allow`; else the callers it admits, as the kernel names them.
+fn admit(app: &AppState, ctx: &Ctx<'_>, denials: &Denials) -> Result<(), Problem> {
+    let Some(allow) = &app.allow else {
+        return Ok(());
+    };
+    if ctx.caller.admitted_by(Some(allow)) {
+        return Ok(());
+    }
+    let (message, uid) = match (ctx.caller.peer(), ctx.caller.unknown()) {
+        (Some(p), _) => (
+            format!(
+                "uid {} may not use app {}: add it to [managed_identity.apps.{}] allow (docs/managed-identity.md), or run the program as a user the app admits",
+                p.uid, app.name, app.name
+            ),
+            Some(p.uid),
+        ),
+        (None, why) => (
+            format!(
+                "tokend cannot tell who is asking, and app {} admits only the callers in its allow: {}",
+                app.name,
+                why.map_or_else(String::new, ToString::to_string)
+            ),
+            None,
+        ),
+    };
+    if let Some(unlogged) = denials.log_now(Instant::now()) {
+        tracing::warn!(
+            app = %app.name,
+            uid,
+            refused_since_last_line = unlogged,
+            "managed-identity request refused: the app's allow does not admit the caller"
+        );
+    }
+    Err(invalid(StatusCode::FORBIDDEN, "forbidden", message))
 }
 
 fn parse_query(query: &str) -> Result<Ask, Problem> {

@@ -20,6 +20,7 @@ pub mod guard;
 pub mod keeper;
 pub mod listener;
 pub mod mi;
+mod owner;
 pub mod routes;
 mod stall;
 pub mod tcp;
@@ -59,6 +60,8 @@ pub struct ServerSettings {
     pub socket_health: Arc<keeper::SocketHealth>,
     /// Which TCP doors cannot listen, for every door's `/readyz`.
     pub door_health: Arc<tcp::DoorHealth>,
+    /// The groups of the uids the TCP doors' callers run as.
+    pub accounts: Arc<crate::peer::account::Accounts>,
     /// Fires when the daemon begins to shut down: a request still waiting
     /// for a token answers `shutting_down` then, rather than be cut off.
     pub closing: CancellationToken,
@@ -74,12 +77,32 @@ pub enum Door {
     Metrics(tokio::net::TcpListener),
 }
 
+impl Door {
+    /// The door's `door` label in metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Door::Socket(_) => "socket",
+            Door::ManagedIdentity(_) => "managed_identity",
+            Door::Metrics(_) => "metrics",
+        }
+    }
+
+    /// The door's name in log lines.
+    fn name(&self) -> &'static str {
+        match self {
+            Door::Socket(_) => "socket",
+            Door::ManagedIdentity(_) => "managed-identity endpoint",
+            Door::Metrics(_) => "metrics listener",
+        }
+    }
+}
+
 /// Who answers a connection's requests (the TCP doors with their door's
 /// denial count, see [`guard`]).
 #[derive(Clone)]
 enum Handler {
     Api(Arc<Caller>),
-    ManagedIdentity(Arc<guard::Denials>),
+    ManagedIdentity(Arc<Caller>, Arc<guard::Denials>),
     Metrics(Arc<guard::Denials>),
 }
 
@@ -98,6 +121,7 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let denials = Arc::new(guard::Denials::new());
     let per_uid = budget::UidBudget::new(settings.max_connections_per_uid, settings.own_uid);
+    let mut diag = owner::Owners::default();
     let mut keep = tokio::time::interval(keeper::KEEP_INTERVAL);
     keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let is_socket = matches!(door, Door::Socket(_));
@@ -125,27 +149,42 @@ pub async fn serve(
                 let peer = Peer::of(&stream).map(Arc::new);
                 // A caller whose credentials cannot be read is counted by
                 // the global limit only.
-                let slot = match peer.as_deref() {
-                    Some(p) => match per_uid.claim(p.uid) {
-                        Some(slot) => Some(slot),
-                        None => {
-                            refuse_over_budget(stream, p.uid, &broker, &settings);
-                            continue;
-                        }
-                    },
-                    None => None,
+                let Ok(slot) = per_uid.claim_for(peer.as_ref().map(|p| p.uid)) else {
+                    refuse_over_budget(&door, peer.map_or(0, |p| p.uid), &broker, &settings);
+                    continue;
                 };
                 let caller = Arc::new(Caller::socket(peer, settings.own_uid));
                 let conn = connection(stream, Handler::Api(caller), &broker, &settings, &drain);
                 tokio::spawn(drive(conn, (permit, slot)));
             }
-            Ok(Accepted::Tcp(stream)) => {
-                let handler = match &door {
-                    Door::Metrics(_) => Handler::Metrics(denials.clone()),
-                    _ => Handler::ManagedIdentity(denials.clone()),
-                };
-                let conn = connection(stream, handler, &broker, &settings, &drain);
+            Ok(Accepted::Tcp(stream)) if matches!(door, Door::Metrics(_)) => {
+                let conn = connection(
+                    stream,
+                    Handler::Metrics(denials.clone()),
+                    &broker,
+                    &settings,
+                    &drain,
+                );
                 tokio::spawn(drive(conn, permit));
+            }
+            Ok(Accepted::Tcp(stream)) => {
+                let owner = diag.owner(&stream);
+                let Ok(slot) = per_uid.claim_for(owner.as_ref().ok().copied()) else {
+                    refuse_over_budget(&door, owner.unwrap_or(0), &broker, &settings);
+                    continue;
+                };
+                let (broker, settings, drain) = (broker.clone(), settings.clone(), drain.clone());
+                let denials = denials.clone();
+                tokio::spawn(async move {
+                    let peer = match owner {
+                        Ok(uid) => Ok(settings.accounts.peer(uid).await),
+                        Err(why) => Err(why),
+                    };
+                    let caller = Arc::new(Caller::tcp(peer, settings.own_uid));
+                    let handler = Handler::ManagedIdentity(caller, denials);
+                    let conn = connection(stream, handler, &broker, &settings, &drain);
+                    drive(conn, (permit, slot)).await;
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -186,20 +225,14 @@ async fn drive<Slots>(
     drop(slots);
 }
 
-/// Closes a connection of a uid that holds `max_connections_per_uid`
-/// already: at once, counted, logged at most once a minute per uid.
-fn refuse_over_budget(
-    stream: tokio::net::UnixStream,
-    uid: u32,
-    broker: &Broker,
-    settings: &ServerSettings,
-) {
-    drop(stream);
+/// Counts and logs (at most once a minute per uid) a connection closed
+/// at once because its uid holds `max_connections_per_uid` already.
+fn refuse_over_budget(door: &Door, uid: u32, broker: &Broker, settings: &ServerSettings) {
     broker
         .metrics()
         .connections_refused
         .get_or_create(&crate::metrics::RefusedLabel {
-            door: "socket",
+            door: door.label(),
             reason: "per_uid",
         })
         .inc();
@@ -212,7 +245,8 @@ fn refuse_over_budget(
             uid,
             limit = settings.max_connections_per_uid,
             refused_since_last_line = unlogged,
-            "connection closed: this uid already holds max_connections_per_uid connections to the socket"
+            "connection closed: this uid already holds max_connections_per_uid connections to the {}",
+            door.name()
         );
     }
 }
@@ -259,8 +293,8 @@ where
             let deadline = crate::timefmt::later(now.mono, settings.request_timeout);
             let anonymous = Caller::anonymous();
             let caller = match handler {
-                Handler::Api(caller) => caller,
-                _ => &anonymous,
+                Handler::Api(caller) | Handler::ManagedIdentity(caller, _) => caller,
+                Handler::Metrics(_) => &anonymous,
             };
             let ctx = Ctx {
                 broker,
@@ -273,7 +307,9 @@ where
                 Handler::Api(_) => routes::handle(req, &ctx).await,
                 // Boxed, like the API's waits: the future every request
                 // builds and hyper moves stays small.
-                Handler::ManagedIdentity(denials) => Box::pin(mi::handle(req, &ctx, denials)).await,
+                Handler::ManagedIdentity(_, denials) => {
+                    Box::pin(mi::handle(req, &ctx, denials)).await
+                }
                 Handler::Metrics(denials) => routes::handle_metrics_door(&req, &ctx, denials),
             })
         }

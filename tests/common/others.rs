@@ -66,16 +66,20 @@ pub async fn open_daemon(body: &str, server: &str) -> Daemon {
         .await
 }
 
-/// Opens `n` connections to `socket` as `uid` and holds them; reports how
-/// many the daemon left open and how many it closed at once, then holds
-/// what is open until its stdin closes.
+/// Opens `n` connections to `socket` (a path, or `tcp:HOST:PORT`) as `uid`
+/// and holds them; reports how many the daemon left open and how many it
+/// closed at once, then holds what is open until its stdin closes.
 pub const HOLDER: &str = r#"
 import select, socket, sys, time
 path, n, keep = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 socks = []
 for _ in range(n):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
+    if path.startswith("tcp:"):
+        host, port = path[4:].rsplit(":", 1)
+        s = socket.create_connection((host, int(port)))
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
     socks.append(s)
 closed = set()
 deadline = time.monotonic() + 10
