@@ -214,6 +214,12 @@ fn squattable_doors(config: &Config, first_free: u16) -> Vec<String> {
             out.push(format!("[managed_identity] listen {} is on port {port}, which any local user may bind while tokend is stopped (ports from {first_free} up need no privilege here) and so capture the X-IDENTITY-HEADER apps send — socket-activate the endpoint so the port stays systemd's: set tokend-mi.socket's ListenStream= to this address and systemctl enable --now tokend-mi.socket (docs/managed-identity.md)", mi.listen));
         }
     }
+    if let Some(imds) = &config.imds {
+        let port = imds.listen.port();
+        if port >= first_free {
+            out.push(format!("[imds] listen {} is on port {port}, which any local user may bind while tokend is stopped (ports from {first_free} up need no privilege here) and so answer the tools that speak IMDS with tokens of their choosing — socket-activate the door so the port stays systemd's: set tokend-imds.socket's ListenStream= to this address and systemctl enable --now tokend-imds.socket (docs/imds.md)", imds.listen));
+        }
+    }
     if let Some(addr) = config.server.metrics_listen {
         let port = addr.port();
         if port >= first_free {

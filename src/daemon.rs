@@ -155,6 +155,7 @@ impl Signals {
 struct Doors {
     socket: Listener,
     managed_identity: Option<(SocketAddr, Option<TcpListener>)>,
+    imds: Option<(SocketAddr, Option<TcpListener>)>,
     metrics: Option<(SocketAddr, Option<TcpListener>)>,
 }
 
@@ -170,18 +171,10 @@ impl Doors {
             None => server::bind(&server.socket, server.socket_mode, server.socket_group)?,
         };
         let mi_listen = config.managed_identity.as_ref().map(|mi| mi.listen);
-        let managed_identity = match (passed.managed_identity, mi_listen) {
-            (Some(_), None) => {
-                tracing::warn!("systemd passed a managed-identity socket, but the configuration has no [managed_identity]: it is not served (stop tokend-mi.socket, or configure the endpoint)");
-                None
-            }
-            (Some(l), Some(addr)) => {
-                tracing::info!("serving the managed-identity socket systemd passed; [managed_identity] listen is not used (tokend-mi.socket sets it)");
-                Some((addr, Some(l)))
-            }
-            (None, Some(addr)) => Some((addr, first_try(addr).await)),
-            (None, None) => None,
-        };
+        let managed_identity =
+            tcp_door(passed.managed_identity, mi_listen, TcpDoor::ManagedIdentity).await;
+        let imds_listen = config.imds.as_ref().map(|i| i.listen);
+        let imds = tcp_door(passed.imds, imds_listen, TcpDoor::Imds).await;
         let metrics = match server.metrics_listen {
             Some(addr) => Some((addr, first_try(addr).await)),
             None => None,
@@ -189,6 +182,7 @@ impl Doors {
         Ok(Doors {
             socket,
             managed_identity,
+            imds,
             metrics,
         })
     }
@@ -215,6 +209,7 @@ impl Doors {
             self.managed_identity
                 .map(|d| tcp(TcpDoor::ManagedIdentity, d)),
         );
+        tasks.extend(self.imds.map(|d| tcp(TcpDoor::Imds, d)));
         tasks.extend(self.metrics.map(|d| tcp(TcpDoor::Metrics, d)));
         tasks.push(tokio::spawn(server::serve(
             Door::Socket(self.socket),
@@ -223,6 +218,28 @@ impl Doors {
             shutdown.clone(),
         )));
         tasks
+    }
+}
+
+/// A TCP door: the socket systemd passed for it, else its configured
+/// `listen` tried once now; `None` if it is not configured.
+async fn tcp_door(
+    passed: Option<TcpListener>,
+    listen: Option<SocketAddr>,
+    kind: TcpDoor,
+) -> Option<(SocketAddr, Option<TcpListener>)> {
+    let (table, unit) = kind.activation();
+    match (passed, listen) {
+        (Some(_), None) => {
+            tracing::warn!("systemd passed a socket for the {}, but the configuration has no {table}: it is not served (stop {unit}, or configure the door)", kind.name());
+            None
+        }
+        (Some(l), Some(addr)) => {
+            tracing::info!("serving the socket systemd passed for the {}; {table} listen is not used ({unit} sets it)", kind.name());
+            Some((addr, Some(l)))
+        }
+        (None, Some(addr)) => Some((addr, first_try(addr).await)),
+        (None, None) => None,
     }
 }
 

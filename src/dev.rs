@@ -84,7 +84,12 @@ impl DevIdp {
 
     /// Starts on a given address (port 0 for a free one).
     pub async fn start_on(addr: SocketAddr, lifetime: Duration) -> std::io::Result<DevIdp> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        Self::serve(tokio::net::TcpListener::bind(addr).await?, lifetime)
+    }
+
+    /// Starts on `listener`, bound already (in another network namespace,
+    /// say).
+    pub fn serve(listener: tokio::net::TcpListener, lifetime: Duration) -> std::io::Result<DevIdp> {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         state.lock().lifetime = lifetime;

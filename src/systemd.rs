@@ -60,31 +60,38 @@ pub fn spawn_watchdog(stop: CancellationToken) {
 }
 
 /// The listening sockets systemd passed (`LISTEN_FDS`), by what each is:
-/// the Unix socket (`tokend.socket`) and the managed-identity endpoint's
-/// TCP socket (`tokend-mi.socket`, `FileDescriptorName=managed-identity`).
+/// the Unix socket (`tokend.socket`), the managed-identity endpoint's TCP
+/// socket (`tokend-mi.socket`, `FileDescriptorName=managed-identity`) and
+/// the IMDS door's (`tokend-imds.socket`, `FileDescriptorName=imds`).
 #[derive(Debug, Default)]
 pub struct Passed {
     pub socket: Option<tokio::net::UnixListener>,
     pub managed_identity: Option<tokio::net::TcpListener>,
+    pub imds: Option<tokio::net::TcpListener>,
 }
 
 /// The managed-identity endpoint's `FileDescriptorName=`.
 pub const MI_FD_NAME: &str = "managed-identity";
+/// The IMDS door's `FileDescriptorName=`.
+pub const IMDS_FD_NAME: &str = "imds";
 
 /// Takes the sockets systemd passed: a listening Unix stream socket is the
 /// socket, one named [`MI_FD_NAME`] (a listening TCP socket) the
-/// managed-identity endpoint. Anything else is an error that says what it
+/// managed-identity endpoint, one named [`IMDS_FD_NAME`] the IMDS door. Anything else is an error that says what it
 /// is; each is set non-blocking, and tokend never unlinks a passed socket's
 /// file.
 pub fn passed_listeners() -> std::io::Result<Passed> {
     let mut passed = Passed::default();
     for (fd, name) in sd_notify::listen_fds_with_names()? {
-        if name == MI_FD_NAME {
-            check_listener(fd, &[libc::AF_INET, libc::AF_INET6], MI_HOW)?;
-            if passed.managed_identity.is_some() {
-                tracing::warn!(
-                    "systemd passed more than one managed-identity socket; serving the first"
-                );
+        let tcp = match name.as_str() {
+            MI_FD_NAME => Some((&mut passed.managed_identity, MI_HOW, "managed-identity")),
+            IMDS_FD_NAME => Some((&mut passed.imds, IMDS_HOW, "IMDS")),
+            _ => None,
+        };
+        if let Some((slot, how, door)) = tcp {
+            check_listener(fd, &[libc::AF_INET, libc::AF_INET6], how)?;
+            if slot.is_some() {
+                tracing::warn!("systemd passed more than one {door} socket; serving the first");
                 continue;
             }
             // SAFETY: systemd hands this process ownership of fd 3 onwards
@@ -92,7 +99,7 @@ pub fn passed_listeners() -> std::io::Result<Passed> {
             // them, and the check above made sure it is a listening TCP socket.
             let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
             l.set_nonblocking(true)?;
-            passed.managed_identity = Some(tokio::net::TcpListener::from_std(l)?);
+            *slot = Some(tokio::net::TcpListener::from_std(l)?);
             continue;
         }
         check_listener(fd, &[libc::AF_UNIX], SOCKET_HOW)?;
@@ -129,6 +136,7 @@ fn warn_if_abstract(l: &std::os::unix::net::UnixListener) {
 
 const SOCKET_HOW: &str = "give tokend.socket a ListenStream= path such as /run/tokend/tokend.sock";
 const MI_HOW: &str = "give tokend-mi.socket a ListenStream= loopback address such as 127.0.0.1:42356 and FileDescriptorName=managed-identity";
+const IMDS_HOW: &str = "give tokend-imds.socket a ListenStream= such as 127.0.0.1:42357 or 169.254.169.254:80 and FileDescriptorName=imds";
 
 fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;

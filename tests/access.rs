@@ -617,3 +617,78 @@ async fn a_managed_identity_apps_allow_admits_only_its_callers() {
         "{log}"
     );
 }
+
+/// `curl` as `uid`:`gid` to the IMDS door on `port` for `resource`, with
+/// `Metadata: true`: the HTTP status and body.
+fn curl_imds_as(uid: u32, port: u16, resource: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-H", "Metadata: true"])
+        .arg(format!(
+            "http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}"
+        ));
+    let out = run_as(&mut cmd, uid, uid, &[])
+        .output()
+        .expect("run curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The IMDS door knows its callers only by the kernel's word: a source's
+/// `allow` decides there as on the socket, and a uid it does not admit
+/// gets nothing, told only what it can get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_imds_door_serves_each_uid_only_what_its_allow_admits() {
+    if !root_or_skip("the_imds_door_serves_each_uid_only_what_its_allow_admits") {
+        return;
+    }
+    use common::mi::{free_port, GRAPH, VAULT};
+    let idp = idp(Duration::from_secs(3600), &["graph", "vault"]).await;
+    let port = free_port();
+    let body = format!(
+        "{}{}[imds]\nlisten = \"127.0.0.1:{port}\"\nsources = [\"graph\", \"vault\"]\n",
+        source(
+            "graph",
+            &idp,
+            &format!("scopes = [\"{GRAPH}/.default\"]\nallow = {{ users = [\"nobody\"] }}")
+        ),
+        source(
+            "vault",
+            &idp,
+            &format!("scopes = [\"{VAULT}/.default\"]\nallow = {{ uids = [{OTHER}] }}")
+        ),
+    );
+    let d = daemon(&body).rust_log("info").start().await;
+    let graph = wait_for_status(&d, "/v1/tokens/graph?format=raw", 200)
+        .await
+        .text();
+    let ask = |uid, resource: &'static str| {
+        tokio::task::spawn_blocking(move || curl_imds_as(uid, port, resource))
+    };
+    let (code, body) = ask(NOBODY, GRAPH).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["access_token"].as_str(), Some(graph.as_str()));
+    // 4242 may read vault only: graph is refused, and what it can get named.
+    let (code, body) = ask(OTHER, GRAPH).await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(!body.contains(&graph), "no token: {body}");
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(j["error"], "invalid_resource", "{body}");
+    let description = j["error_description"].as_str().unwrap();
+    assert!(
+        description.contains(&format!("to uid {OTHER}"))
+            && description.contains(&format!("this caller can get: {VAULT} (")),
+        "only what it may read: {description}"
+    );
+    let (code, _) = ask(OTHER, VAULT).await.unwrap();
+    assert_eq!(code, 200);
+    // A uid no source admits gets nothing at all.
+    let (code, body) = ask(4343, GRAPH).await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("this caller can get: nothing"), "{body}");
+    let log = d
+        .log_with("no offered source serves the resource to this caller")
+        .await;
+    assert!(log.contains(&format!("uid={OTHER}")), "{log}");
+}

@@ -75,6 +75,10 @@ fn probes() -> Vec<(&'static str, String)> {
             "[managed_identity]\nlisten = \"127.0.0.1:1\"\nzzzzzzzzzz = 1\n".to_string(),
         ),
         (
+            "[imds]",
+            "[imds]\nlisten = \"127.0.0.1:1\"\nzzzzzzzzzz = 1\n".to_string(),
+        ),
+        (
             "[managed_identity.apps.NAME]",
             "[managed_identity]\nlisten = \"127.0.0.1:1\"\n[managed_identity.apps.x]\nzzzzzzzzzz = 1\n"
                 .to_string(),

@@ -276,7 +276,7 @@ async fn socket_activation_serves_the_managed_identity_socket_systemd_passed() {
     let log = std::fs::read_to_string(dir.path().join("tokend.log")).unwrap();
     assert!(status.success(), "{log}");
     assert!(
-        log.contains("serving the managed-identity socket systemd passed"),
+        log.contains("serving the socket systemd passed for the managed-identity endpoint"),
         "{log}"
     );
 }
@@ -375,7 +375,7 @@ fn units() -> tempfile::TempDir {
     let service = std::fs::read_to_string(src.join("tokend.service")).unwrap();
     let service = service.replace("/usr/bin/tokend", env!("CARGO_BIN_EXE_tokend"));
     std::fs::write(dir.path().join("tokend.service"), service).unwrap();
-    for unit in ["tokend.socket", "tokend-mi.socket"] {
+    for unit in ["tokend.socket", "tokend-mi.socket", "tokend-imds.socket"] {
         std::fs::copy(src.join(unit), dir.path().join(unit)).unwrap();
     }
     dir
@@ -391,6 +391,7 @@ fn shipped_units_verify_and_score_below_two() {
         .arg(dir.path().join("tokend.service"))
         .arg(dir.path().join("tokend.socket"))
         .arg(dir.path().join("tokend-mi.socket"))
+        .arg(dir.path().join("tokend-imds.socket"))
         .output()
         .unwrap();
     let text = format!(

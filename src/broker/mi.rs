@@ -1,7 +1,8 @@
-//! The managed-identity apps in force: each app's header, read when a
-//! config is applied, and the sources it may use. The managed-identity
-//! door asks which app presented a header; status asks which apps use a
-//! source. Swapped whole on reload, like the sources.
+//! What the two managed-identity doors offer, in force: each app's
+//! header, read when a config is applied, and the sources it may use; and
+//! the sources offered on the IMDS door. The managed-identity door asks
+//! which app presented a header; status asks which apps use a source.
+//! Swapped whole on reload, like the sources.
 
 use crate::config::Config;
 use crate::secret::{ExposeSecret, SecretEnv};
@@ -13,6 +14,8 @@ use subtle::ConstantTimeEq;
 #[derive(Debug, Default)]
 pub struct MiState {
     pub apps: Vec<AppState>,
+    /// The sources offered on the IMDS door (`[imds] sources`).
+    pub imds: Vec<String>,
 }
 
 /// One app, its header value if it could be read, and its sources.
@@ -29,8 +32,16 @@ impl MiState {
     /// Reads every app's header now (files: call it off the runtime). An
     /// app whose header cannot be read is logged and matches no request.
     pub fn load(config: &Config, env: &SecretEnv) -> MiState {
+        let imds = config
+            .imds
+            .as_ref()
+            .map(|i| i.sources.clone())
+            .unwrap_or_default();
         let Some(mi) = &config.managed_identity else {
-            return MiState::default();
+            return MiState {
+                apps: Vec::new(),
+                imds,
+            };
         };
         let apps = mi
             .apps
@@ -51,7 +62,7 @@ impl MiState {
                 }
             })
             .collect();
-        MiState { apps }
+        MiState { apps, imds }
     }
 
     /// The app whose header is `presented`, comparing with every app in

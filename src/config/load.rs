@@ -21,6 +21,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "sources",
     "include_dir",
     "managed_identity",
+    "imds",
 ];
 
 /// Source names: `[a-z0-9][a-z0-9._-]{0,63}`. Checked before any lookup, so a
@@ -87,6 +88,7 @@ pub(super) fn read_includes(dir: &Path) -> std::io::Result<Includes> {
 struct MainParts {
     server: Option<RawServer>,
     managed_identity: Option<RawManagedIdentity>,
+    imds: Option<super::raw::RawImds>,
     defaults: Option<RawSource>,
     include_dir: Option<Result<Spanned<String>, ()>>,
 }
@@ -136,6 +138,9 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
     let managed_identity = main
         .managed_identity
         .and_then(|raw| super::mi::managed_identity(&mut d, raw, &sources, &defined));
+    let imds = main
+        .imds
+        .and_then(|raw| super::mi::imds(&mut d, raw, &sources, &defined));
     if !d.errors.is_empty() {
         d.errors
             .sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
@@ -155,6 +160,7 @@ pub(super) fn run(main: File) -> Result<Config, ConfigError> {
         include_dir,
         include_files,
         managed_identity,
+        imds,
         warnings: d.warnings,
     })
 }
@@ -289,6 +295,7 @@ fn take_piece(
             ("server", true) => parts.server = d.deserialize(idx, value),
             ("defaults", true) => parts.defaults = d.deserialize(idx, value),
             ("managed_identity", true) => parts.managed_identity = d.deserialize(idx, value),
+            ("imds", true) => parts.imds = d.deserialize(idx, value),
             ("include_dir", true) => {
                 parts.include_dir = Some(d.deserialize::<Spanned<String>>(idx, value).ok_or(()));
             }

@@ -26,7 +26,7 @@ pub(super) fn managed_identity(
     valid: &BTreeMap<String, std::sync::Arc<SourceConfig>>,
     defined: &BTreeMap<String, At>,
 ) -> Option<ManagedIdentity> {
-    let listen = listen(d, raw.listen.as_ref());
+    let listen = listen(d, raw.listen.as_ref(), &MI_DOOR);
     let mut apps = BTreeMap::new();
     for (name, app) in raw.apps.unwrap_or_default() {
         if let Some(app) = mi_app(d, name, app, valid, defined) {
@@ -39,33 +39,99 @@ pub(super) fn managed_identity(
     })
 }
 
-/// `[managed_identity]` lives in the main file.
+/// `[managed_identity]` and `[imds]` live in the main file.
 const MAIN: usize = 0;
 
-/// `listen`: a loopback address and port.
-fn listen(d: &mut Diagnostics, raw: Option<&Spanned<String>>) -> Option<SocketAddr> {
+/// What a door's `listen` may be.
+struct DoorRules {
+    table: &'static str,
+    example: &'static str,
+    /// Whether the door may listen on `ip`.
+    allowed: fn(std::net::IpAddr) -> bool,
+    /// The fix for an address it may not, given the port.
+    fix: fn(u16) -> String,
+}
+
+const MI_DOOR: DoorRules = DoorRules {
+    table: "[managed_identity]",
+    example: "\"127.0.0.1:42356\"",
+    allowed: |ip| ip.is_loopback(),
+    fix: |port| {
+        format!("use 127.0.0.1:{port} (or [::1]): the endpoint hands out tokens to whoever has the header, so it must not be reachable from the network")
+    },
+};
+
+/// Azure's instance-metadata address, which the tools that speak IMDS
+/// ask with no setting at all.
+pub const IMDS_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
+
+const IMDS_DOOR: DoorRules = DoorRules {
+    table: "[imds]",
+    example: "\"127.0.0.1:42357\"",
+    allowed: |ip| ip.is_loopback() || ip == IMDS_ADDRESS,
+    fix: |port| {
+        format!("use 127.0.0.1:{port} (or [::1]), or 169.254.169.254:80 with that address on lo (docs/imds.md): the door must not be reachable from the network")
+    },
+};
+
+/// A door's `listen`: an address and port its rules allow.
+fn listen(
+    d: &mut Diagnostics,
+    raw: Option<&Spanned<String>>,
+    rules: &DoorRules,
+) -> Option<SocketAddr> {
     let Some(l) = raw else {
         d.error(
             &At::new(MAIN, 0..0),
-            "[managed_identity] has no `listen`",
-            Some("add listen = \"127.0.0.1:42356\" (a loopback address and port)".to_string()),
+            format!("{} has no `listen`", rules.table),
+            Some(format!(
+                "add listen = {} (a loopback address and port)",
+                rules.example
+            )),
         );
         return None;
     };
-    match address(d, MAIN, l, "listen", "\"127.0.0.1:42356\"") {
-        Some(a) if !a.ip().is_loopback() => {
+    match address(d, MAIN, l, "listen", rules.example) {
+        Some(a) if !(rules.allowed)(a.ip()) => {
             d.error(
                 &At::of(MAIN, l),
                 format!("`listen` {a} is not a loopback address"),
-                Some(format!(
-                    "use 127.0.0.1:{} (or [::1]): the endpoint hands out tokens to whoever has the header, so it must not be reachable from the network",
-                    a.port()
-                )),
+                Some((rules.fix)(a.port())),
             );
             None
         }
         a => a,
     }
+}
+
+/// Validates `[imds]` (main file) against the sources, as
+/// [`managed_identity`] does.
+pub(super) fn imds(
+    d: &mut Diagnostics,
+    raw: super::raw::RawImds,
+    valid: &BTreeMap<String, std::sync::Arc<SourceConfig>>,
+    defined: &BTreeMap<String, At>,
+) -> Option<super::Imds> {
+    let listen = listen(d, raw.listen.as_ref(), &IMDS_DOOR);
+    let sources = match raw.sources {
+        None => {
+            d.error(
+                &At::new(MAIN, 0..0),
+                "[imds] has no `sources`",
+                Some("add sources = [\"graph\"]: the sources offered to the tools that speak IMDS (each caller gets only those whose allow admits it)".to_string()),
+            );
+            Vec::new()
+        }
+        Some(list) => list
+            .into_inner()
+            .into_iter()
+            .map(|s| offered_source(d, "[imds]", s, valid, defined))
+            .collect(),
+    };
+    Some(super::Imds {
+        listen: listen?,
+        sources,
+    })
 }
 
 /// One `[managed_identity.apps.NAME]`; `None` if its name or header is
@@ -105,7 +171,7 @@ fn mi_app(
         Some(list) => list
             .into_inner()
             .into_iter()
-            .map(|s| app_source(d, &name, s, valid, defined))
+            .map(|s| offered_source(d, &format!("app `{name}`"), s, valid, defined))
             .collect(),
     };
     let allow = app.allow.and_then(|a| super::source::allow(d, MAIN, a));
@@ -156,11 +222,11 @@ fn header(
     Some(r)
 }
 
-/// One name in an app's `sources`: a defined source whose single scope is
-/// `RESOURCE/.default`.
-fn app_source(
+/// One name in an app's or `[imds]`'s `sources` (`by`): a defined source
+/// whose single scope is `RESOURCE/.default`.
+fn offered_source(
     d: &mut Diagnostics,
-    app: &str,
+    by: &str,
     s: Spanned<String>,
     valid: &BTreeMap<String, std::sync::Arc<SourceConfig>>,
     defined: &BTreeMap<String, At>,
@@ -185,11 +251,7 @@ fn app_source(
             Some((_, k)) => format!("did you mean `{k}`?"),
             None => "list sources defined in [sources.NAME] tables".to_string(),
         };
-        d.error(
-            &at,
-            format!("app `{app}` names unknown source `{s}`"),
-            Some(hint),
-        );
+        d.error(&at, format!("{by} names unknown source `{s}`"), Some(hint));
     }
     s
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub include_files: Vec<PathBuf>,
     /// The Azure SDK drop-in endpoint, if configured.
     pub managed_identity: Option<ManagedIdentity>,
+    /// The instance-metadata (IMDS) door, if configured.
+    pub imds: Option<Imds>,
     /// Things that work but deserve a look (a plain secret in a readable file).
     pub warnings: Vec<Diagnostic>,
     /// A hash of the files exactly as they were parsed (see [`disk_digest`]).
@@ -370,6 +372,16 @@ impl SourceConfig {
 pub struct ManagedIdentity {
     pub listen: std::net::SocketAddr,
     pub apps: BTreeMap<String, MiApp>,
+}
+
+/// `[imds]`: Azure's instance-metadata token protocol on loopback (or on
+/// 169.254.169.254 where that address is local), for the tools that speak
+/// it; callers are known by the kernel's word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imds {
+    pub listen: std::net::SocketAddr,
+    /// The sources offered there.
+    pub sources: Vec<String>,
 }
 
 /// One program allowed on the managed-identity endpoint.

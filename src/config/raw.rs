@@ -27,6 +27,14 @@ pub(super) struct RawManagedIdentity {
     pub apps: Option<BTreeMap<Spanned<String>, Spanned<RawMiApp>>>,
 }
 
+/// `[imds]`: the instance-metadata door.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawImds {
+    pub listen: Option<Spanned<String>>,
+    pub sources: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
 /// `[managed_identity.apps.NAME]`: one consuming program.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

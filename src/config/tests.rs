@@ -761,6 +761,44 @@ fn a_managed_identity_apps_allow_is_read_like_a_sources() {
     assert!(d.message.contains("`allow` is malformed"), "{d}");
 }
 
+/// `[imds]`: loopback or 169.254.169.254, and only defined sources an SDK
+/// can name by resource.
+#[test]
+fn imds_listens_on_loopback_or_the_imds_address_and_offers_real_sources() {
+    let imds = |listen: &str, sources: &str| {
+        format!("{GOOD}scopes = [\"https://graph.microsoft.com/.default\"]\n[imds]\nlisten = \"{listen}\"\n{sources}")
+    };
+    let offered = "sources = [\"api\"]\n";
+    for listen in ["127.0.0.1:42357", "[::1]:42357", "169.254.169.254:80"] {
+        let c = load_str(&imds(listen, offered), Path::new("t"), None).unwrap();
+        let i = c.imds.unwrap();
+        assert_eq!(i.listen.to_string(), listen);
+        assert_eq!(i.sources, vec!["api".to_string()]);
+    }
+    let d = one(&imds("0.0.0.0:80", offered));
+    assert_eq!((d.line, d.col), (8, 10));
+    assert_eq!(d.message, "`listen` 0.0.0.0:80 is not a loopback address");
+    assert!(d
+        .hint
+        .unwrap()
+        .contains("169.254.169.254:80 with that address on lo"));
+    let d = one(&imds("169.254.169.253:80", offered));
+    assert!(d.message.contains("is not a loopback address"), "{d}");
+    let d = one(&imds("127.0.0.1:1", "sources = [\"apii\"]\n"));
+    assert_eq!(d.message, "[imds] names unknown source `apii`");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `api`?"));
+    let d = one(&imds("127.0.0.1:1", ""));
+    assert!(d.message.contains("[imds] has no `sources`"), "{d}");
+    let d = one(&imds(
+        "127.0.0.1:1",
+        "sources = [\"api\"]\nheader = \"x\"\n",
+    ));
+    assert_eq!(
+        d.to_string(),
+        "t.toml:10:1: unknown key `header` — valid keys here: listen, sources"
+    );
+}
+
 /// `sinks`: every rule with its place, like sshd's StrictModes for paths.
 mod sinks {
     use super::*;

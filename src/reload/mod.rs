@@ -289,6 +289,12 @@ fn warn_restart_needed(running: &Config, new: &Config) {
     if listen(new) != listen(running) {
         tracing::warn!("[managed_identity] listen changed; the endpoint moves after a restart (its apps change now)");
     }
+    let imds = |c: &Config| c.imds.as_ref().map(|i| i.listen);
+    if imds(new) != imds(running) {
+        tracing::warn!(
+            "[imds] listen changed; the door moves after a restart (its sources change now)"
+        );
+    }
 }
 
 impl Starting {

@@ -33,27 +33,27 @@ fn invalid(status: StatusCode, code: &'static str, message: impl Into<String>) -
     Problem::new(status, code, message, None)
 }
 
-/// What a token request asks for.
-struct Ask {
+/// What a token request asks for, on this door or the IMDS door.
+pub(super) struct Ask {
     /// As the SDK wrote it (the answer repeats it).
-    resource: String,
-    client_id: Option<String>,
+    pub resource: String,
+    pub client_id: Option<String>,
 }
 
 impl Ask {
     /// The resource without a trailing `/`, as sources are matched.
-    fn wanted(&self) -> &str {
+    pub fn wanted(&self) -> &str {
         self.resource.trim_end_matches('/')
     }
 
     /// Whether source `c` answers it.
-    fn served_by(&self, c: &crate::config::SourceConfig) -> bool {
+    pub fn served_by(&self, c: &crate::config::SourceConfig) -> bool {
         crate::config::resource_of(c) == Some(self.wanted())
             && self.client_id.as_deref().is_none_or(|id| id == c.client_id)
     }
 
     /// " with client_id C" when the SDK named one.
-    fn with_client_id(&self) -> String {
+    pub fn with_client_id(&self) -> String {
         self.client_id
             .as_ref()
             .map(|c| format!(" with client_id {}", printable(c)))

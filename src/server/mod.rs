@@ -17,6 +17,7 @@ pub mod budget;
 pub mod context;
 mod drain;
 pub mod guard;
+pub mod imds;
 pub mod keeper;
 pub mod listener;
 pub mod mi;
@@ -74,6 +75,7 @@ pub struct ServerSettings {
 pub enum Door {
     Socket(Listener),
     ManagedIdentity(tokio::net::TcpListener),
+    Imds(tokio::net::TcpListener),
     Metrics(tokio::net::TcpListener),
 }
 
@@ -83,6 +85,7 @@ impl Door {
         match self {
             Door::Socket(_) => "socket",
             Door::ManagedIdentity(_) => "managed_identity",
+            Door::Imds(_) => "imds",
             Door::Metrics(_) => "metrics",
         }
     }
@@ -92,6 +95,7 @@ impl Door {
         match self {
             Door::Socket(_) => "socket",
             Door::ManagedIdentity(_) => "managed-identity endpoint",
+            Door::Imds(_) => "IMDS door",
             Door::Metrics(_) => "metrics listener",
         }
     }
@@ -103,6 +107,7 @@ impl Door {
 enum Handler {
     Api(Arc<Caller>),
     ManagedIdentity(Arc<Caller>, Arc<guard::Denials>),
+    Imds(Arc<Caller>, Arc<guard::Denials>),
     Metrics(Arc<guard::Denials>),
 }
 
@@ -174,14 +179,18 @@ pub async fn serve(
                     continue;
                 };
                 let (broker, settings, drain) = (broker.clone(), settings.clone(), drain.clone());
-                let denials = denials.clone();
+                let (denials, imds) = (denials.clone(), matches!(door, Door::Imds(_)));
                 tokio::spawn(async move {
                     let peer = match owner {
                         Ok(uid) => Ok(settings.accounts.peer(uid).await),
                         Err(why) => Err(why),
                     };
                     let caller = Arc::new(Caller::tcp(peer, settings.own_uid));
-                    let handler = Handler::ManagedIdentity(caller, denials);
+                    let handler = if imds {
+                        Handler::Imds(caller, denials)
+                    } else {
+                        Handler::ManagedIdentity(caller, denials)
+                    };
                     let conn = connection(stream, handler, &broker, &settings, &drain);
                     drive(conn, (permit, slot)).await;
                 });
@@ -259,7 +268,7 @@ enum Accepted {
 async fn accept(door: &Door) -> std::io::Result<Accepted> {
     match door {
         Door::Socket(l) => l.listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
-        Door::ManagedIdentity(l) | Door::Metrics(l) => {
+        Door::ManagedIdentity(l) | Door::Imds(l) | Door::Metrics(l) => {
             l.accept().await.map(|(s, _)| Accepted::Tcp(s))
         }
     }
@@ -293,7 +302,9 @@ where
             let deadline = crate::timefmt::later(now.mono, settings.request_timeout);
             let anonymous = Caller::anonymous();
             let caller = match handler {
-                Handler::Api(caller) | Handler::ManagedIdentity(caller, _) => caller,
+                Handler::Api(caller)
+                | Handler::ManagedIdentity(caller, _)
+                | Handler::Imds(caller, _) => caller,
                 Handler::Metrics(_) => &anonymous,
             };
             let ctx = Ctx {
@@ -310,6 +321,7 @@ where
                 Handler::ManagedIdentity(_, denials) => {
                     Box::pin(mi::handle(req, &ctx, denials)).await
                 }
+                Handler::Imds(_, denials) => Box::pin(imds::handle(req, &ctx, denials)).await,
                 Handler::Metrics(denials) => routes::handle_metrics_door(&req, &ctx, denials),
             })
         }

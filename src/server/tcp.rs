@@ -26,13 +26,15 @@ pub const REPEAT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TcpDoor {
     ManagedIdentity,
+    Imds,
     Metrics,
 }
 
 impl TcpDoor {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             TcpDoor::ManagedIdentity => "managed-identity endpoint",
+            TcpDoor::Imds => "IMDS door",
             TcpDoor::Metrics => "metrics listener",
         }
     }
@@ -40,13 +42,24 @@ impl TcpDoor {
     fn key(self) -> &'static str {
         match self {
             TcpDoor::ManagedIdentity => "[managed_identity] listen",
+            TcpDoor::Imds => "[imds] listen",
             TcpDoor::Metrics => "[server] metrics_listen",
+        }
+    }
+
+    /// The door's table, and the socket unit that can hold its port.
+    pub fn activation(self) -> (&'static str, &'static str) {
+        match self {
+            TcpDoor::ManagedIdentity => ("[managed_identity]", "tokend-mi.socket"),
+            TcpDoor::Imds => ("[imds]", "tokend-imds.socket"),
+            TcpDoor::Metrics => ("[server] metrics_listen", "a socket unit"),
         }
     }
 
     fn door(self, l: TcpListener) -> Door {
         match self {
             TcpDoor::ManagedIdentity => Door::ManagedIdentity(l),
+            TcpDoor::Imds => Door::Imds(l),
             TcpDoor::Metrics => Door::Metrics(l),
         }
     }
@@ -55,6 +68,7 @@ impl TcpDoor {
         let port = addr.port();
         let activation = match self {
             TcpDoor::ManagedIdentity => "; to keep the port systemd's while tokend is stopped, socket-activate the endpoint (systemctl enable --now tokend-mi.socket)",
+            TcpDoor::Imds => "; to keep the port systemd's while tokend is stopped, socket-activate the door (systemctl enable --now tokend-imds.socket)",
             TcpDoor::Metrics => "",
         };
         format!("`ss -ltnp 'sport = :{port}'` names the process holding it; if it is not another tokend, it may be a local user capturing what clients send: stop it, or change {}{activation}", self.key())

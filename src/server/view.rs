@@ -105,6 +105,30 @@ impl Problem {
         with_retry_after(json(self.status, &body), self.retry_after)
     }
 
+    /// IMDS's error body, `{"error", "error_description"}`; a hint joins
+    /// the description.
+    pub fn imds(self) -> Resp {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            error_description: &'a str,
+        }
+        let description = self.described();
+        let body = Body {
+            error: self.code,
+            error_description: &description,
+        };
+        with_retry_after(json(self.status, &body), self.retry_after)
+    }
+
+    /// The message with the hint after it, for bodies with no hint field.
+    fn described(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{} ({h})", self.message),
+            None => self.message.clone(),
+        }
+    }
+
     /// App Service's error body, which every Azure SDK parses; a hint
     /// joins the message (the protocol has no field for it).
     pub fn app_service(self) -> Resp {
@@ -116,10 +140,7 @@ impl Problem {
             #[serde(rename = "statusCode")]
             status_code: u16,
         }
-        let description = match &self.hint {
-            Some(h) => format!("{} ({h})", self.message),
-            None => self.message.clone(),
-        };
+        let description = self.described();
         let body = Body {
             error: self.code,
             error_description: &description,
@@ -330,9 +351,64 @@ pub fn app_service_token(
         resource,
         token_type: &tok.token_type,
     };
-    let mut bytes = Vec::with_capacity(body.access_token.len() + 200);
+    zeroed_json(&body, body.access_token.len())
+}
+
+/// IMDS's token answer: every field a string, as the SDKs parse it.
+#[derive(Serialize)]
+struct ImdsToken<'a> {
+    access_token: &'a str,
+    client_id: &'a str,
+    expires_in: String,
+    expires_on: String,
+    ext_expires_in: String,
+    not_before: String,
+    refresh_token: &'a str,
+    resource: &'a str,
+    token_type: &'a str,
+}
+
+/// The IMDS door's answer with `tok` of the source with `client_id`, for
+/// `resource` as the tool asked for it, at `now`. Its bytes are zeroed when
+/// the answer is dropped.
+pub fn imds_token(
+    tok: &crate::token::Token,
+    client_id: &str,
+    resource: &str,
+    now: crate::clock::Moment,
+) -> Resp {
+    use crate::secret::ExposeSecret;
+    let epoch = |t: std::time::SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string()
+    };
+    let expires_in = tok.remaining_at(now).as_secs().to_string();
+    let token_type = if tok.token_type.eq_ignore_ascii_case("bearer") {
+        "Bearer"
+    } else {
+        &tok.token_type
+    };
+    let body = ImdsToken {
+        access_token: tok.access_token.expose_secret(),
+        client_id,
+        ext_expires_in: expires_in.clone(),
+        expires_in,
+        expires_on: epoch(tok.expires.wall),
+        not_before: epoch(tok.issued.wall),
+        refresh_token: "",
+        resource,
+        token_type,
+    };
+    zeroed_json(&body, body.access_token.len())
+}
+
+/// `body` as a JSON answer not to be stored, whose bytes (holding a token
+/// of `token_len` bytes) are zeroed when it is dropped.
+fn zeroed_json(body: &impl Serialize, token_len: usize) -> Resp {
+    let mut bytes = Vec::with_capacity(token_len + 200);
     // Serializing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut bytes, &body);
+    let _ = serde_json::to_writer(&mut bytes, body);
     let mut r = Response::new(Body::from(crate::token::zeroed(bytes)));
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -29,3 +29,14 @@ pub fn config(idp: &DevIdp, port: u16, dir: &std::path::Path) -> String {
         dir.join("billing.key").display(),
     )
 }
+
+/// The IMDS door on `port` offering graph, vault and vault2 (a second
+/// identity for vault), with `extra` lines in each source.
+pub fn imds_config(idp: &DevIdp, port: u16, extra: &str) -> String {
+    format!(
+        "{}{}{}[imds]\nlisten = \"127.0.0.1:{port}\"\nsources = [\"graph\", \"vault\", \"vault2\"]\n",
+        source("graph", idp, &format!("scopes = [\"{GRAPH}/.default\"]\n{extra}")),
+        source("vault", idp, &format!("scopes = [\"{VAULT}/.default\"]\n{extra}")),
+        source("vault2", idp, &format!("scopes = [\"{VAULT}/.default\"]\n{extra}")),
+    )
+}

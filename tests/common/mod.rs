@@ -42,6 +42,7 @@ pub struct Builder {
     layout: Option<Layout>,
     relative: bool,
     piped_stderr: bool,
+    netns: Option<PathBuf>,
 }
 
 /// Writes the config text into the temp dir and returns the path for `-c`.
@@ -58,6 +59,7 @@ pub fn daemon(body: &str) -> Builder {
         dir: None,
         layout: None,
         relative: false,
+        netns: None,
         piped_stderr: false,
     }
 }
@@ -113,6 +115,13 @@ impl Builder {
 
     /// Logs to a pipe the test holds (see [`Daemon::take_stderr`]), not to
     /// the log file.
+    /// Runs the daemon in the network namespace at `path`
+    /// (`/run/netns/NAME`).
+    pub fn netns(mut self, path: &Path) -> Self {
+        self.netns = Some(path.to_path_buf());
+        self
+    }
+
     pub fn piped_stderr(mut self) -> Self {
         self.piped_stderr = true;
         self
@@ -174,6 +183,9 @@ impl Builder {
             });
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(ns) = &self.netns {
+            others::enter_netns(&mut cmd, ns);
         }
         let child = cmd.spawn().unwrap();
         Daemon {

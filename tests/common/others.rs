@@ -4,7 +4,7 @@
 use super::{daemon, Daemon};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The uid (and gid) `nobody`: a caller with no rights.
@@ -39,6 +39,96 @@ pub fn run_as<'c>(cmd: &'c mut Command, uid: u32, gid: u32, groups: &[u32]) -> &
             }
             Ok(())
         })
+    }
+}
+
+/// Makes `cmd` run in the network namespace at `ns` (`/run/netns/NAME`).
+pub fn enter_netns(cmd: &mut Command, ns: &Path) {
+    let fd = std::fs::File::open(ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only setns, which is async-signal-safe, on a descriptor opened before
+    // the fork and kept open by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd;
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// A network namespace made for one test (`ip netns add`), with `lo` up
+/// and 169.254.169.254/32 on it, as on a host where tokend's IMDS door
+/// answers at Azure's address; deleted when dropped (needs root).
+pub struct NetNs {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("tokend-{tag}-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (apt-get install iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            "lo",
+        ]);
+        ns
+    }
+
+    /// A listener on `addr` inside the namespace (a socket stays in the
+    /// namespace it was made in), made on a thread that enters it.
+    pub fn listen(&self, addr: &str) -> std::net::TcpListener {
+        let (path, addr) = (self.path.clone(), addr.to_string());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a valid descriptor.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            std::net::TcpListener::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The prefix that runs a command inside: `ip netns exec NAME`.
+    pub fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", self.name.as_str()]
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
