@@ -263,7 +263,7 @@ fn extra_sections() -> Roff {
         r.text([roman(text)]);
     };
     r.control("SH", ["FILES"]);
-    item(&mut r, vec![italic(config::DEFAULT_PATH)], "The configuration: [server], [defaults], [sources.NAME] tables and [managed_identity]. Unknown keys are errors. Edits apply without a restart once the file is saved.");
+    item(&mut r, vec![italic(config::DEFAULT_PATH)], "The configuration: [server], [defaults], [sources.NAME] tables, [managed_identity] and [imds]. Unknown keys are errors. Edits apply without a restart once the file is saved.");
     item(&mut r, vec![italic("/etc/tokend/sources.d/*.toml")], "More [sources.NAME] tables, one file per team or service if you like, loaded in name order (include_dir changes the directory).");
     item(&mut r, vec![italic(config::DEFAULT_SOCKET)], "The socket programs ask for tokens on (HTTP/1.1: GET /v1/tokens/NAME). Its mode and group decide who may connect; each source's allow list decides who may read it.");
     item(&mut r, vec![italic("/usr/lib/systemd/system/tokend.service"), roman(", "), italic("tokend.socket")], "The systemd units: the socket unit creates the socket and passes it to the service, which runs as user tokend.");
