@@ -5,8 +5,10 @@
 //!     cargo bench --bench callers -- --smoke # seconds: CI runs this
 //!
 //! It times the kernel lookup of a connection's other end alone, a uid's
-//! groups looked up afresh, and the managed-identity endpoint answering
-//! one request per new connection (the case the lookup costs most: once per
+//! groups looked up afresh, the IMDS door answering the SDKs' probe (a
+//! request without `Metadata: true`, which they send with sub-second
+//! timeouts), and the managed-identity endpoint answering one request per
+//! new connection (the case the lookup costs most: once per
 //! connection, never per request on a kept-alive one). With
 //! `TOKEND_BENCH_BEFORE=/path/to/tokend` that build, which looked nothing up,
 //! runs in turns beside this one.
@@ -80,18 +82,21 @@ async fn endpoint(round: Duration, rounds: usize) -> Result<(), Box<dyn std::err
     for r in 0..rounds {
         for (build, bin) in &builds {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut daemon = start(
-                bin,
-                dir.path(),
-                &format!("{build}-{r}"),
-                &idp.token_url(),
-                port,
-            )?;
-            let figures = tokio::task::spawn_blocking(move || {
+            let imds = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let imds = (*build == "tokend").then_some(imds);
+            let name = format!("{build}-{r}");
+            let mut daemon = start(bin, dir.path(), &name, &idp.token_url(), port, imds)?;
+            let (figures, probes) = tokio::task::spawn_blocking(move || {
                 wait_answering(port);
-                new_connection_each(port, round)
+                let probes = imds.map(|p| probe_each(p, round));
+                (new_connection_each(port, round), probes)
             })
             .await?;
+            if let Some((n, p50, p99, max)) = probes {
+                println!(
+                    "{build}: IMDS door, the SDKs' probe (no Metadata header, a new connection each): {n} answered 400, p50 {p50:.3} ms, p99 {p99:.3} ms, slowest {max:.3} ms"
+                );
+            }
             let _ = daemon.kill();
             let _ = daemon.wait();
             println!(
@@ -103,14 +108,19 @@ async fn endpoint(round: Duration, rounds: usize) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-/// The daemon with one source behind a managed-identity app on `port`.
+/// The daemon with one source behind a managed-identity app on `port`,
+/// and offered on the IMDS door on `imds` (a build that has one).
 fn start(
     bin: &Path,
     dir: &Path,
     name: &str,
     token_url: &str,
     port: u16,
+    imds: Option<u16>,
 ) -> std::io::Result<std::process::Child> {
+    let imds = imds
+        .map(|p| format!("[imds]\nlisten = \"127.0.0.1:{p}\"\nsources = [\"graph\"]\n"))
+        .unwrap_or_default();
     let config = dir.join(format!("{name}.toml"));
     let header = dir.join(format!("{name}.key"));
     std::fs::write(&header, HEADER)?;
@@ -122,7 +132,7 @@ fn start(
              [sources.graph]\ntoken_url = \"{token_url}\"\nclient_id = \"bench\"\n\
              client_secret = {{ env = \"BENCH_SECRET\" }}\nscopes = [\"{GRAPH}/.default\"]\n\
              [managed_identity]\nlisten = \"127.0.0.1:{port}\"\n\
-             [managed_identity.apps.bench]\nheader = {{ file = \"{}\" }}\nsources = [\"graph\"]\n",
+             [managed_identity.apps.bench]\nheader = {{ file = \"{}\" }}\nsources = [\"graph\"]\n{imds}",
             dir.join(format!("{name}.sock")).display(),
             header.display()
         ),
@@ -162,6 +172,29 @@ fn wait_answering(port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("the managed-identity endpoint on port {port} never answered 200");
+}
+
+/// The SDKs' probe, one after another on new connections, for `run`: how
+/// many, p50, p99 and the slowest in ms.
+fn probe_each(port: u16, run: Duration) -> (usize, f64, f64, f64) {
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < run {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the IMDS door");
+        write!(
+            s,
+            "GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource={GRAPH} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the probe");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("read the answer");
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "the probe's answer");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    (times.len(), at(0.5), at(0.99), times[times.len() - 1])
 }
 
 /// Requests one after another, each on a new connection, for `run`:
