@@ -15,6 +15,8 @@ use std::collections::BTreeSet;
 pub struct Allow {
     pub uids: BTreeSet<u32>,
     pub gids: BTreeSet<u32>,
+    /// systemd units (`nightly.service`), for socket callers.
+    pub units: BTreeSet<String>,
 }
 
 /// The daemon's own uid: it may read everything, like root.
@@ -31,6 +33,7 @@ pub fn permits(allow: Option<&Allow>, peer: Option<&Peer>, own_uid: u32) -> bool
         || allow.uids.contains(&p.uid)
         || p.gid.is_some_and(|g| allow.gids.contains(&g))
         || p.groups.iter().any(|g| allow.gids.contains(g))
+        || p.unit.as_ref().is_some_and(|u| allow.units.contains(u))
 }
 
 /// `allow = { users, groups, uids, gids }` as written: user and group names
@@ -49,18 +52,34 @@ pub fn parse_allow(value: toml::Value) -> Result<(Allow, Vec<Problem>), Problem>
         uids: Vec<u32>,
         #[serde(default)]
         gids: Vec<u32>,
+        #[serde(default)]
+        units: Vec<String>,
     }
     let raw = <RawAllow as serde::Deserialize>::deserialize(value).map_err(|e| {
         Problem::new(
             format!("`allow` is malformed: {}", e.to_string().trim()),
-            "write allow = { users = [\"name\"], groups = [\"name\"], uids = [1000], gids = [1000] } (any of the four)".to_string(),
+            "write allow = { users = [\"name\"], groups = [\"name\"], uids = [1000], gids = [1000], units = [\"name.service\"] } (any of the five)".to_string(),
         )
     })?;
     let mut problems = Vec::new();
     let mut allow = Allow {
         uids: raw.uids.into_iter().collect(),
         gids: raw.gids.into_iter().collect(),
+        units: BTreeSet::new(),
     };
+    for unit in raw.units {
+        if crate::peer::unit::is_process_unit(&unit) {
+            allow.units.insert(unit);
+        } else {
+            problems.push(Problem::new(
+                format!(
+                    "`{}` in allow's units is not a service or scope unit name",
+                    crate::text::clip(&unit, 80)
+                ),
+                "write the whole unit name, such as \"nightly.service\" (systemctl status PID names a process's unit)".to_string(),
+            ));
+        }
+    }
     allow
         .uids
         .extend(resolve(&raw.users, "user", user_uid, &mut problems));
@@ -145,6 +164,7 @@ mod tests {
             gid: Some(gid),
             pid: Some(1),
             groups: groups.to_vec(),
+            unit: None,
         }
     }
 
@@ -153,6 +173,7 @@ mod tests {
         let allow = Allow {
             uids: [1000].into(),
             gids: [50].into(),
+            units: ["nightly.service".to_string()].into(),
         };
         let a = Some(&allow);
         assert!(permits(None, None, 999), "no allow: open");
@@ -169,6 +190,12 @@ mod tests {
         );
         assert!(!permits(a, Some(&peer(1001, 1001, &[7])), 999));
         assert!(!permits(a, None, 999), "unknown peer");
+        let in_unit = |unit: &str| Peer {
+            unit: Some(unit.to_string()),
+            ..peer(61234, 61234, &[])
+        };
+        assert!(permits(a, Some(&in_unit("nightly.service")), 999), "unit");
+        assert!(!permits(a, Some(&in_unit("other.service")), 999));
         assert!(
             !permits(Some(&Allow::default()), Some(&peer(1000, 50, &[])), 999),
             "empty allow: root and daemon only"

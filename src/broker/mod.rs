@@ -89,6 +89,9 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     /// The managed-identity apps, swapped whole on reload.
     managed_identity: RwLock<Arc<MiState>>,
+    /// Whether some source's `allow` names systemd units, so the socket
+    /// must read each caller's unit at accept.
+    units_named: std::sync::atomic::AtomicBool,
     /// Writes the sources' file sinks.
     sinks: Sinks,
 }
@@ -147,6 +150,7 @@ impl Broker {
             }),
             metrics,
             managed_identity: RwLock::default(),
+            units_named: std::sync::atomic::AtomicBool::new(false),
             sinks,
         })
     }
@@ -154,6 +158,11 @@ impl Broker {
     /// The managed-identity apps in force.
     pub fn managed_identity(&self) -> Arc<MiState> {
         self.managed_identity.read_locked().clone()
+    }
+
+    /// Whether some source's `allow` names units (see [`crate::peer::unit`]).
+    pub fn units_named(&self) -> bool {
+        self.units_named.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Puts `state` in force for the next managed-identity request.
@@ -175,6 +184,12 @@ impl Broker {
     pub fn apply(&self, config: &Config, fingerprints: &BTreeMap<String, u64>) -> ApplySummary {
         self.client.reloaded();
         let _one_at_a_time = self.applying.locked();
+        let units = config
+            .sources
+            .values()
+            .any(|s| s.allow.as_ref().is_some_and(|a| !a.units.is_empty()));
+        self.units_named
+            .store(units, std::sync::atomic::Ordering::Relaxed);
         let mut plan = Plan::default();
         let mut map = BTreeMap::clone(&self.sources.load());
         // The sources whose expiry gauge may need to go (at start-up, none).

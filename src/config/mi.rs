@@ -174,7 +174,18 @@ fn mi_app(
             .map(|s| offered_source(d, &format!("app `{name}`"), s, valid, defined))
             .collect(),
     };
-    let allow = app.allow.and_then(|a| super::source::allow(d, MAIN, a));
+    let allow = app.allow.and_then(|a| {
+        let at = At::of(MAIN, &a);
+        let allow = super::source::allow(d, MAIN, a)?;
+        if !allow.units.is_empty() {
+            d.error(
+                &at,
+                format!("app `{name}`'s allow names units, which the managed-identity endpoint cannot know"),
+                Some("a TCP door knows its caller by uid only: use users, groups, uids or gids".to_string()),
+            );
+        }
+        Some(allow)
+    });
     Some(MiApp {
         name,
         header: header?,

@@ -759,6 +759,12 @@ fn a_managed_identity_apps_allow_is_read_like_a_sources() {
     assert_eq!(d.message, "unknown user `no-such-user-xyz` in allow");
     let d = one(&mi("allow = { user = [\"root\"] }\n"));
     assert!(d.message.contains("`allow` is malformed"), "{d}");
+    let d = one(&mi("allow = { units = [\"nightly.service\"] }\n"));
+    assert!(
+        d.message
+            .contains("names units, which the managed-identity endpoint cannot know"),
+        "{d}"
+    );
 }
 
 /// `[imds]`: loopback or 169.254.169.254, and only defined sources an SDK
@@ -1230,4 +1236,27 @@ fn metrics_on_every_interface_is_a_warning() {
     )
     .unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+/// `allow.units` takes whole service or scope names; anything else is an
+/// error at the allow.
+#[test]
+fn allow_units_are_service_or_scope_names() {
+    let c = load_str(
+        &format!("{GOOD}allow = {{ units = [\"nightly.service\", \"session-1.scope\"] }}\n"),
+        Path::new("t"),
+        None,
+    )
+    .unwrap();
+    let allow = c.sources["api"].allow.clone().unwrap();
+    assert_eq!(
+        allow.units,
+        ["nightly.service".to_string(), "session-1.scope".to_string()].into()
+    );
+    let d = one(&format!("{GOOD}allow = {{ units = [\"nightly\"] }}\n"));
+    assert_eq!(
+        d.message,
+        "`nightly` in allow's units is not a service or scope unit name"
+    );
+    assert!(d.hint.unwrap().contains("\"nightly.service\""));
 }

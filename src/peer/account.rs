@@ -56,6 +56,7 @@ fn of_uid(uid: u32) -> Peer {
         gid: Some(user.gid.as_raw()),
         pid: None,
         groups,
+        unit: None,
     }
 }
 

@@ -151,7 +151,7 @@ pub async fn serve(
         match accepted {
             Ok(Accepted::Unix(stream)) => {
                 // Taken once per connection, at accept.
-                let peer = Peer::of(&stream).map(Arc::new);
+                let peer = Peer::of(&stream, broker.units_named()).map(Arc::new);
                 // A caller whose credentials cannot be read is counted by
                 // the global limit only.
                 let Ok(slot) = per_uid.claim_for(peer.as_ref().map(|p| p.uid)) else {
