@@ -551,22 +551,33 @@ async fn the_readme_secret_recipe_is_readable_by_the_daemons_user() {
     assert!(out.contains("Permission denied"), "{out}");
 }
 
-/// `curl` as `uid`:`gid` to the managed-identity endpoint on `port` for
-/// `resource` (and what follows it in the query), presenting `header`:
-/// the HTTP status and body.
-fn curl_mi_as(uid: u32, gid: u32, port: u16, resource: &str, header: &str) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("X-IDENTITY-HEADER: {header}"))
-        .arg(format!(
-            "http://127.0.0.1:{port}/msi/token?api-version=2019-08-01&resource={resource}"
-        ));
-    let out = run_as(&mut cmd, uid, gid, &[])
+/// `curl` with `args`, forked as `uid`:`gid` with no other groups by
+/// `setpriv`, as an admin tries another user: the HTTP status and body.
+fn curl_tcp_as(uid: u32, gid: u32, args: &[String]) -> (u16, String) {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "curl", "-s", "-w", "\n%{http_code}"])
+        .args(args)
         .output()
-        .expect("run curl (apt-get install curl)");
+        .expect("run setpriv and curl (apt-get install util-linux curl)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// [`curl_tcp_as`] to the managed-identity endpoint on `port` for
+/// `resource` (and what follows it in the query), presenting `header`.
+fn curl_mi_as(uid: u32, gid: u32, port: u16, resource: &str, header: &str) -> (u16, String) {
+    curl_tcp_as(
+        uid,
+        gid,
+        &[
+            "-H".into(),
+            format!("X-IDENTITY-HEADER: {header}"),
+            format!("http://127.0.0.1:{port}/msi/token?api-version=2019-08-01&resource={resource}"),
+        ],
+    )
 }
 
 /// An app with `allow` answers its header only to the callers it admits,
@@ -618,20 +629,18 @@ async fn a_managed_identity_apps_allow_admits_only_its_callers() {
     );
 }
 
-/// `curl` as `uid`:`gid` to the IMDS door on `port` for `resource`, with
-/// `Metadata: true`: the HTTP status and body.
+/// [`curl_tcp_as`] as `uid`:`uid` to the IMDS door on `port` for
+/// `resource`, with `Metadata: true`.
 fn curl_imds_as(uid: u32, port: u16, resource: &str) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "-H", "Metadata: true"])
-        .arg(format!(
-            "http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}"
-        ));
-    let out = run_as(&mut cmd, uid, uid, &[])
-        .output()
-        .expect("run curl (apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    curl_tcp_as(
+        uid,
+        uid,
+        &[
+            "-H".into(),
+            "Metadata: true".into(),
+            format!("http://127.0.0.1:{port}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}"),
+        ],
+    )
 }
 
 /// The IMDS door knows its callers only by the kernel's word: a source's
