@@ -13,25 +13,18 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 
 /// A request to the door: status and JSON body.
 async fn imds_get(port: u16, path: &str, query: &str, metadata: bool) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}?{query}"));
-    if metadata {
-        req = req.header("Metadata", "true");
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
-    )
+    let headers: &[(&str, &str)] = if metadata {
+        &[("Metadata", "true")]
+    } else {
+        &[]
+    };
+    common::mi::get_json(&format!("http://127.0.0.1:{port}{path}?{query}"), headers).await
 }
 
 const PATH: &str = "/metadata/identity/oauth2/token";
 
 fn q(resource: &str) -> String {
-    format!(
-        "api-version=2018-02-01&resource={}",
-        url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
-    )
+    common::mi::query("2018-02-01", resource)
 }
 
 /// A probe without `Metadata: true` is answered 400 at once, as IMDS

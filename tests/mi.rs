@@ -11,23 +11,19 @@ use std::time::Duration;
 const S: fn(u64) -> Duration = Duration::from_secs;
 
 async fn mi_get(port: u16, header: Option<&str>, query: &str) -> (u16, serde_json::Value) {
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/msi/token?{query}"));
-    if let Some(h) = header {
-        req = req.header("X-IDENTITY-HEADER", h);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    let headers: Vec<(&str, &str)> = header
+        .map(|h| ("X-IDENTITY-HEADER", h))
+        .into_iter()
+        .collect();
+    common::mi::get_json(
+        &format!("http://127.0.0.1:{port}/msi/token?{query}"),
+        &headers,
     )
+    .await
 }
 
 fn q(resource: &str) -> String {
-    format!(
-        "api-version=2019-08-01&resource={}",
-        url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
-    )
+    common::mi::query("2019-08-01", resource)
 }
 
 #[tokio::test]

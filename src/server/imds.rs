@@ -187,18 +187,6 @@ fn no_source_for(
     sources: &[Arc<SourceHandle>],
     denials: &Denials,
 ) -> Problem {
-    let can: Vec<String> = sources
-        .iter()
-        .map(|h| {
-            let c = h.config();
-            let r = crate::config::resource_of(&c).unwrap_or("?").to_string();
-            if ask.client_id.is_some() {
-                format!("{r} (client_id {})", c.client_id)
-            } else {
-                r
-            }
-        })
-        .collect();
     let uid = ctx.caller.peer().map(|p| p.uid);
     if let Some(unlogged) = denials.log_now(Instant::now()) {
         tracing::warn!(
@@ -216,11 +204,7 @@ fn no_source_for(
             printable(ask.wanted()),
             ask.with_client_id(),
             uid.map_or_else(|| "?".to_string(), |u| u.to_string()),
-            if can.is_empty() {
-                "nothing".to_string()
-            } else {
-                can.join(", ")
-            }
+            ask.can_get(sources)
         ),
     )
 }

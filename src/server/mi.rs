@@ -52,6 +52,28 @@ impl Ask {
             && self.client_id.as_deref().is_none_or(|id| id == c.client_id)
     }
 
+    /// What `sources` give, as a refusal of this request lists it: each
+    /// one's resource (with its client_id when the SDK named one), or
+    /// "nothing".
+    pub fn can_get(&self, sources: &[Arc<SourceHandle>]) -> String {
+        let can: Vec<String> = sources
+            .iter()
+            .map(|h| {
+                let c = h.config();
+                let r = crate::config::resource_of(&c).unwrap_or("?");
+                match self.client_id {
+                    Some(_) => format!("{r} (client_id {})", c.client_id),
+                    None => r.to_string(),
+                }
+            })
+            .collect();
+        if can.is_empty() {
+            "nothing".to_string()
+        } else {
+            can.join(", ")
+        }
+    }
+
     /// " with client_id C" when the SDK named one.
     pub fn with_client_id(&self) -> String {
         self.client_id
@@ -243,18 +265,6 @@ fn source_for(app: &AppState, ask: &Ask, ctx: &Ctx<'_>) -> Result<Arc<SourceHand
 
 /// No source of `app` serves `ask`: say what the app can get.
 fn no_source_for(app: &AppState, ask: &Ask, sources: &[Arc<SourceHandle>]) -> Problem {
-    let can: Vec<String> = sources
-        .iter()
-        .map(|h| {
-            let c = h.config();
-            let r = crate::config::resource_of(&c).unwrap_or("?").to_string();
-            if ask.client_id.is_some() {
-                format!("{r} (client_id {})", c.client_id)
-            } else {
-                r
-            }
-        })
-        .collect();
     tracing::warn!(app = %app.name, resource = %printable(ask.wanted()), "managed-identity request refused: no source of this app serves the resource");
     invalid(
         StatusCode::BAD_REQUEST,
@@ -265,11 +275,7 @@ fn no_source_for(app: &AppState, ask: &Ask, sources: &[Arc<SourceHandle>]) -> Pr
             printable(ask.wanted()),
             ask.with_client_id(),
             app.name,
-            if can.is_empty() {
-                "nothing".to_string()
-            } else {
-                can.join(", ")
-            }
+            ask.can_get(sources)
         ),
     )
 }

@@ -40,3 +40,25 @@ pub fn imds_config(idp: &DevIdp, port: u16, extra: &str) -> String {
         source("vault2", idp, &format!("scopes = [\"{VAULT}/.default\"]\n{extra}")),
     )
 }
+
+/// A GET on a TCP door at `url` with `headers`: the status and JSON body.
+pub async fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
+}
+
+/// The query `api-version=VERSION&resource=RESOURCE`, encoded.
+pub fn query(version: &str, resource: &str) -> String {
+    format!(
+        "api-version={version}&resource={}",
+        url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
+    )
+}
