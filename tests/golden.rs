@@ -1,5 +1,5 @@
-//! The wire, byte for byte: every answer shape of the socket and the
-//! managed-identity endpoint (status line, headers, body) against a file
+//! The wire, byte for byte: every answer shape of the socket, the
+//! managed-identity endpoint and the IMDS door (status line, headers, body) against a file
 //! in tests/golden/. What varies from run to run (tokens, times, ports,
 //! lifetimes, lengths) is replaced by a placeholder first; everything
 //! else, key order and spacing included, must match. A change to a shape
@@ -35,8 +35,8 @@ async fn raw<St: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 /// `text` with what varies between runs replaced: tokens (the dev IdP's
 /// JWTs), RFC 3339 times, the IdPs' and endpoint's ports, the numbers of
-/// `expires_in`, `expires_on`, `Content-Length` and `Retry-After` (a
-/// countdown), and the `Date` header.
+/// `expires_in`, `expires_on` (and IMDS's other times), `Content-Length`
+/// and `Retry-After` (a countdown), the caller's uid, and the `Date` header.
 fn normalise(text: &str, ports: &[u16]) -> String {
     let mut text: String = text
         .split_inclusive("\r\n")
@@ -73,8 +73,14 @@ fn normalise(text: &str, ports: &[u16]) -> String {
             continue;
         }
         let number_after = [
+            // IMDS's string numbers first: `"expires_in":` is a prefix.
+            "\"expires_in\":\"",
+            "\"ext_expires_in\":\"",
+            "\"not_before\":\"",
             "\"expires_in\":",
             "\"expires_on\":\"",
+            // The caller's uid, whoever runs the tests.
+            "to uid ",
             "content-length: ",
             "retry-after: ",
         ]
@@ -201,5 +207,50 @@ async fn every_answer_shape_is_unchanged_on_the_wire() {
         ("mi-no-such-path", "/other".to_string(), jira),
     ] {
         golden(name, &on_mi(&path, headers).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_imds_answer_shape_is_unchanged_on_the_wire() {
+    let idp = idp(S(3600), &["graph", "vault", "vault2"]).await;
+    let port = free_port();
+    let d = daemon(&common::mi::imds_config(&idp, port, ""))
+        .start()
+        .await;
+    wait_for_status(&d, "/v1/tokens/graph", 200).await;
+    let ports = [idp.addr().port(), port];
+    let on_imds = async |path: &str, headers: &str| {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        normalise(&raw(stream, "GET", path, headers).await, &ports)
+    };
+    let q = |resource: &str| {
+        format!(
+            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
+            url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
+        )
+    };
+    let metadata = "Metadata: true\r\n";
+    for (name, path, headers) in [
+        ("imds-token", q(GRAPH), metadata),
+        ("imds-no-metadata", q(GRAPH), ""),
+        (
+            "imds-other-resource",
+            q("https://storage.azure.com"),
+            metadata,
+        ),
+        (
+            "imds-no-resource",
+            "/metadata/identity/oauth2/token?api-version=2018-02-01".to_string(),
+            metadata,
+        ),
+        (
+            "imds-no-such-path",
+            "/metadata/instance".to_string(),
+            metadata,
+        ),
+    ] {
+        golden(name, &on_imds(&path, headers).await);
     }
 }
