@@ -98,6 +98,21 @@ pub enum Command {
         #[command(subcommand)]
         kind: CredentialKind,
     },
+    /// Hand the socket's directory to the daemon's user (a Kubernetes init container).
+    ///
+    /// Makes DIR owned by OWNER:GROUP with mode 0755 unless it is already,
+    /// refusing a symbolic link: a hostPath the kubelet made belongs to
+    /// root. Run as root with only CAP_CHOWN (docs/kubernetes.md).
+    SocketDir {
+        /// The directory (the socket's, e.g. /run/tokend).
+        dir: PathBuf,
+        /// The daemon's uid.
+        #[arg(long)]
+        owner: u32,
+        /// The directory's gid.
+        #[arg(long)]
+        group: u32,
+    },
     /// Show the state of every source.
     ///
     /// State, expiry, last and next refresh, failures, credential expiry and

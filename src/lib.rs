@@ -41,6 +41,7 @@ pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod sink;
+pub mod socket_dir;
 pub mod sync;
 pub mod systemd;
 pub mod text;

@@ -65,6 +65,7 @@ async fn dispatch(command: Command) -> u8 {
             tokend::client::status(&daemon.socket, json, daemon.timeout).await
         }
         Command::MiEnv { app, config } => tokend::mi_env::run(&app, &config),
+        Command::SocketDir { dir, owner, group } => tokend::socket_dir::run(&dir, owner, group),
         Command::Credential { kind } => {
             let exec_info = std::env::var("KUBERNETES_EXEC_INFO").ok();
             let out = tokend::credential::run(kind, std::io::stdin(), exec_info).await;

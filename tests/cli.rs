@@ -196,3 +196,83 @@ async fn token_and_status_commands() {
     assert_eq!(code, 1);
     assert!(err.contains("is tokend running?"), "{err}");
 }
+
+/// `tokend socket-dir`, an init container's one job: a root-owned 0700
+/// directory is handed to the daemon's uid and gid with mode 0755, by root
+/// holding CAP_CHOWN and no other capability; a second run changes
+/// nothing; a symbolic link is refused, and a caller without CAP_CHOWN is
+/// told what it needs.
+#[test]
+fn socket_dir_hands_the_directory_over_with_cap_chown_alone() {
+    if !common::others::root_or_skip("socket_dir_hands_the_directory_over_with_cap_chown_alone") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = top.path().join("run-tokend");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let binary = top.path().join("tokend");
+    std::fs::copy(env!("CARGO_BIN_EXE_tokend"), &binary).unwrap();
+    let only_chown = |args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--inh-caps=-all", "--bounding-set=-all,+chown", "--"])
+            .arg(&binary)
+            .args(args)
+            .output()
+            .expect("run setpriv (util-linux)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = only_chown(&["socket-dir", d, "--owner", "10001", "--group", "10002"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("{d}: now owned by 10001:10002, mode 0755\n"));
+    let m = std::fs::metadata(&dir).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (10001, 10002, 0o755));
+    let (code, out, _) = only_chown(&["socket-dir", d, "--owner", "10001", "--group", "10002"]);
+    assert_eq!(
+        (code, out),
+        (0, format!("{d}: already owned by 10001:10002, mode 0755\n"))
+    );
+
+    let link = top.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let (code, _, err) = tokend(&[
+        "socket-dir",
+        link.to_str().unwrap(),
+        "--owner",
+        "1",
+        "--group",
+        "1",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a symbolic link"), "{err}");
+
+    // Without CAP_CHOWN: refused, with what it needs.
+    let other = top.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups"])
+        .arg(&binary)
+        .args([
+            "socket-dir",
+            other.to_str().unwrap(),
+            "--owner",
+            "4242",
+            "--group",
+            "4242",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("capabilities: {drop: [ALL], add: [CHOWN]}"),
+        "{err}"
+    );
+}

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "check",
             "dev",
             "mi_env",
+            "socket_dir",
         ],
     ),
     ("wiring", &["daemon"]),

@@ -32,6 +32,7 @@ complete -c tokend -n "__fish_tokend_needs_command" -f -a "check" -d 'Validate t
 complete -c tokend -n "__fish_tokend_needs_command" -f -a "token" -d 'Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`)'
 complete -c tokend -n "__fish_tokend_needs_command" -f -a "mi-env" -d 'Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app'
 complete -c tokend -n "__fish_tokend_needs_command" -f -a "credential" -d 'Print a source\'s token in the format a tool\'s credential helper expects'
+complete -c tokend -n "__fish_tokend_needs_command" -f -a "socket-dir" -d 'Hand the socket\'s directory to the daemon\'s user (a Kubernetes init container)'
 complete -c tokend -n "__fish_tokend_needs_command" -f -a "status" -d 'Show the state of every source'
 complete -c tokend -n "__fish_tokend_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tokend -n "__fish_tokend_using_subcommand run" -s c -l config -d 'Config file' -r -F
@@ -67,18 +68,22 @@ complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_see
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from help" -f -a "git" -d 'git\'s credential-helper protocol (get; store and erase do nothing)'
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from help" -f -a "gcp" -d 'Google\'s executable-sourced credential (workload identity federation)'
 complete -c tokend -n "__fish_tokend_using_subcommand credential; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tokend -n "__fish_tokend_using_subcommand socket-dir" -l owner -d 'The daemon\'s uid' -r
+complete -c tokend -n "__fish_tokend_using_subcommand socket-dir" -l group -d 'The directory\'s gid' -r
+complete -c tokend -n "__fish_tokend_using_subcommand socket-dir" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tokend -n "__fish_tokend_using_subcommand status" -l socket -d 'The daemon\'s socket' -r -F
 complete -c tokend -n "__fish_tokend_using_subcommand status" -l timeout -d 'Give up on a daemon that has not answered within this long' -r
 complete -c tokend -n "__fish_tokend_using_subcommand status" -l json -d 'Print the /v1/sources document'
 complete -c tokend -n "__fish_tokend_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "run" -d 'Run the daemon in the foreground'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "dev" -d 'Development mode: a built-in local IdP, a demo source, socket ./tokend.sock'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "check" -d 'Validate the config; with --fetch, also get one token per source'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "token" -d 'Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`)'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "mi-env" -d 'Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "credential" -d 'Print a source\'s token in the format a tool\'s credential helper expects'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "status" -d 'Show the state of every source'
-complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "run" -d 'Run the daemon in the foreground'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "dev" -d 'Development mode: a built-in local IdP, a demo source, socket ./tokend.sock'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "check" -d 'Validate the config; with --fetch, also get one token per source'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "token" -d 'Print a token from the running daemon (for `Authorization: Bearer $(tokend token NAME)`)'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "mi-env" -d 'Print IDENTITY_ENDPOINT and IDENTITY_HEADER for a managed-identity app'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "credential" -d 'Print a source\'s token in the format a tool\'s credential helper expects'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "socket-dir" -d 'Hand the socket\'s directory to the daemon\'s user (a Kubernetes init container)'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "status" -d 'Show the state of every source'
+complete -c tokend -n "__fish_tokend_using_subcommand help; and not __fish_seen_subcommand_from run dev check token mi-env credential socket-dir status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tokend -n "__fish_tokend_using_subcommand help; and __fish_seen_subcommand_from credential" -f -a "kubectl" -d 'An ExecCredential for kubectl and other client-go programs'
 complete -c tokend -n "__fish_tokend_using_subcommand help; and __fish_seen_subcommand_from credential" -f -a "git" -d 'git\'s credential-helper protocol (get; store and erase do nothing)'
 complete -c tokend -n "__fish_tokend_using_subcommand help; and __fish_seen_subcommand_from credential" -f -a "gcp" -d 'Google\'s executable-sourced credential (workload identity federation)'
