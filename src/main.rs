@@ -19,9 +19,8 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 /// same-uid reads of /proc/PID/mem, so secrets and tokens stay in the process.
 fn harden() {
     #[cfg(not(debug_assertions))]
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) only changes this process's flag.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("tokend: cannot make the process undumpable: {e}");
     }
 }
 
