@@ -39,6 +39,11 @@ pub enum ClientError {
         "permission denied on {path}: join group {group} (sudo usermod -aG {group} USER, then start a new login or restart the service), see docs/troubleshooting.md"
     )]
     Denied { path: String, group: String },
+    /// The same, in a Kubernetes pod: groups come from its securityContext.
+    #[error(
+        "permission denied on {path}: this pod is not in the socket's group {gid} — add it to the pod's securityContext.supplementalGroups (docs/kubernetes.md)"
+    )]
+    DeniedInPod { path: String, gid: u32 },
     #[error("talking to tokend failed: {0}")]
     Http(#[from] hyper::Error),
     #[error("bad request: {0}")]
@@ -55,6 +60,10 @@ fn connect_error(socket: &Path, path: String, source: std::io::Error) -> ClientE
     if source.kind() == std::io::ErrorKind::PermissionDenied {
         if let Ok(meta) = std::fs::metadata(socket) {
             let gid = meta.gid();
+            // The kubelet sets this in every container it starts.
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                return ClientError::DeniedInPod { path, gid };
+            }
             let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
                 .ok()
                 .flatten()

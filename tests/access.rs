@@ -279,6 +279,22 @@ async fn socket_mode_and_group_as_configured_also_over_a_stale_socket() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
+    // In a pod, where no usermod can help: the pod's securityContext.
+    let mut cmd = command_as(d.dir.path(), NOBODY, NOBODY);
+    cmd.args(["token", "a", "--socket"])
+        .arg(&socket)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "permission denied on {}: this pod is not in the socket's group {USERS_GID} — add it to the pod's securityContext.supplementalGroups",
+            socket.display()
+        )) && !err.contains("usermod"),
+        "{err}"
+    );
 
     // Killed hard, the daemon leaves a stale socket; a new one replaces it with the same mode and group.
     let dir = d.kill_keep_dir();
