@@ -700,7 +700,11 @@ async fn a_full_disk_leaves_the_old_token_whose_death_removes_the_file() {
     .start()
     .await;
     let first = file_text(&path).await;
-    let written = std::time::Instant::now();
+    // The first token is served until 5 s before it expires.
+    let held = d.get("/v1/tokens/a").await.json();
+    assert_eq!(held["access_token"].as_str(), Some(first.as_str()));
+    let expires = tokend::timefmt::parse_rfc3339(held["expires_at"].as_str().unwrap()).unwrap();
+    let served_until = expires - S(5);
     fs.fill();
     // The socket serves the refreshed token, which the sink cannot write.
     eventually_within(S(8), "the refreshed token on the socket", async || {
@@ -723,10 +727,11 @@ async fn a_full_disk_leaves_the_old_token_whose_death_removes_the_file() {
         (!exists(&path)).then_some(())
     })
     .await;
+    // Not before: while the first token was still served, its file stayed
+    // (expires_at is whole seconds, rounded down, so this errs early).
     assert!(
-        written.elapsed() <= S(9),
-        "removed {:?} after the write, long after its token stopped being served",
-        written.elapsed()
+        std::time::SystemTime::now() >= served_until,
+        "the file went before its token stopped being served"
     );
     assert_eq!(d.get("/v1/tokens/a").await.status(), 200);
 }
