@@ -103,6 +103,14 @@ fn normalise(text: &str, ports: &[u16]) -> String {
     out
 }
 
+/// One GET on the TCP door at `port` with `headers`, normalised.
+async fn on_tcp(port: u16, path: &str, headers: &str, ports: &[u16]) -> String {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    normalise(&raw(stream, "GET", path, headers).await, ports)
+}
+
 /// Compares `got` with tests/golden/`name`.http, or writes it there with
 /// TOKEND_REGENERATE=1.
 fn golden(name: &str, got: &str) {
@@ -182,18 +190,8 @@ async fn every_answer_shape_is_unchanged_on_the_wire() {
     ] {
         golden(name, &on_socket(method, path).await);
     }
-    let on_mi = async |path: &str, headers: &str| {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        normalise(&raw(stream, "GET", path, headers).await, &ports)
-    };
-    let q = |resource: &str| {
-        format!(
-            "/msi/token?api-version=2019-08-01&resource={}",
-            url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
-        )
-    };
+    let on_mi = async |path: &str, headers: &str| on_tcp(port, path, headers, &ports).await;
+    let q = |resource: &str| format!("/msi/token?{}", common::mi::query("2019-08-01", resource));
     let jira = "X-IDENTITY-HEADER: jira-header-value\r\n";
     for (name, path, headers) in [
         ("mi-token", q(GRAPH), jira),
@@ -219,16 +217,11 @@ async fn every_imds_answer_shape_is_unchanged_on_the_wire() {
         .await;
     wait_for_status(&d, "/v1/tokens/graph", 200).await;
     let ports = [idp.addr().port(), port];
-    let on_imds = async |path: &str, headers: &str| {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        normalise(&raw(stream, "GET", path, headers).await, &ports)
-    };
+    let on_imds = async |path: &str, headers: &str| on_tcp(port, path, headers, &ports).await;
     let q = |resource: &str| {
         format!(
-            "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={}",
-            url::form_urlencoded::byte_serialize(resource.as_bytes()).collect::<String>()
+            "/metadata/identity/oauth2/token?{}",
+            common::mi::query("2018-02-01", resource)
         )
     };
     let metadata = "Metadata: true\r\n";
