@@ -26,21 +26,19 @@ const PROCESS_UNITS: [&str; 2] = [".service", ".scope"];
 /// can be told for certain.
 pub fn of_socket(socket: &impl AsFd, pid: Option<i32>) -> Option<String> {
     let accepted = boot_ticks();
-    match nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerPidfd) {
-        Ok(pidfd) => by_pidfd(&pidfd),
-        Err(_) => by_pid(pid?, accepted?),
-    }
+    let cgroup = match nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerPidfd) {
+        Ok(pidfd) => cgroup_by_pidfd(&pidfd),
+        Err(_) => cgroup_by_pid(pid?, accepted?),
+    };
+    unit_of_cgroup(&cgroup?, manager_root()?)
 }
 
-/// Through the pidfd: the pid before and after the read must be the same
-/// live process.
-fn by_pidfd(pidfd: &OwnedFd) -> Option<String> {
+/// The `/proc/PID/cgroup` of the process a pidfd names: the pid before
+/// and after the read must be the same live process.
+fn cgroup_by_pidfd(pidfd: &OwnedFd) -> Option<String> {
     let pid = pidfd_pid(pidfd)?;
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    if pidfd_pid(pidfd)? != pid {
-        return None;
-    }
-    unit_of_cgroup(&cgroup, manager_root()?)
+    (pidfd_pid(pidfd)? == pid).then_some(cgroup)
 }
 
 /// The system manager's root cgroup: PID 1's, without its `init.scope`.
@@ -66,19 +64,16 @@ fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
     (pid > 0).then_some(pid)
 }
 
-/// Through the pid alone: the process must have started before the
-/// connection was accepted (`accepted`, in clock ticks since boot) and be
-/// the same one after the read.
-fn by_pid(pid: i32, accepted: u64) -> Option<String> {
+/// The `/proc/PID/cgroup` of `pid` alone: the process must have started
+/// before the connection was accepted (`accepted`, in clock ticks since
+/// boot) and be the same one after the read.
+fn cgroup_by_pid(pid: i32, accepted: u64) -> Option<String> {
     let started = start_ticks(pid)?;
     if started > accepted {
         return None;
     }
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    if start_ticks(pid)? != started {
-        return None;
-    }
-    unit_of_cgroup(&cgroup, manager_root()?)
+    (start_ticks(pid)? == started).then_some(cgroup)
 }
 
 /// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
@@ -233,16 +228,28 @@ mod tests {
         }
     }
 
+    /// Both ways of pinning the caller read this process's own cgroup
+    /// file (the unit in it is the matcher's business, above), and a pid
+    /// that started after the connection was accepted is not read at all.
     #[tokio::test]
-    async fn this_process_unit_is_what_its_cgroup_says() {
+    async fn the_pinned_caller_is_this_process() {
         let (a, _b) = tokio::net::UnixStream::pair().unwrap();
-        let mine = std::fs::read_to_string("/proc/self/cgroup")
-            .ok()
-            .and_then(|t| unit_of_cgroup(&t, manager_root()?));
+        let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let pid = i32::try_from(std::process::id()).unwrap();
-        assert_eq!(of_socket(&a, Some(pid)), mine);
-        assert_eq!(by_pid(pid, boot_ticks().unwrap()), mine);
-        // A pid that started after the connection was accepted is not the caller.
-        assert_eq!(by_pid(pid, 0), None);
+        let pidfd = nix::sys::socket::getsockopt(&a, nix::sys::socket::sockopt::PeerPidfd)
+            .expect("SO_PEERPIDFD (Linux 6.5 and later)");
+        assert_eq!(pidfd_pid(&pidfd), Some(pid));
+        assert_eq!(cgroup_by_pidfd(&pidfd).as_deref(), Some(mine.as_str()));
+        let now = boot_ticks().unwrap();
+        let started = start_ticks(pid).unwrap();
+        assert!(started <= now, "{started} > {now}");
+        assert_eq!(cgroup_by_pid(pid, now).as_deref(), Some(mine.as_str()));
+        assert_eq!(
+            cgroup_by_pid(pid, started.saturating_sub(1)),
+            None,
+            "started after the accept"
+        );
+        let expected = manager_root().and_then(|root| unit_of_cgroup(&mine, root));
+        assert_eq!(of_socket(&a, Some(pid)), expected);
     }
 }
