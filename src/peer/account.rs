@@ -1,7 +1,9 @@
 //! A TCP caller's groups: the kernel names only its socket's uid, so the
 //! groups are that uid's in the user and group databases, as `id UID`
 //! shows them (a uid with no entry has none). Looked up off the async
-//! threads (NSS may ask a directory server) and kept for [`KEEP`].
+//! threads (NSS may ask a directory server), once at a time per uid however
+//! many of its connections arrive together (a slow directory must not let
+//! one uid's burst fill the blocking pool), and kept for [`KEEP`].
 
 use super::Peer;
 use crate::sync::Locked;
@@ -14,29 +16,42 @@ use tokio::time::Instant;
 /// edit of /etc/group reaches TCP callers within this.
 pub const KEEP: Duration = Duration::from_secs(10);
 
+/// One uid's lookup: filled once, by whichever connection asked first.
+type Lookup = Arc<tokio::sync::OnceCell<Arc<Peer>>>;
+
 /// The uids seen lately and their groups.
 #[derive(Debug, Default)]
 pub struct Accounts {
-    known: Mutex<HashMap<u32, (Instant, Arc<Peer>)>>,
+    known: Mutex<HashMap<u32, (Instant, Lookup)>>,
 }
 
 impl Accounts {
     /// The caller with `uid`, its primary group and supplementary groups.
     pub async fn peer(&self, uid: u32) -> Arc<Peer> {
-        let now = Instant::now();
-        if let Some((at, peer)) = self.known.locked().get(&uid) {
-            if now.saturating_duration_since(*at) < KEEP {
-                return peer.clone();
+        let lookup = self.lookup(uid, Instant::now());
+        lookup
+            .get_or_init(|| async move {
+                let looked = tokio::task::spawn_blocking(move || of_uid(uid)).await;
+                Arc::new(looked.unwrap_or_else(|_| Peer::uid_only(uid)))
+            })
+            .await
+            .clone()
+    }
+
+    /// `uid`'s lookup made since `now - KEEP`, or a new one (forgetting
+    /// those older than that).
+    fn lookup(&self, uid: u32, now: Instant) -> Lookup {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < KEEP;
+        let mut known = self.known.locked();
+        if let Some((at, lookup)) = known.get(&uid) {
+            if fresh(at) {
+                return lookup.clone();
             }
         }
-        let looked = tokio::task::spawn_blocking(move || of_uid(uid))
-            .await
-            .unwrap_or_else(|_| Peer::uid_only(uid));
-        let peer = Arc::new(looked);
-        let mut known = self.known.locked();
-        known.retain(|_, (at, _)| now.saturating_duration_since(*at) < KEEP);
-        known.insert(uid, (now, peer.clone()));
-        peer
+        known.retain(|_, (at, _)| fresh(at));
+        let lookup = Lookup::default();
+        known.insert(uid, (now, lookup.clone()));
+        lookup
     }
 }
 
@@ -83,5 +98,25 @@ mod tests {
         let later = accounts.peer(0).await;
         assert!(!Arc::ptr_eq(&first, &later), "looked up again");
         assert_eq!(*first, *later);
+    }
+
+    /// Many connections of one uid arriving together share one lookup.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_one_uid_is_one_lookup() {
+        let accounts = Arc::new(Accounts::default());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let accounts = accounts.clone();
+                tokio::spawn(async move { accounts.peer(0).await })
+            })
+            .collect();
+        let mut peers = Vec::new();
+        for t in tasks {
+            peers.push(t.await.unwrap());
+        }
+        assert!(
+            peers.iter().all(|p| Arc::ptr_eq(p, &peers[0])),
+            "one lookup, shared"
+        );
     }
 }
