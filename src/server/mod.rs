@@ -90,13 +90,13 @@ impl Door {
         }
     }
 
-    /// The door's name in log lines.
+    /// The door's name in log lines (a TCP door's as [`tcp::TcpDoor`] says it).
     fn name(&self) -> &'static str {
         match self {
             Door::Socket(_) => "socket",
-            Door::ManagedIdentity(_) => "managed-identity endpoint",
-            Door::Imds(_) => "IMDS door",
-            Door::Metrics(_) => "metrics listener",
+            Door::ManagedIdentity(_) => tcp::TcpDoor::ManagedIdentity.name(),
+            Door::Imds(_) => tcp::TcpDoor::Imds.name(),
+            Door::Metrics(_) => tcp::TcpDoor::Metrics.name(),
         }
     }
 }
