@@ -185,18 +185,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn the_packaged_config_defines_no_sources_and_shows_every_key() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/tokend.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("OK, no sources"), "{stdout}");
+    common::assert_checks_with_no_sources(&path);
     let text = read("debian/tokend.toml");
     assert!(
         text.lines()

@@ -83,16 +83,5 @@ fn the_base_renders_validates_strictly_and_has_the_promised_shape() {
 /// The config the base ships is valid as it stands (no sources yet).
 #[test]
 fn the_shipped_config_checks() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
-        .args(["check", "-c"])
-        .arg(root().join("deploy/kubernetes/tokend.toml"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("OK, no sources"), "{stdout}");
+    common::assert_checks_with_no_sources(&root().join("deploy/kubernetes/tokend.toml"));
 }

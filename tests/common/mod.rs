@@ -575,3 +575,21 @@ pub fn black_hole() -> String {
     });
     url
 }
+
+/// `tokend check -c PATH` passes and says the file defines no sources
+/// (a shipped config, ready to be filled in).
+pub fn assert_checks_with_no_sources(path: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK, no sources"), "{stdout}");
+}
