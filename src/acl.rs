@@ -3,8 +3,9 @@
 //! Each connection's caller ([`Peer`]) is known once, at accept (see
 //! `peer`). A caller may read a
 //! source if it is root, the daemon's own uid, or matches the source's
-//! `allow` by uid or by primary or supplementary gid; a source without
-//! `allow` is open to anyone who can open the socket.
+//! `allow` by uid, by primary or supplementary gid, or (on the socket) by
+//! systemd unit; a source without `allow` is open to anyone who can reach
+//! the door.
 
 pub use crate::peer::Peer;
 use crate::problem::Problem;
